@@ -1,0 +1,34 @@
+"""Loss and accuracy of a model on held-out batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from pocketlearn.methods.base import Batch, LossFn, cross_entropy, logits_of
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = cross_entropy) -> dict[str, float]:
+    """Mean loss and top-1 accuracy over all targets (tokens for LMs), weighted by count."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for inputs, targets in batches:
+        logits = logits_of(model(inputs))
+        n = int((targets != -100).sum())
+        total_loss += loss_fn(logits, targets).item() * n
+        correct += int((logits.argmax(-1) == targets).sum())
+        count += n
+    model.train(was_training)
+    return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+
+
+def batches_of(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int | None = None) -> list[Batch]:
+    """Split tensors into batches; shuffled when ``seed`` is given."""
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed)) if seed is not None else None
+    if order is not None:
+        x, y = x[order], y[order]
+    return [(x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size)]

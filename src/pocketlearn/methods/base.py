@@ -1,0 +1,235 @@
+"""The one interface every way of computing an update implements.
+
+A method wraps the user's own model in place (freezing, adding adapters, swapping layers), then turns
+batches into updates of the trainable state. It also declares what it keeps in memory, so that the
+analytic estimator and the planner can reason about it without running it.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.errors import ConfigError, TrainingError
+
+Batch = tuple[Tensor, Tensor]
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def logits_of(output: Any) -> Tensor:
+    """Plain modules return a tensor; transformers models return an object with ``.logits``."""
+    return output.logits if hasattr(output, "logits") else output
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy for classification (B, C) and for language modelling (B, T, V)."""
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
+def forward_loss(model: nn.Module, batch: Batch, loss_fn: LossFn = cross_entropy) -> Tensor:
+    inputs, targets = batch
+    return loss_fn(logits_of(model(inputs)), targets)
+
+
+def check_finite(loss: float, method: str) -> float:
+    if not math.isfinite(loss):
+        raise TrainingError(
+            f"{method}: the loss is {loss}; training diverged. Lower the learning rate (lr) or check the data "
+            "for NaN/inf values."
+        )
+    return loss
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Settings every method has."""
+
+    lr: float = 0.05
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid value at once (subclasses extend the list)."""
+        return [] if self.lr > 0 else [f"lr should be positive, got {self.lr}"]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no option {unknown}; options are {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class GradientConfig(MethodConfig):
+    """Settings of the methods that run autograd's backward pass."""
+
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.optimizer not in ("sgd", "adamw"):
+            out.append(f"optimizer should be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if not 0.0 <= self.momentum < 1.0:
+            out.append(f"momentum should be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            out.append(f"weight_decay should be >= 0, got {self.weight_decay}")
+        return out
+
+    @property
+    def optimizer_slots(self) -> int:
+        """fp32 tensors the optimizer keeps per trainable parameter."""
+        if self.optimizer == "adamw":
+            return 2
+        return 1 if self.momentum > 0 else 0
+
+
+ActivationPolicy = Literal["autograd", "all_layers", "one_layer"]
+
+
+@dataclass(frozen=True)
+class MemoryTraits:
+    """What a method keeps in memory during a step, for :func:`pocketlearn.memory.estimate`.
+
+    ``activations``: ``autograd`` — whatever autograd saves for the backward pass; ``all_layers`` — every
+    layer's output is kept until the update (PEPITA); ``one_layer`` — only the widest layer's input and
+    output live at once (forward-only methods: MeZO, MEMPEPITA).
+    ``gradient_bytes_per_param`` / ``optimizer_slots`` apply to the trainable parameters;
+    ``temporary_param_copies`` counts buffers the size of the largest parameter (MeZO's noise ``z``).
+    """
+
+    activations: ActivationPolicy
+    gradient_bytes_per_param: int
+    optimizer_slots: int
+    temporary_param_copies: int = 0
+    extra_bytes: int = 0
+
+
+class TrainingMethod(ABC):
+    """Turns (model, batch, loss) into an update of the model's trainable state."""
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, model: nn.Module, config: MethodConfig | None = None, *, loss_fn: LossFn = cross_entropy):
+        self.config = config if config is not None else self.config_cls()
+        if not isinstance(self.config, self.config_cls):
+            raise ConfigError(f"{self.name} takes a {self.config_cls.__name__}, got {type(self.config).__name__}")
+        self.loss_fn = loss_fn
+        self.model = self.prepare(model)
+        self.steps_done = 0
+
+    @abstractmethod
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Freeze, wrap or rewrite the model in place for this method; return the model to train."""
+
+    @abstractmethod
+    def _update(self, batch: Batch) -> float:
+        """Apply one update to the trainable state; return the loss measured before it."""
+
+    @abstractmethod
+    def memory_traits(self) -> MemoryTraits:
+        """What this method keeps in memory during a step."""
+
+    def step(self, batch: Batch) -> float:
+        """One training step on ``batch``; returns the loss before the update."""
+        self.model.train()
+        loss = check_finite(self._update(batch), self.name)
+        self.steps_done += 1
+        return loss
+
+    def trainable_parameters(self) -> dict[str, Tensor]:
+        """The tensors this method changes, by name (the natural federated update)."""
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters().values())
+
+    def summary(self) -> str:
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = self.num_trainable()
+        return (f"{self.name}: trainable params: {trainable:,} || all params: {total:,} || "
+                f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state beyond the model's parameters (optimizer state, counters) for checkpoints."""
+        return {"steps_done": self.steps_done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps_done = int(state.get("steps_done", 0))
+
+
+class GradientMethod(TrainingMethod):
+    """Methods that choose a subset of parameters to train and update them with autograd + an optimizer."""
+
+    config: GradientConfig
+    config_cls: ClassVar[type[MethodConfig]] = GradientConfig
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = self.select_trainable(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(f"{self.name}: nothing left to train in this model; check the method's options")
+        self.optimizer = make_optimizer(params, self.config)
+        return model
+
+    @abstractmethod
+    def select_trainable(self, model: nn.Module) -> nn.Module:
+        """Set ``requires_grad`` (and add modules) so that only this method's parameters train."""
+
+    def _update(self, batch: Batch) -> float:
+        loss = forward_loss(self.model, batch, self.loss_fn)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+    def memory_traits(self) -> MemoryTraits:
+        return MemoryTraits("autograd", gradient_bytes_per_param=4, optimizer_slots=self.config.optimizer_slots)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+
+def make_optimizer(params: list[nn.Parameter], config: GradientConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Leaf Linear/Conv layers in registration order (forward order for the models pocketlearn ships)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d):
+            yield name, module
+
+
+def head_module(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The output layer: ``lm_head`` for transformers LMs, else the last Linear layer."""
+    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
+        head = model.get_output_embeddings()
+        return next((n, m) for n, m in model.named_modules() if m is head)
+    layers = [(n, m) for n, m in weight_layers(model) if isinstance(m, nn.Linear)]
+    return layers[-1] if layers else None

