@@ -41,7 +41,7 @@ class Backprop(GradientMethod):
 
 
 def enable_checkpointing(model: nn.Module) -> None:
-    """transformers models use their own switch; a plain Sequential checkpoints each child module."""
+    """Transformers models use their own switch; a plain Sequential checkpoints each child module."""
     if hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return

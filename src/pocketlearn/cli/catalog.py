@@ -1,0 +1,43 @@
+"""``pocketlearn devices | methods | models``: what is available."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from pocketlearn.devices import PRESETS, format_bytes
+
+
+def devices_command() -> None:
+    """List the device presets (memory budget, compute, bandwidth, availability)."""
+    table = Table("device", "memory budget", "compute", "uplink", "downlink", "availability", "what it is")
+    for p in PRESETS.values():
+        table.add_row(p.name, format_bytes(p.memory_budget_bytes), f"{p.compute:g}",
+                      f"{format_bytes(p.uplink_bytes_per_s)}/s", f"{format_bytes(p.downlink_bytes_per_s)}/s",
+                      f"{p.availability:.0%}", p.description)
+    Console().print(table)
+
+
+def methods_command() -> None:
+    """List the training methods and their options."""
+    from dataclasses import fields
+
+    from pocketlearn.methods import available_methods, get_method_class
+
+    table = Table("method", "what it does", "options")
+    for name in available_methods():
+        cls = get_method_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls.config_cls))
+        table.add_row(name, doc, opts)
+    Console().print(table)
+
+
+def models_command() -> None:
+    """List the models pocketlearn can build by name."""
+    from pocketlearn.models import MODELS
+
+    table = Table("model", "task", "what it is")
+    for spec in MODELS.values():
+        table.add_row(spec.name, spec.task, spec.description)
+    Console().print(table)

@@ -1,0 +1,27 @@
+"""Entry point: ``pocketlearn --help``."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from pocketlearn.cli import catalog, plan
+from pocketlearn.errors import PocketlearnError
+
+app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+app.command("plan")(plan.plan_command)
+app.command("devices")(catalog.devices_command)
+app.command("methods")(catalog.methods_command)
+app.command("models")(catalog.models_command)
+
+
+def main() -> None:
+    """Run the CLI, turning pocketlearn's own errors into one clear line and exit code 2."""
+    try:
+        app()
+    except PocketlearnError as err:
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,115 @@
+"""Analytic estimate of a step's peak memory: weights + gradients + optimizer state + activations + temporaries.
+
+Parameter-side terms come from the method's declared :class:`MemoryTraits` and the tensors' sizes.
+Activations depend on the policy: for autograd methods, the bytes autograd saves during one forward pass
+(counted with ``saved_tensors_hooks``, no backward run); for forward-only methods, the layers' outputs.
+Temporaries are the transient buffers of the widest layer (its gradient in backward, its output in
+forward). It is checked against :func:`pocketlearn.memory.measure` in the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.methods.base import Batch, TrainingMethod, cross_entropy, forward_loss
+
+
+@dataclass(frozen=True)
+class Estimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    temporaries: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.activations + self.temporaries
+
+    def to_dict(self) -> dict[str, int]:
+        return {**asdict(self), "total": self.total}
+
+
+def _storage_key(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def model_state_bytes(model: nn.Module) -> int:
+    """Parameters and buffers, each shared storage (tied weights) counted once."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[_storage_key(t)] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+@contextmanager
+def _layer_outputs(model: nn.Module) -> Iterator[list[int]]:
+    """Bytes of every leaf module's output during a forward pass."""
+    sizes: list[int] = []
+
+    def hook(_m: nn.Module, _inputs: object, output: object) -> None:
+        out = getattr(output, "logits", output)
+        if isinstance(out, tuple):
+            out = out[0]
+        if isinstance(out, Tensor):
+            sizes.append(out.nelement() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        yield sizes
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _saved_activation_bytes(model: nn.Module, batch: Batch, params: set[int]) -> tuple[int, list[int]]:
+    """Bytes autograd saves in one forward + loss (parameters excluded), and the leaf outputs' sizes."""
+    saved: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        key = _storage_key(t)
+        if key not in params:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+
+    with _layer_outputs(model) as outputs, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        forward_loss(model, batch, cross_entropy)
+    return sum(saved.values()), outputs
+
+
+def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
+    """Estimated peak of one training step of a prepared ``method`` on ``batch``."""
+    model, traits = method.model, method.memory_traits()
+    trainable = sum(p.numel() for p in method.trainable_parameters().values())
+    largest_param = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
+    params = {_storage_key(p) for p in model.parameters()}
+    if traits.activations == "autograd":
+        model.train()
+        activations, outputs = _saved_activation_bytes(model, batch, params)
+        temporaries = 2 * max(outputs, default=0)  # gradient of the widest activation, and its producer's
+    else:
+        with torch.no_grad(), _layer_outputs(model) as outputs:
+            forward_loss(model, batch, cross_entropy)
+        widest = max(outputs, default=0)
+        activations = sum(outputs) if traits.activations == "all_layers" else widest
+        temporaries = 2 * widest
+    return Estimate(
+        weights=model_state_bytes(model),
+        gradients=traits.gradient_bytes_per_param * trainable,
+        optimizer=4 * traits.optimizer_slots * trainable,
+        activations=activations,
+        temporaries=temporaries + traits.temporary_param_copies * largest_param + traits.extra_bytes,
+    )
+
+
+def estimate_inference(model: nn.Module, batch: Batch) -> Estimate:
+    """Estimated peak of a forward pass: weights plus the widest layer's input and output."""
+    model.eval()
+    with torch.no_grad(), _layer_outputs(model) as outputs:
+        forward_loss(model, batch, cross_entropy)
+    return Estimate(model_state_bytes(model), 0, 0, 0, 2 * max(outputs, default=0))
