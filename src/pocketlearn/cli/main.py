@@ -7,12 +7,14 @@ import sys
 import typer
 from rich.console import Console
 
-from pocketlearn.cli import catalog, plan
+from pocketlearn.cli import catalog, demo, plan, train
 from pocketlearn.errors import PocketlearnError
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 app.command("plan")(plan.plan_command)
+app.command("train")(train.train_command)
+app.command("demo")(demo.demo_command)
 app.command("devices")(catalog.devices_command)
 app.command("methods")(catalog.methods_command)
 app.command("models")(catalog.models_command)

@@ -1,1 +1,38 @@
-"""Data sets that ship inside packages, and how to split them among clients."""
+"""Data sets that ship inside packages, as train/test tensors by name."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from pocketlearn.errors import ConfigError
+
+Split = tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
+DATASETS = ("digits", "fashion-mnist", "shakespeare")
+
+
+def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> Split:
+    """Train and test tensors of a named data set (Shakespeare: next-character windows of ``seq_len``)."""
+    if name == "digits":
+        from pocketlearn.data.digits import load_digits_tensors
+
+        return load_digits_tensors()
+    if name == "fashion-mnist":
+        from pocketlearn.data.fashion_mnist import load_fashion_mnist
+
+        x, y = load_fashion_mnist("train", limit=limit)
+        xt, yt = load_fashion_mnist("test", limit=limit)
+        return x, y, xt, yt
+    if name == "shakespeare":
+        import torch
+
+        from pocketlearn.data.shakespeare import encode_chars, load_roles, lm_windows, split_user_lines
+
+        splits = [split_user_lines(r) for r in load_roles(min_chars=2000)]
+        x, y = lm_windows(encode_chars("\n".join(line for s in splits for line in s[0])), seq_len)
+        xt, yt = lm_windows(encode_chars("\n".join(line for s in splits for line in s[1])), seq_len)
+        if limit:
+            g = torch.Generator().manual_seed(0)
+            keep, keep_t = torch.randperm(len(x), generator=g)[:limit], torch.randperm(len(xt), generator=g)[:limit]
+            x, y, xt, yt = x[keep], y[keep], xt[keep_t], yt[keep_t]
+        return x, y, xt, yt
+    raise ConfigError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")

@@ -161,6 +161,21 @@ def decode_chars(ids: Tensor) -> str:
     return bytes(ids.to(torch.uint8).tolist()).decode("utf-8", errors="replace")
 
 
+def lm_windows(stream: Tensor, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Cut a token stream into non-overlapping windows: inputs (n, T) and targets (n, T) shifted by one."""
+    if seq_len < 1:
+        raise ConfigError(f"seq_len must be positive, got {seq_len}.")
+    n = (len(stream) - 1) // seq_len
+    if n == 0:
+        raise DataError(
+            f"{len(stream)} tokens of text make no window of seq_len={seq_len} + 1; "
+            "use a shorter seq_len or users with more text (load_roles(min_chars=...))."
+        )
+    inputs = stream[: n * seq_len].view(n, seq_len)  # (n, T)
+    targets = stream[1 : n * seq_len + 1].view(n, seq_len)  # (n, T), the next token of each input
+    return inputs, targets
+
+
 def char_lm_batches(
     texts: Sequence[str], seq_len: int, batch_size: int, seed: int = 0
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -169,16 +184,8 @@ def char_lm_batches(
     The texts are joined by newlines and cut into non-overlapping windows of `seq_len`; the last batch
     may be smaller, so that a user with little text still trains.
     """
-    if seq_len < 1 or batch_size < 1:
+    if batch_size < 1:
         raise ConfigError(f"seq_len and batch_size must be positive, got {seq_len} and {batch_size}.")
-    stream = encode_chars("\n".join(texts) + "\n")
-    n = (len(stream) - 1) // seq_len
-    if n == 0:
-        raise DataError(
-            f"{len(stream)} bytes of text make no window of seq_len={seq_len} + 1; "
-            "use a shorter seq_len or users with more text (load_roles(min_chars=...))."
-        )
-    inputs = stream[: n * seq_len].view(n, seq_len)  # (n, T)
-    targets = stream[1 : n * seq_len + 1].view(n, seq_len)  # (n, T), the next byte of each input
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    inputs, targets = lm_windows(encode_chars("\n".join(texts) + "\n"), seq_len)
+    order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     return ((inputs[idx], targets[idx]) for idx in order.split(batch_size))

@@ -87,3 +87,12 @@ class TinyGPT(nn.Module):
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head
+
+    @torch.no_grad()
+    def generate(self, idx: Tensor, max_new_tokens: int, temperature: float = 0.8, seed: int = 0) -> Tensor:
+        """Sample ``max_new_tokens`` continuations of ``idx`` (B, T) → (B, T + max_new_tokens)."""
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(max_new_tokens):
+            logits = self(idx[:, -self.config.block_size:])[:, -1] / temperature  # (B, V)
+            idx = torch.cat([idx, torch.multinomial(logits.softmax(-1), 1, generator=g)], dim=1)
+        return idx

@@ -1,0 +1,276 @@
+"""Per-method figures: measured peak memory, step time, trainable parameters, and quality after a fixed budget.
+
+    python benchmarks/methods.py            # full run (~15 min on 2 cores), rewrites results/methods.* and README
+    python benchmarks/methods.py --quick    # small slices, for CI; writes results/methods-quick.*
+
+Memory is measured in a fresh process per (model, method) (pocketlearn.memory.measure); ratios are taken
+within this one run. Activation memory = measured peak - weights - gradients - optimizer state (the
+parameter-side terms are exact byte counts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import Progress
+
+from pocketlearn.devices import format_bytes
+from pocketlearn.evaluate import batches_of, evaluate
+from pocketlearn.memory import estimate, measure
+from pocketlearn.methods import make_method
+from pocketlearn.models import build_model, get_model_spec
+from pocketlearn.trainer import LocalTrainer, TrainerConfig
+
+RESULTS = Path(__file__).parent / "results"
+README = Path(__file__).parents[1] / "README.md"
+console = Console()
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    model: str
+    memory_batch: int
+    variants: tuple[Variant, ...]
+    train_batch: int = 64
+    epochs: int = 1
+    train_limit: int | None = None
+
+
+SGD = {"momentum": 0.9}
+SUITES = {
+    "mlp": Suite("mlp", "mlp-wide", 512, (
+        Variant("backprop", "backprop", {"lr": 0.05, **SGD}),
+        Variant("bias", "bias", {"lr": 0.05, **SGD}),
+        Variant("sparse", "sparse", {"lr": 0.05, **SGD}),
+        Variant("lora", "lora", {"lr": 0.05, "rank": 8, "train_head": True, **SGD}),
+        Variant("mezo", "mezo", {}),
+        Variant("pepita", "pepita", {}),
+        Variant("mempepita", "pepita", {"memory_efficient": True}),
+        Variant("binary", "binary", {}),
+    ), epochs=3),
+    "cnn": Suite("cnn", "cnn", 128, (
+        Variant("backprop", "backprop", {"lr": 0.05, **SGD}),
+        Variant("bias", "bias", {"lr": 0.05, **SGD}),
+        Variant("tinytl", "tinytl", {"lr": 0.05, **SGD}),
+        Variant("sparse", "sparse", {"lr": 0.05, **SGD}),
+        Variant("lora", "lora", {"lr": 0.05, "train_head": True, **SGD}),
+        Variant("mezo", "mezo", {}),
+        Variant("pepita", "pepita", {}),
+        Variant("binary", "binary", {}),
+    ), epochs=2, train_limit=20_000),
+    "llm": Suite("llm", "smollm2-135m", 4, (
+        Variant("backprop+adamw", "backprop", {"lr": 1e-5, "optimizer": "adamw"}),
+        Variant("lora", "lora", {"lr": 1e-3, "optimizer": "adamw", "rank": 8}),
+        Variant("sparse", "sparse", {"lr": 1e-5, "optimizer": "adamw", "last_k": 2}),
+        Variant("bias", "bias", {"lr": 1e-3, "optimizer": "adamw"}),
+        Variant("mezo", "mezo", {"lr": 1e-6, "eps": 1e-3}),
+        Variant("mezo (lora)", "mezo", {"subset": "lora", "lr": 1e-3, "eps": 1e-2}),
+    ), train_batch=4),
+}
+LLM_SEQ = 128
+
+
+@dataclass
+class Row:
+    suite: str
+    label: str
+    method: str
+    trainable: int = 0
+    peak_bytes: int = 0
+    activation_bytes: int = 0
+    seconds_per_step: float = 0.0
+    quality: float = math.nan  # accuracy (classifiers) or held-out loss (LM)
+    quality_before: float = math.nan
+    note: str = ""
+
+
+def measure_row(suite: Suite, variant: Variant, batch: Any) -> Row:
+    row = Row(suite.name, variant.label, variant.method)
+    try:
+        trainer = make_method(variant.method, build_model(suite.model), **variant.options)
+    except ValueError as err:
+        row.note = str(err).split(";")[0]
+        return row
+    parts = estimate(trainer, batch)
+    del trainer
+    m = measure(suite.model, variant.method, batch, options=variant.options, steps=2)
+    row.trainable, row.peak_bytes, row.seconds_per_step = m.num_trainable, m.peak_bytes, m.seconds_per_step
+    row.activation_bytes = m.peak_bytes - parts.weights - parts.gradients - parts.optimizer
+    return row
+
+
+def fashion_quality(suite: Suite, variant: Variant, quick: bool) -> tuple[float, float]:
+    from pocketlearn.data.fashion_mnist import load_fashion_mnist
+
+    limit = 4000 if quick else suite.train_limit
+    x, y = load_fashion_mnist("train", limit=limit)
+    xt, yt = load_fashion_mnist("test", limit=2000 if quick else None)
+    if suite.model.startswith("mlp"):
+        x, xt = x.flatten(1), xt.flatten(1)
+    torch.manual_seed(0)
+    method = make_method(variant.method, build_model(suite.model), **variant.options)
+    before = evaluate(method.model, batches_of(xt, yt, 1000))["accuracy"]
+    epochs = 1 if quick else suite.epochs
+    LocalTrainer(method, TrainerConfig(epochs=epochs, batch_size=suite.train_batch)).fit(x, y)
+    return before, evaluate(method.model, batches_of(xt, yt, 1000))["accuracy"]
+
+
+def shakespeare_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    """One user's text (the largest role) tokenized for SmolLM2: train windows and held-out windows."""
+    from pocketlearn.data.shakespeare import load_roles, lm_windows, split_user_lines
+    from pocketlearn.models.pretrained import load_smollm2
+
+    tokenizer = load_smollm2()[1]
+    role = max(load_roles(min_chars=2000), key=lambda r: r.num_chars)
+    train, held_out = split_user_lines(role)
+    encode = lambda lines: torch.tensor(tokenizer("\n".join(lines))["input_ids"])  # noqa: E731
+    return lm_windows(encode(train), LLM_SEQ), lm_windows(encode(held_out), LLM_SEQ)
+
+
+def llm_quality(variant: Variant, steps: int, data: Any) -> tuple[float, float]:
+    (x, y), (xt, yt) = data
+    held_out = batches_of(xt[:16], yt[:16], 4)
+    torch.manual_seed(0)
+    method = make_method(variant.method, build_model("smollm2-135m"), **variant.options)
+    before = evaluate(method.model, held_out)["loss"]
+    for batch in batches_of(x, y, 4, seed=0)[:steps]:
+        method.step(batch)
+    return before, evaluate(method.model, held_out)["loss"]
+
+
+def run_suite(suite: Suite, quick: bool, progress: Progress) -> list[Row]:
+    spec = get_model_spec(suite.model)
+    batch = spec.example_batch(suite.memory_batch, LLM_SEQ if spec.task == "lm" else None)
+    task = progress.add_task(f"{suite.name}: memory", total=len(suite.variants) * 2 + 1)
+    inference = measure(suite.model, "inference", batch, steps=2)
+    rows = [Row(suite.name, "inference", "inference", peak_bytes=inference.peak_bytes,
+                seconds_per_step=inference.seconds_per_step)]
+    progress.advance(task)
+    for v in suite.variants:
+        progress.update(task, description=f"{suite.name}: memory of {v.label}")
+        rows.append(measure_row(suite, v, batch))
+        progress.advance(task)
+    llm_data = shakespeare_tokens() if spec.task == "lm" and not quick else None
+    for v, row in zip(suite.variants, rows[1:], strict=True):
+        progress.update(task, description=f"{suite.name}: training with {v.label}")
+        if row.note:
+            pass
+        elif spec.task == "lm":
+            if llm_data is not None:
+                row.quality_before, row.quality = llm_quality(v, 8, llm_data)
+        else:
+            row.quality_before, row.quality = fashion_quality(suite, v, quick)
+        progress.advance(task)
+    return rows
+
+
+def find(rows: list[Row], suite: str, label: str) -> Row:
+    return next(r for r in rows if r.suite == suite and r.label == label)
+
+
+def goals(rows: list[Row]) -> list[dict[str, Any]]:
+    out = []
+
+    def goal(text: str, value: float, target: str, ok: bool) -> None:
+        out.append({"goal": text, "value": value, "target": target, "met": bool(ok)})
+
+    suites = {r.suite for r in rows}
+    if "llm" in suites:
+        inf = find(rows, "llm", "inference").peak_bytes
+        mezo, lora, bp = (find(rows, "llm", k).peak_bytes / inf for k in ("mezo", "lora", "backprop+adamw"))
+        goal("SmolLM2 mezo peak / inference peak", mezo, "<= 1.3", mezo <= 1.3)
+        goal("SmolLM2 lora peak / backprop+adamw peak", lora / bp, "< 0.5", lora / bp < 0.5)
+        goal("SmolLM2 backprop+adamw peak / inference peak", bp, ">= 3.5", bp >= 3.5)
+    if "mlp" in suites:
+        bp = find(rows, "mlp", "backprop")
+        for label in ("pepita", "mempepita"):
+            r = find(rows, "mlp", label)
+            saved = 1 - r.activation_bytes / bp.activation_bytes
+            goal(f"MLP {label} activation memory saved vs backprop", saved, ">= 0.5", saved >= 0.5)
+            gap = bp.quality - r.quality
+            goal(f"MLP {label} accuracy gap to backprop (points)", 100 * gap, "<= 5", 100 * gap <= 5)
+    if "cnn" in suites:
+        bp = find(rows, "cnn", "backprop").peak_bytes
+        for label in ("bias", "tinytl", "sparse"):
+            ratio = find(rows, "cnn", label).peak_bytes / bp
+            goal(f"CNN {label} peak / backprop peak", ratio, "< 1", ratio < 1)
+    return out
+
+
+def markdown(rows: list[Row], goal_rows: list[dict[str, Any]], header: str) -> str:
+    lines = [header, "", "| model | method | trainable | train peak | × inference | activations | step × backprop "
+             "| quality before → after |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for suite in dict.fromkeys(r.suite for r in rows):
+        srows = [r for r in rows if r.suite == suite]
+        inf = srows[0].peak_bytes
+        bp = next(r for r in srows if r.method == "backprop").seconds_per_step
+        model = SUITES[suite].model
+        for r in srows:
+            if r.note:
+                lines.append(f"| {model} | {r.label} | n/a | | | | | {r.note} |")
+                continue
+            quality = "" if math.isnan(r.quality) else (
+                f"acc {r.quality_before:.3f} → {r.quality:.3f}" if suite != "llm"
+                else f"loss {r.quality_before:.3f} → {r.quality:.3f}")
+            act = "" if r.label == "inference" else format_bytes(r.activation_bytes)
+            lines.append(f"| {model} | {r.label} | {r.trainable:,} | {format_bytes(r.peak_bytes)} | "
+                         f"{r.peak_bytes / inf:.2f}× | {act} | {r.seconds_per_step / bp:.2f}× | {quality} |")
+    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
+    lines += [f"| {g['goal']} | {g['value']:.3f} | {g['target']} | {'yes' if g['met'] else '**no**'} |"
+              for g in goal_rows]
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(table: str) -> None:
+    begin, end = "<!-- methods:begin -->", "<!-- methods:end -->"
+    text = README.read_text()
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        README.write_text(head + begin + "\n" + table + end + rest.split(end, 1)[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small slices and no LLM fine-tuning (CI)")
+    parser.add_argument("--suites", default="mlp,cnn,llm", help="comma-separated subset of mlp,cnn,llm")
+    args = parser.parse_args()
+    start = time.time()
+    rows: list[Row] = []
+    with Progress(console=console) as progress:
+        for name in args.suites.split(","):
+            rows += run_suite(SUITES[name], args.quick, progress)
+    goal_rows = goals(rows)
+    stem = "methods-quick" if args.quick else "methods"
+    header = (f"Measured by `python benchmarks/methods.py{' --quick' if args.quick else ''}` in "
+              f"{time.time() - start:.0f} s on {torch.get_num_threads()} threads.")
+    table = markdown(rows, goal_rows, header)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "goals": goal_rows},
+                                                      indent=2))
+    (RESULTS / f"{stem}.md").write_text(table)
+    if not args.quick and args.suites == "mlp,cnn,llm":
+        update_readme(table)
+    console.print(table)
+    missed = [g["goal"] for g in goal_rows if not g["met"]]
+    console.print(f"[bold]{len(goal_rows) - len(missed)}/{len(goal_rows)} goals met[/]" +
+                  (f"; missed: {missed}" if missed else ""))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""``pocketlearn train``: fine-tune a model on local data within a device's budget, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+def train_command(
+    model: Annotated[str, typer.Option(help="Model name (see `pocketlearn models`).")],
+    data: Annotated[str, typer.Option(help="digits | fashion-mnist | shakespeare")],
+    method: Annotated[str, typer.Option(help="Training method (see `pocketlearn methods`).")] = "backprop",
+    device: Annotated[str | None, typer.Option(help="Device preset whose memory budget is enforced.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    batch: Annotated[int, typer.Option(min=1)] = 32,
+    limit: Annotated[int | None, typer.Option(help="Use only this many examples (quick runs).")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option key=value.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint file; an existing one is resumed.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train MODEL on DATA with METHOD; checkpoints atomically and resumes a killed run where it stopped."""
+    import torch
+
+    from pocketlearn.data import load_tensors
+    from pocketlearn.devices import get_device
+    from pocketlearn.evaluate import batches_of, evaluate
+    from pocketlearn.methods import make_method
+    from pocketlearn.models import build_model, get_model_spec
+    from pocketlearn.trainer import LocalTrainer, TrainerConfig
+
+    spec = get_model_spec(model)
+    x, y, xt, yt = load_tensors(data, seq_len=spec.seq_len or 64, limit=limit)
+    torch.manual_seed(seed)
+    trainer = LocalTrainer(make_method(method, build_model(model), **parse_options(option or [])),
+                           TrainerConfig(epochs=epochs, batch_size=batch, seed=seed),
+                           device=get_device(device) if device else None, checkpoint_path=checkpoint)
+    console = Console()
+    console.print(trainer.method.summary())
+    before = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+    with progress_bar(console) as progress:
+        task = progress.add_task(f"training ({method})", total=trainer.total_steps(len(x)), loss=float("nan"))
+        result = trainer.fit(x, y, on_step=lambda s, loss: progress.update(task, completed=s, loss=loss))
+    after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+    console.print(json.dumps({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
+                              "before": before, "after": after}, indent=2))
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``["rank=4", "optimizer=adamw"]`` → ``{"rank": 4, "optimizer": "adamw"}`` (JSON values where they parse)."""
+    from pocketlearn.errors import ConfigError
+
+    options: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"option {pair!r} should look like key=value, e.g. -o lr=0.01")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def progress_bar(console: Console) -> Progress:
+    """A training progress bar that shows the latest loss."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    TextColumn("loss {task.fields[loss]:.4f}"), console=console)

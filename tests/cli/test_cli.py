@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from pocketlearn.cli.main import app
+
+runner = CliRunner()
+COMMANDS = ["plan", "train", "demo", "devices", "methods", "models"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_catalogs_list_what_exists():
+    assert "phone-1g" in runner.invoke(app, ["devices"]).output
+    assert "smollm2-135m" in runner.invoke(app, ["models"]).output
+
+
+def test_plan_json_without_measurement():
+    result = runner.invoke(app, ["plan", "--model", "digits-mlp", "--device", "phone-1g", "--batch", "8",
+                                 "--no-measure", "--json", "--methods", "backprop,bias,tinytl"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["recommended"] == "backprop"
+    rows = {r["method"]: r for r in plan["methods"]}
+    assert rows["tinytl"]["supported"] is False  # an MLP has no convolutions
+    assert rows["bias"]["estimate"]["total"] < rows["backprop"]["estimate"]["total"]
+
+
+def test_train_resumes_from_its_checkpoint(tmp_path):
+    args = ["train", "--model", "digits-mlp", "--data", "digits", "--epochs", "1", "--batch", "64",
+            "-o", "lr=0.1", "--checkpoint", str(tmp_path / "c.pt")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, args)
+    assert '"resumed_from_step": 23' in again.output
+
+
+def test_errors_are_one_clear_line_and_exit_2():
+    done = subprocess.run([sys.executable, "-c", "from pocketlearn.cli.main import main; main()", "plan",
+                           "--model", "digits-mlp", "--device", "toaster"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "unknown device 'toaster'; choose one of" in done.stderr
+    assert "Traceback" not in done.stderr
