@@ -3,6 +3,8 @@ import torch
 
 from pocketlearn.data.digits import load_digits_tensors
 from pocketlearn.evaluate import batches_of
+from pocketlearn.memory.estimate import saved_bytes
+from pocketlearn.methods.base import forward_loss
 from pocketlearn.models import cnn, mlp
 
 
@@ -41,3 +43,9 @@ def train_batches(digits, batch_size=64, epochs=1, image=False):
 def eval_batches(digits, image=False):
     x, y = digits[2], digits[3]
     return batches_of(x.view(-1, 1, 8, 8) if image else x, y, 256)
+
+
+def saved_activation_bytes(model, batch=None, *, inputs=None):
+    """Bytes autograd saves during forward (+ loss when a batch is given), the model's own state excluded."""
+    model.train()
+    return saved_bytes(model, lambda: forward_loss(model, batch) if batch is not None else model(inputs))

@@ -9,7 +9,7 @@ forward). It is checked against :func:`pocketlearn.memory.measure` in the tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -67,19 +67,20 @@ def _layer_outputs(model: nn.Module) -> Iterator[list[int]]:
             h.remove()
 
 
-def _saved_activation_bytes(model: nn.Module, batch: Batch, params: set[int]) -> tuple[int, list[int]]:
-    """Bytes autograd saves in one forward + loss (parameters excluded), and the leaf outputs' sizes."""
+def saved_bytes(model: nn.Module, run: Callable[[], object]) -> int:
+    """Bytes autograd saves for backward while ``run()`` executes, each storage once, ``model``'s state excluded."""
+    state = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}
 
     def pack(t: Tensor) -> Tensor:
         key = _storage_key(t)
-        if key not in params:
+        if key not in state:
             saved[key] = t.untyped_storage().nbytes()
         return t
 
-    with _layer_outputs(model) as outputs, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        forward_loss(model, batch, cross_entropy)
-    return sum(saved.values()), outputs
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        run()
+    return sum(saved.values())
 
 
 def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
@@ -87,10 +88,10 @@ def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
     model, traits = method.model, method.memory_traits()
     trainable = sum(p.numel() for p in method.trainable_parameters().values())
     largest_param = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
-    params = {_storage_key(p) for p in model.parameters()}
     if traits.activations == "autograd":
         model.train()
-        activations, outputs = _saved_activation_bytes(model, batch, params)
+        with _layer_outputs(model) as outputs:
+            activations = saved_bytes(model, lambda: forward_loss(model, batch, cross_entropy))
         temporaries = 2 * max(outputs, default=0)  # gradient of the widest activation, and its producer's
     else:
         with torch.no_grad(), _layer_outputs(model) as outputs:

@@ -233,3 +233,20 @@ def head_module(model: nn.Module) -> tuple[str, nn.Module] | None:
         return next((n, m) for n, m in model.named_modules() if m is head)
     layers = [(n, m) for n, m in weight_layers(model) if isinstance(m, nn.Linear)]
     return layers[-1] if layers else None
+
+
+def untied_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The output layer, unless it shares its weight with the input embeddings (an LM's 28M-row table)."""
+    head = head_module(model)
+    get_embeddings = getattr(model, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    if head is None or (embeddings is not None and head[1].weight is getattr(embeddings, "weight", None)):
+        return None
+    return head
+
+
+def train_biases(model: nn.Module) -> None:
+    """Unfreeze every bias: cheap to train, since a bias gradient needs no stored input."""
+    for name, p in model.named_parameters():
+        if name.endswith("bias"):
+            p.requires_grad_(True)

@@ -11,7 +11,8 @@ from typing import ClassVar
 
 from torch import nn
 
-from pocketlearn.methods.base import GradientConfig, GradientMethod, MethodConfig, freeze, head_module
+from pocketlearn.methods.base import GradientConfig, GradientMethod, MethodConfig, freeze, train_biases, untied_head
+from pocketlearn.methods.lean import make_lean
 
 
 @dataclass(frozen=True)
@@ -26,21 +27,15 @@ class BiasOnly(GradientMethod):
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.requires_grad_(True)
+        train_biases(model)
         if self.config.train_head:
             train_head(model)
+        make_lean(model)
         return model
 
 
 def train_head(model: nn.Module) -> None:
-    """Unfreeze the output layer, unless it is tied to the input embeddings (an LM's 28M-row table)."""
-    head = head_module(model)
-    if head is None:
-        return
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if embeddings is not None and head[1].weight is getattr(embeddings, "weight", None):
-        return
-    for p in head[1].parameters():
-        p.requires_grad_(True)
+    """Unfreeze the output layer, unless it is tied to the input embeddings."""
+    head = untied_head(model)
+    if head is not None:
+        head[1].requires_grad_(True)
