@@ -25,7 +25,7 @@ def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> S
     if name == "shakespeare":
         import torch
 
-        from pocketlearn.data.shakespeare import encode_chars, load_roles, lm_windows, split_user_lines
+        from pocketlearn.data.shakespeare import encode_chars, lm_windows, load_roles, split_user_lines
 
         splits = [split_user_lines(r) for r in load_roles(min_chars=2000)]
         x, y = lm_windows(encode_chars("\n".join(line for s in splits for line in s[0])), seq_len)

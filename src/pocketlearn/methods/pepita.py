@@ -57,7 +57,16 @@ class Unit:
 
     def __call__(self, h: Tensor) -> Tensor:
         out = self.layer(h)
-        return self.activation(out) if self.activation is not None else out
+        act = self.activation
+        if act is None:
+            return out
+        if getattr(act, "inplace", None) is False:  # no autograd here, so overwrite the layer's output
+            act.inplace = True
+            try:
+                return act(out)
+            finally:
+                act.inplace = False
+        return act(out)
 
 
 class Pepita(TrainingMethod):
@@ -105,7 +114,7 @@ class Pepita(TrainingMethod):
             "one_layer" if self.config.memory_efficient else "all_layers",
             gradient_bytes_per_param=0,
             optimizer_slots=1 if self.config.momentum > 0 else 0,
-            temporary_param_copies=1,  # one layer's dW at a time
+            temporary_param_copies=1,  # a conv layer's dW (Linear layers accumulate in place)
             extra_bytes=feedback_bytes,
         )
 
@@ -115,9 +124,10 @@ class Pepita(TrainingMethod):
         keep = not self.config.memory_efficient
         logits, clean = self._clean_pass(x, keep=keep)  # (B, C), every unit's output if kept
         error = torch.softmax(logits, -1) - nn.functional.one_hot(y, logits.size(-1)).to(logits.dtype)  # (B, C)
-        x_mod = x + (error @ self._feedback_for(x, error.size(-1))).view_as(x)  # (B, *input)
-        self._modulated_pass(x, x_mod, error, clean if keep else None)
-        return self.loss_fn(logits, y).item()
+        loss = self.loss_fn(logits, y).item()
+        del logits
+        self._modulated_pass(x, error, clean if keep else None)
+        return loss
 
     def _clean_pass(self, x: Tensor, *, keep: bool) -> tuple[Tensor, list[Tensor]]:
         h, outputs = x, []
@@ -127,20 +137,28 @@ class Pepita(TrainingMethod):
                 outputs.append(h)
         return h, outputs
 
-    def _modulated_pass(self, x: Tensor, x_mod: Tensor, error: Tensor, clean: list[Tensor] | None) -> None:
-        """Update each unit as soon as its modulated output is known; ``clean=None`` recomputes (MEMPEPITA)."""
-        h, h_mod, k = x, x_mod, 0
+    def _modulated_pass(self, x: Tensor, error: Tensor, clean: list[Tensor] | None) -> None:
+        """Update each unit as soon as its modulated output is known; ``clean=None`` recomputes (MEMPEPITA).
+
+        Only the current unit's clean and modulated inputs and outputs are alive at once (with ``clean=None``),
+        and the difference of the two streams is never materialised: its outer product is accumulated from
+        each stream separately.
+        """
+        feedback = self._feedback_for(x, error.size(-1))  # (C, d_in)
+        h, k = x, 0
+        h_mod = torch.addmm(x.reshape(len(x), -1), error, feedback).view_as(x)  # x + F e, (B, *input)
         for i, stage in enumerate(self.stages):
+            if not isinstance(stage, Unit):
+                h_mod = self._run(i, stage, h_mod)
+                h = self._run(i, stage, h) if clean is None else h
+                continue
+            if i == self.last_unit:
+                self._apply(stage, h_mod, error)
+                return
+            h = self._run(i, stage, h) if clean is None else clean[k]  # the clean output, (B, ...)
+            k += 1
             out_mod = self._run(i, stage, h_mod)
-            if isinstance(stage, Unit):
-                if i == self.last_unit:
-                    diff = error
-                else:
-                    out = clean[k] if clean is not None else self._run(i, stage, h)
-                    diff, h, k = out - out_mod, out, k + 1
-                self._apply(stage, h_mod, diff)
-            elif clean is None:
-                h = self._run(i, stage, h)
+            self._apply(stage, h_mod, h, out_mod)  # dW = (h - out_mod) ⊗ h_mod
             h_mod = out_mod
 
     def _run(self, i: int, stage: Unit | nn.Module, h: Tensor) -> Tensor:
@@ -149,16 +167,20 @@ class Pepita(TrainingMethod):
             return same_mask_dropout(stage, h, seed=seed)
         return stage(h)
 
-    def _apply(self, unit: Unit, h_in: Tensor, diff: Tensor) -> None:
-        """``W -= lr * dW`` (with momentum), for the weight and the bias of one unit."""
-        for suffix, delta in zip(("weight", "bias"), layer_update(unit.layer, h_in, diff), strict=True):
-            param = getattr(unit.layer, suffix)
-            if param is None:
-                continue
-            buf = self.momentum_buffers.get(f"{unit.name}.{suffix}")
-            if buf is not None:
-                delta = buf.mul_(self.config.momentum).add_(delta)
-            param.sub_(delta, alpha=self.config.lr)
+    def _apply(self, unit: Unit, h_in: Tensor, plus: Tensor, minus: Tensor | None = None) -> None:
+        """``W -= lr * dW`` (with momentum) for the weight and bias of one unit, ``dW = (plus - minus) ⊗ h_in``."""
+        lr, momentum = self.config.lr, self.config.momentum
+        targets, alpha = [unit.layer.weight, unit.layer.bias], -lr
+        buffers = [self.momentum_buffers.get(f"{unit.name}.{s}") for s in ("weight", "bias")]
+        if self.momentum_buffers:
+            targets, alpha = [b.mul_(momentum) if b is not None else None for b in buffers], 1.0
+        accumulate_update(unit.layer, h_in, plus, targets, alpha)
+        if minus is not None:
+            accumulate_update(unit.layer, h_in, minus, targets, -alpha)
+        if self.momentum_buffers:
+            for param, buf in zip((unit.layer.weight, unit.layer.bias), buffers, strict=True):
+                if param is not None and buf is not None:
+                    param.sub_(buf, alpha=lr)
 
     def _feedback_for(self, x: Tensor, num_classes: int) -> Tensor:
         """The fixed projection F (C, d_in), seeded: U[-1, 1] * feedback_scale * sqrt(6 / d_in)."""
@@ -191,15 +213,27 @@ class Pepita(TrainingMethod):
             self.feedback = state["feedback"]
 
 
-def layer_update(layer: WeightLayer, h_in: Tensor, diff: Tensor) -> tuple[Tensor, Tensor]:
-    """Batch means of ``dW = diff ⊗ h_in`` and ``db = diff``; for Conv2d, summed over output positions."""
-    batch = h_in.size(0)
+def accumulate_update(layer: WeightLayer, h_in: Tensor, diff: Tensor, targets: list[Tensor | None],
+                      alpha: float) -> None:
+    """``targets += alpha * (dW, db)``, batch means of ``dW = diff ⊗ h_in`` and ``db = diff``, in place.
+
+    For Linear the outer product goes straight into the target (addmm_): no weight-sized temporary.
+    For Conv2d it is summed over output positions.
+    """
+    weight, bias = targets
+    scale = alpha / h_in.size(0)
     if isinstance(layer, nn.Conv2d):  # h_in (B, C_in, H, W), diff (B, C_out, H', W')
-        dw = conv2d_weight(h_in, layer.weight.shape, diff, layer.stride, conv_padding(layer),
-                           layer.dilation, layer.groups)
-        return dw / batch, diff.sum((0, 2, 3)) / batch
+        if weight is not None:
+            weight.add_(conv2d_weight(h_in, layer.weight.shape, diff, layer.stride, conv_padding(layer),
+                                      layer.dilation, layer.groups), alpha=scale)
+        if bias is not None:
+            bias.add_(diff.sum((0, 2, 3)), alpha=scale)
+        return
     diff2, h2 = diff.reshape(-1, diff.size(-1)), h_in.reshape(-1, h_in.size(-1))  # (B*, out), (B*, in)
-    return diff2.T @ h2 / batch, diff2.sum(0) / batch
+    if weight is not None:
+        weight.addmm_(diff2.T, h2, alpha=scale)
+    if bias is not None:
+        bias.add_(diff2.sum(0), alpha=scale)
 
 
 def conv_padding(layer: nn.Conv2d) -> tuple[int, int]:

@@ -50,6 +50,10 @@ MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
         ModelSpec("mlp", mlp, "classification", (1, 28, 28), 10, description="MLP 784-256-256-10 (Fashion-MNIST)"),
+        ModelSpec("mlp-1024", lambda: mlp(hidden=(1024,)), "classification", (1, 28, 28), 10,
+                  description="MLP 784-1024-10 (PEPITA's Fashion-MNIST network)"),
+        ModelSpec("mlp-deep", lambda: mlp(hidden=(1024,) * 12), "classification", (1, 28, 28), 10,
+                  description="MLP 784-12x1024-10 (deep: activations dominate a step's memory)"),
         ModelSpec("mlp-wide", lambda: mlp(hidden=(1024, 1024)), "classification", (1, 28, 28), 10,
                   description="MLP 784-1024-1024-10 (Fashion-MNIST)"),
         ModelSpec("cnn", cnn, "classification", (1, 28, 28), 10, description="CNN 2 conv + 2 fc (Fashion-MNIST)"),
