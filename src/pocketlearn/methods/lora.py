@@ -1,0 +1,150 @@
+"""LoRA: low-rank adapters on frozen weights (Hu et al., ICLR 2022), built with PEFT's own layers.
+
+Each adapted layer computes ``W x + (alpha / rank) · B A x`` with ``W`` frozen, ``A`` (rank, in) and
+``B`` (out, rank); ``B`` starts at zero, so the adapted model starts equal to the original. Only the
+factors (and, if asked, the head and the biases) train, which makes them the natural federated update.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import ClassVar
+
+import peft
+from peft.tuners.lora import LoraLayer
+from torch import Tensor, nn
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.methods.base import (
+    GradientConfig,
+    GradientMethod,
+    MethodConfig,
+    freeze,
+    head_module,
+    weight_layers,
+)
+from pocketlearn.methods.bias import train_head
+
+
+@dataclass(frozen=True)
+class LoraConfig(GradientConfig):
+    rank: int = 8  # r: inner dimension of B A
+    alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
+    dropout: float = 0.0  # dropout on the adapters' input
+    # layer names, PEFT-style (a full name or a name's last parts: ("q_proj", "v_proj")); None = every
+    # Linear/Conv1d/Conv2d layer except the output head
+    target_modules: tuple[str, ...] | None = None
+    train_head: bool = False  # also train the output layer fully (a new label set needs it)
+    train_biases: bool = False  # also train every bias of the frozen layers
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list | str):  # from TOML / the CLI
+            names = [self.target_modules] if isinstance(self.target_modules, str) else self.target_modules
+            object.__setattr__(self, "target_modules", tuple(names))
+        super().__post_init__()
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        out += lora_problems(self.rank, self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            out.append(f"dropout should be in [0, 1), got {self.dropout}")
+        if self.target_modules is not None and not self.target_modules:
+            out.append("target_modules is empty; leave it None to adapt every weight layer except the head")
+        return out
+
+
+def lora_problems(rank: int, alpha: float) -> list[str]:
+    """Check the settings of every config that injects adapters (LoRA, MeZO's ``subset="lora"``)."""
+    out = [] if rank >= 1 else [f"rank should be >= 1, got {rank}"]
+    return out + ([] if alpha > 0 else [f"alpha should be positive, got {alpha}"])
+
+
+class LoRA(GradientMethod):
+    """Low-rank adaptation (Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022).
+
+    Adapters come from PEFT (``peft.inject_adapter_in_model``) on every model, plain ``nn.Module`` or
+    transformers. By default every Linear and Conv layer except the head is adapted: PEFT's Conv2d adapter
+    is a k×k conv down to ``rank`` channels (A) and a 1×1 conv back up (B), and on CNNs the convs hold most
+    weights. :func:`merge_lora` folds the trained adapters back into plain layers for export.
+    """
+
+    name = "lora"
+    config: LoraConfig
+    config_cls: ClassVar[type[MethodConfig]] = LoraConfig
+
+    def select_trainable(self, model: nn.Module) -> nn.Module:
+        freeze(model)
+        if self.config.train_head:
+            train_head(model)
+        if self.config.train_biases:
+            for name, p in model.named_parameters():
+                if name.endswith("bias"):
+                    p.requires_grad_(True)
+        keep = [p for p in model.parameters() if p.requires_grad]  # PEFT freezes all but the adapters
+        c = self.config
+        self.targets = inject_lora(model, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                                   target_modules=c.target_modules)
+        for p in keep:
+            p.requires_grad_(True)
+        return model
+
+
+def inject_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0,
+                target_modules: tuple[str, ...] | list[str] | None = None) -> list[str]:
+    """Add PEFT LoRA adapters to ``model`` in place; return the names of the adapted layers.
+
+    ``target_modules`` follows PEFT (a full module name, or its last dotted parts); None adapts every
+    Linear/Conv1d/Conv2d layer except the output head. Adapter parameters are left trainable, the rest frozen.
+    """
+    if lora_layers(model):
+        raise ConfigError("the model already has LoRA adapters; train those, or merge_lora(model) first")
+    targets: str | list[str] = list(target_modules) if target_modules is not None else default_targets(model)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    try:
+        peft.inject_adapter_in_model(config, model)
+    except ValueError as e:
+        layers = [n for n, _ in weight_layers(model)]
+        raise ConfigError(f"LoRA: target_modules {target_modules} match no supported layer ({e}); "
+                          f"the model's weight layers are {layers}") from e
+    return list(lora_layers(model))
+
+
+def default_targets(model: nn.Module) -> str:
+    """Return a regex (PEFT full-matches it) that names every Linear/Conv layer but the head, exactly."""
+    head = head_module(model)
+    names = [n for n, _ in weight_layers(model) if head is None or n != head[0]]
+    if not names:
+        raise ConfigError("LoRA: the model has no Linear/Conv layer besides its output head to adapt; "
+                          "pass target_modules explicitly")
+    return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
+    """Return the adapted layers by name, in registration order."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+
+
+def lora_parameters(model: nn.Module) -> dict[str, Tensor]:
+    """Return the adapter factors by name: ``…lora_A.default.weight`` (rank, in), ``…lora_B…`` (out, rank)."""
+    layers = lora_layers(model)
+    return {f"{ln}.{n}": p for ln, layer in layers.items() for n, p in layer.named_parameters()
+            if n.startswith(layer.adapter_layer_names)}
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every adapter into its base weight and put the plain layers back, in place.
+
+    PEFT's ``merge`` does W += (alpha / rank) · B A. Returns the same model, now without adapters (a method
+    built on it cannot go on training it).
+    """
+    layers = lora_layers(model)
+    if not layers:
+        raise ConfigError("merge_lora: the model has no LoRA adapters; wrap it with the 'lora' method first")
+    for name, layer in layers.items():
+        layer.merge()
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, layer.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+    return model

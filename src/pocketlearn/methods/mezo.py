@@ -1,0 +1,221 @@
+"""MeZO: zeroth-order SGD from two forward passes, with the noise regenerated from a seed, never stored.
+
+One step (n_perturbations = 1), for the perturbed parameters θ and a fresh step seed s:
+    θ += εz; l+ = L(θ);  θ -= 2εz; l- = L(θ);  θ += εz  (back to θ, up to float round-off)
+    g = (l+ - l-) / 2ε  (the projected gradient, an estimate of ∇L·z)
+    θ -= lr (g z + wd θ)
+where z ~ N(0, I) is drawn parameter by parameter from (s, the parameter's position in sorted-name order).
+A step is fully described by (s, g), so :func:`replay` rebuilds the trained weights from a copy of the
+starting ones and the list of those pairs: the seed exchange of federated zeroth-order training (FedKSeed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.methods.base import (
+    Batch,
+    MemoryTraits,
+    MethodConfig,
+    TrainingMethod,
+    check_finite,
+    forward_loss,
+    freeze,
+)
+from pocketlearn.methods.lora import inject_lora, lora_parameters, lora_problems
+
+Subset = Literal["all", "bias", "lora"]
+History = list[tuple[int, float]]  # (seed, projected gradient), n_perturbations consecutive pairs per step
+
+
+@dataclass(frozen=True)
+class MezoConfig(MethodConfig):
+    lr: float = 1e-3  # small models; the paper uses 1e-6..1e-7 for full OPT fine-tuning, 1e-4 with LoRA
+    eps: float = 1e-3  # perturbation scale ε
+    weight_decay: float = 0.0  # on matrices only (not biases or norm weights), as in the paper's code
+    subset: Subset = "all"  # what is perturbed and trained: every parameter, the biases, or LoRA adapters
+    rank: int = 8  # LoRA rank for subset="lora"
+    alpha: float = 16.0  # LoRA scale numerator for subset="lora" (adapters scaled by alpha / rank)
+    seed: int = 0  # step seeds derive from (seed, step, perturbation); also seeds the LoRA init
+    n_perturbations: int = 1  # SPSA estimates averaged per step (n-SPSA)
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.eps <= 0:
+            out.append(f"eps should be positive, got {self.eps}")
+        if self.weight_decay < 0:
+            out.append(f"weight_decay should be >= 0, got {self.weight_decay}")
+        if self.subset not in ("all", "bias", "lora"):
+            out.append(f"subset should be 'all', 'bias' or 'lora', got {self.subset!r}")
+        if self.seed < 0:
+            out.append(f"seed should be >= 0, got {self.seed}")
+        if self.n_perturbations < 1:
+            out.append(f"n_perturbations should be >= 1, got {self.n_perturbations}")
+        return out + lora_problems(self.rank, self.alpha)
+
+
+class MeZO(TrainingMethod):
+    """MeZO (Malladi et al., "Fine-Tuning Language Models with Just Forward Passes", NeurIPS 2023).
+
+    Memory-efficient zeroth-order SGD: SPSA gradient estimates with in-place, seed-regenerated perturbations.
+
+    No autograd, no optimizer state, no copy of the weights: the only extra memory is the noise ``z`` of
+    one parameter at a time. As in the paper's code the forward passes run in eval mode (no dropout), so
+    l+ and l- see the same function. ``history`` keeps every (seed, projected gradient) pair.
+    """
+
+    name = "mezo"
+    config: MezoConfig
+    config_cls: ClassVar[type[MethodConfig]] = MezoConfig
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        self.history: History = []
+        if self.config.subset == "lora":
+            with torch.random.fork_rng(devices=[]):  # the adapters' init depends on config.seed alone
+                torch.manual_seed(self.config.seed)
+                inject_lora(model, rank=self.config.rank, alpha=self.config.alpha)
+        freeze(model)
+        self.params = select_parameters(model, self.config.subset)
+        return model
+
+    def trainable_parameters(self) -> dict[str, Tensor]:
+        return dict(self.params)
+
+    def memory_traits(self) -> MemoryTraits:
+        # activations of one layer at a time (no autograd); z of one parameter at a time
+        return MemoryTraits("one_layer", gradient_bytes_per_param=0, optimizer_slots=0,
+                            temporary_param_copies=1)
+
+    def _update(self, batch: Batch) -> float:
+        seeds = step_seeds(self.config.seed, self.steps_done, self.config.n_perturbations)
+        with torch.no_grad(), _eval_mode(self.model):
+            estimates = [self.estimate(batch, s) for s in seeds]
+            for _, loss in estimates:
+                check_finite(loss, self.name)  # before the update: the weights stay usable
+            pairs = [(s, g) for s, (g, _) in zip(seeds, estimates, strict=True)]
+            apply_update(self.params, pairs, self.config)
+        self.history += pairs
+        return sum(loss for _, loss in estimates) / len(estimates)
+
+    @torch.no_grad()
+    def estimate(self, batch: Batch, seed: int) -> tuple[float, float]:
+        """Projected gradient g = (l+ - l-) / 2ε along z(seed), and the mean loss (l+ + l-) / 2.
+
+        Leaves the parameters where they were, up to float round-off (a few ulp), even if a pass fails.
+        """
+        eps, losses, offset = self.config.eps, [], 0.0
+        try:
+            for sign in (1.0, -1.0):  # θ + εz, then θ - εz
+                perturb(self.params, seed, sign * eps - offset)
+                offset = sign * eps
+                losses.append(forward_loss(self.model, batch, self.loss_fn).item())
+        finally:
+            perturb(self.params, seed, -offset)
+        plus, minus = losses
+        return (plus - minus) / (2 * eps), (plus + minus) / 2
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "history": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.history = [(int(s), float(g)) for s, g in state.get("history", [])]
+
+
+def select_parameters(model: nn.Module, subset: Subset) -> dict[str, Tensor]:
+    """Return the parameters ``subset`` names, sorted by name: the order z is drawn in."""
+    if subset == "lora":
+        chosen = lora_parameters(model)
+        if not chosen:
+            raise ConfigError("mezo: subset='lora' but the model has no LoRA adapters; build the method on "
+                              "the plain model (it injects them) or pass a model that has them")
+    elif subset == "bias":
+        chosen = {n: p for n, p in model.named_parameters() if n.endswith("bias")}
+        if not chosen:
+            raise ConfigError("mezo: subset='bias' but the model has no biases; use subset='lora' or 'all'")
+    else:
+        chosen = dict(model.named_parameters())
+    return dict(sorted(chosen.items()))
+
+
+def step_seeds(seed: int, step: int, n: int) -> list[int]:
+    """Return the ``n`` 32-bit seeds of step ``step`` (a pure function: a resumed run draws the same)."""
+    return [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(n)]
+
+
+def noise(like: Tensor, seed: int, index: int) -> Tensor:
+    """Draw z ~ N(0, I) shaped like ``like``, for parameter ``index`` of step seed ``seed``.
+
+    Drawn on the CPU in fp32 from its own generator, so it does not depend on the weights' device or
+    dtype, and any parameter's z can be regenerated alone.
+    """
+    key = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]  # unrelated for nearby keys
+    g = torch.Generator().manual_seed(int(key))
+    return torch.randn(like.shape, generator=g).to(like.device, like.dtype)
+
+
+def perturb(params: Mapping[str, Tensor], seed: int, scale: float) -> None:
+    """θ += scale · z(seed), in place, one parameter's z at a time."""
+    for i, p in enumerate(params.values()):
+        p.add_(noise(p, seed, i), alpha=scale)
+
+
+def apply_update(params: Mapping[str, Tensor], pairs: Sequence[tuple[int, float]], config: MezoConfig
+                 ) -> None:
+    """Apply one step, θ -= lr (mean_k g_k z_k + wd θ) with decay on matrices only (trains and replays)."""
+    lr, n = config.lr, len(pairs)
+    for i, p in enumerate(params.values()):
+        if config.weight_decay and p.ndim >= 2:
+            p.mul_(1 - lr * config.weight_decay)
+        for seed, g in pairs:
+            p.add_(noise(p, seed, i), alpha=-lr * g / n)
+
+
+@torch.no_grad()
+def replay(params: Mapping[str, Tensor] | nn.Module, history: Sequence[tuple[int, float]], config: MezoConfig,
+           *, round_trip: bool = True) -> None:
+    """Apply a MeZO ``history`` in place to another copy of the same starting weights.
+
+    ``params``: a module (its ``config.subset`` parameters are used; for "lora" it must already carry the
+    same adapters, e.g. built by ``MeZO`` with the same seed) or a dict of the trained tensors by name.
+    ``round_trip`` repeats each perturbation's +εz, -2εz, +εz so that the result equals the trained weights
+    bit for bit (same hardware and dtype); without it, only the updates are applied (a last-bit difference).
+    """
+    tensors = select_parameters(params, config.subset) if isinstance(params, nn.Module) else dict(
+        sorted(params.items()))
+    n = config.n_perturbations
+    if len(history) % n:
+        raise ConfigError(f"mezo replay: history has {len(history)} pairs, not a multiple of "
+                          f"n_perturbations={n}; pass the config the history was trained with")
+    for start in range(0, len(history), n):
+        pairs = history[start:start + n]
+        if round_trip:
+            for seed, _ in pairs:
+                _round_trip(tensors, seed, config.eps)
+        apply_update(tensors, pairs, config)
+
+
+def _round_trip(params: Mapping[str, Tensor], seed: int, eps: float) -> None:
+    """Repeat the float ops of :meth:`MeZO.estimate` (θ + εz - 2εz + εz), drawing z once per parameter."""
+    for i, p in enumerate(params.values()):
+        z = noise(p, seed, i)
+        for scale in (eps, -2 * eps, eps):
+            p.add_(z, alpha=scale)
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
