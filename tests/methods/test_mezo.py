@@ -159,7 +159,7 @@ def test_mezo_lora_lowers_smollm2_loss_on_one_text():
     method = make_method("mezo", model, subset="lora", lr=3e-4, eps=1e-3)
     with torch.no_grad():
         before = forward_loss(method.model, batch).item()
-        for _ in range(20):
+        for _ in range(25):
             method.step(batch)
         after = forward_loss(method.model, batch).item()
     assert after < before - 0.1

@@ -11,7 +11,7 @@ from rich.panel import Panel
 
 def demo_command(
     device: Annotated[str, typer.Option(help="Device preset to plan for.")] = "phone-1g",
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
 ) -> None:
     """Measure which methods fit a phone, train with the best one, and show the model before and after."""
     import torch

@@ -52,7 +52,8 @@ def plan_table(result: Plan) -> Table:
     inference_peak = result.inference.peak_bytes or 1
     for r in (result.inference, *result.rows):
         if not r.supported:
-            table.add_row(r.method, "", "", "", "", "", f"[dim]n/a: {r.note}[/]")
+            note = r.note if len(r.note) <= 40 else r.note[:39] + "…"
+            table.add_row(r.method, "", "", "", "", "", f"[dim]n/a: {note}[/]")
             continue
         m, e = r.measurement, r.estimate
         fits = "" if r.method == "inference" else ("[green]yes[/]" if r.fits else "[red]no[/]")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,9 @@ def load_smollm2(*, with_tokenizer: bool = True) -> tuple[Any, Any]:
     _offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging
 
+    logging.disable_progress_bar()  # pocketlearn shows its own progress
     cached = cache_dir() / "smollm2-135m"
     if not (cached / "model.safetensors").exists():
         gguf = smollm2_gguf()
@@ -56,8 +59,10 @@ def load_smollm2(*, with_tokenizer: bool = True) -> tuple[Any, Any]:
         tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if not cached.exists():
+        try:
             tmp.replace(cached)  # atomic: a half-written cache is never used
+        except OSError:  # another process finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     model = AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(cached) if with_tokenizer else None
     return model, tokenizer
