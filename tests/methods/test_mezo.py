@@ -156,10 +156,10 @@ def test_mezo_lora_lowers_smollm2_loss_on_one_text():
     model, tokenizer = load_smollm2()
     ids = tokenizer("The quick brown fox jumps over the lazy dog.", return_tensors="pt").input_ids  # (1, T)
     batch = (ids[:, :-1], ids[:, 1:])
-    method = make_method("mezo", model, subset="lora", lr=3e-4, eps=1e-3)
+    method = make_method("mezo", model, subset="lora", lr=5e-4)  # 1e-3 can diverge on one text
     with torch.no_grad():
         before = forward_loss(method.model, batch).item()
         for _ in range(25):
             method.step(batch)
         after = forward_loss(method.model, batch).item()
-    assert after < before - 0.1
+    assert after < before - 0.2

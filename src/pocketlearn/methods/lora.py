@@ -100,7 +100,8 @@ def inject_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, dropout
     if lora_layers(model):
         raise ConfigError("the model already has LoRA adapters; train those, or merge_lora(model) first")
     targets: str | list[str] = list(target_modules) if target_modules is not None else default_targets(model)
-    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT says int; any scale works
+                             lora_dropout=dropout, target_modules=targets)
     try:
         peft.inject_adapter_in_model(config, model)
     except ValueError as e:
@@ -127,9 +128,8 @@ def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:
 
 def lora_parameters(model: nn.Module) -> dict[str, Tensor]:
     """Return the adapter factors by name: ``…lora_A.default.weight`` (rank, in), ``…lora_B…`` (out, rank)."""
-    layers = lora_layers(model)
-    return {f"{ln}.{n}": p for ln, layer in layers.items() for n, p in layer.named_parameters()
-            if n.startswith(layer.adapter_layer_names)}
+    factors = set(LoraLayer.adapter_layer_names)
+    return {n: p for n, p in model.named_parameters() if factors & set(n.split("."))}
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
