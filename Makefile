@@ -33,3 +33,26 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# FL framework anchors (Flower, pfl-research, plain PyTorch) in their own venv: they cannot share .venv.
+ANCHORS ?= ../shared/anchors
+ANCHORS_VENV := .anchors-venv
+ANCHORS_STAMP := $(ANCHORS_VENV)/.installed-stamp
+
+.PHONY: anchors-venv bench-sim bench-sim-quick
+
+$(ANCHORS_STAMP): $(ANCHORS)/requirements.txt
+	test -x $(ANCHORS_VENV)/bin/python || $(PYTHON) -m venv $(ANCHORS_VENV)
+	# The project's constraints.txt does not cover flwr/pfl; pin only torch (keeps pip off the CUDA build).
+	echo "torch==2.13.0" > $(ANCHORS_VENV)/torch-constraint.txt
+	$(ANCHORS_VENV)/bin/pip install --disable-pip-version-check -q \
+		-c $(ANCHORS_VENV)/torch-constraint.txt -r $(ANCHORS)/requirements.txt
+	touch $(ANCHORS_STAMP)
+
+anchors-venv: $(ANCHORS_STAMP)
+
+bench-sim: $(STAMP) $(ANCHORS_STAMP)
+	$(VENV)/bin/python benchmarks/simulator.py --anchors $(ANCHORS)
+
+bench-sim-quick: $(STAMP) $(ANCHORS_STAMP)
+	$(VENV)/bin/python benchmarks/simulator.py --quick --anchors $(ANCHORS)

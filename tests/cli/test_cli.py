@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 from pocketlearn.cli.main import app
 
 runner = CliRunner()
-COMMANDS = ["plan", "train", "demo", "devices", "methods", "models"]
+COMMANDS = ["plan", "train", "demo", "devices", "methods", "models", "report", "fed", "fed simulate"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
-    result = runner.invoke(app, [command, "--help"])
+    result = runner.invoke(app, [*command.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
 

@@ -121,3 +121,14 @@ def test_batches_are_seeded_and_cover_every_window_once():
 def test_too_little_text_is_explained():
     with pytest.raises(DataError, match="seq_len=64"):
         char_lm_batches(["Ay."], seq_len=64, batch_size=2)
+
+
+def test_federated_char_lm_gives_each_role_its_own_windows():
+    from pocketlearn.data.shakespeare import federated_char_lm
+
+    fed = federated_char_lm(5, seq_len=32)
+    assert len(fed.partition) == 5 and len(set(fed.partition.names)) == 5
+    assert fed.x.shape[1] == 32 and fed.x_test.shape[1] == 32
+    assert torch.equal(fed.x[:, 1:], fed.y[:, :-1])
+    sizes = [len(i) for i in fed.partition.indices]
+    assert sum(sizes) == len(fed.x) and min(sizes) > 0

@@ -18,3 +18,14 @@ def test_bias_only_learns(digits, digits_mlp):
     after = evaluate(method.model, eval_batches(digits))
     assert after["loss"] < before["loss"] * 0.8
     assert (method.model[1].weight == first_weight).all()
+
+
+def test_a_model_without_biases_is_unsupported():
+    import pytest
+    from torch import nn
+
+    from pocketlearn.errors import UnsupportedModelError
+    from pocketlearn.methods import make_method
+
+    with pytest.raises(UnsupportedModelError, match="no bias parameters"):
+        make_method("bias", nn.Sequential(nn.Linear(4, 4, bias=False)), train_head=False)

@@ -123,3 +123,19 @@ def test_a_few_lora_steps_fit_smollm2_to_one_text():
     assert len(method.targets) == 30 * 7  # q, k, v, o, gate, up, down in each of the 30 blocks; not lm_head
     losses = [method.step(batch) for _ in range(3)]
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_lora_with_activation_checkpointing_takes_the_same_steps():
+    import torch
+
+    from pocketlearn.methods import make_method
+    from pocketlearn.models import build_model, get_model_spec
+
+    batch = get_model_spec("tiny-gpt").example_batch(4, 16)
+    losses = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        method = make_method("lora", build_model("tiny-gpt"), lr=0.05, rank=4, checkpointing=checkpointing)
+        losses.append([method.step(batch) for _ in range(3)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert losses[0][-1] < losses[0][0]

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from pocketlearn.cli import catalog, demo, plan, train
+from pocketlearn.cli import catalog, demo, fed, plan, report, train
 from pocketlearn.errors import PocketlearnError
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
@@ -18,6 +18,8 @@ app.command("demo")(demo.demo_command)
 app.command("devices")(catalog.devices_command)
 app.command("methods")(catalog.methods_command)
 app.command("models")(catalog.models_command)
+app.command("report")(report.report_command)
+app.add_typer(fed.fed_app, name="fed")
 
 
 def main() -> None:

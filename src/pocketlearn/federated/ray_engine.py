@@ -1,0 +1,90 @@
+"""The Ray engine: a round's clients split across Ray actors, on this machine's cores or a cluster.
+
+Each actor holds the training data once and runs the in-process engine on its share of the clients, so a
+client trains exactly as it would in-process (same visiting order, same batched arithmetic): the same seed
+gives the same global model with either engine. ``RAY_ADDRESS`` (``--address HOST:PORT``) joins a running
+cluster; without it a local Ray starts with this machine's CPUs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
+from pocketlearn.federated.updates import RoundUpdates
+
+
+def _ray():  # type: ignore[no-untyped-def]
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no GPUs to hide; silences a warning
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError("engine = 'ray' needs Ray: pip install 'ray==2.55.1'") from None
+    return ray
+
+
+class _Worker:
+    """Runs in a Ray actor: an in-process engine over the shared data."""
+
+    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: list[np.ndarray], vectorize: bool,
+                 threads: int):
+        torch.set_num_threads(threads)
+        self.engine = InProcessEngine(template, x, y, indices, vectorize=vectorize)
+
+    def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
+              ) -> RoundResult:
+        result = self.engine.train(params, client_ids, rnd, local)
+        # the stacked buffers are reused next round: send copies
+        u = result.updates
+        return RoundResult(RoundUpdates(u.client_ids, u.num_samples, {n: d.clone() for n, d in u.deltas.items()},
+                                        u.trained), result.train_loss)
+
+
+class RayEngine:
+    """Same interface as :class:`InProcessEngine`; clients are spread over ``num_workers`` actors."""
+
+    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
+                 vectorize: bool = True, num_workers: int | None = None, address: str | None = None):
+        self.template = template
+        ray = _ray()
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS")
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                     configure_logging=False)
+        cpus = int(ray.available_resources().get("CPU", 1))
+        self.num_workers = max(1, num_workers or cpus)
+        remote = ray.remote(num_cpus=1)(_Worker)
+        shared = [ray.put(v) for v in (template, x, y, list(indices))]
+        self.workers = [remote.remote(*shared, vectorize, 1) for _ in range(self.num_workers)]
+        self.ray = ray
+
+    def train(self, params: dict[str, Tensor], client_ids: Sequence[int], rnd: int, local: LocalTraining
+              ) -> RoundResult:
+        ids = [int(c) for c in client_ids]
+        shares = [s.tolist() for s in np.array_split(np.array(ids), self.num_workers) if len(s)]
+        ref = self.ray.put({n: p.detach() for n, p in params.items()})
+        results = self.ray.get([w.train.remote(ref, share, rnd, local)
+                                for w, share in zip(self.workers, shares, strict=False)])
+        return _concat(results)
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            self.ray.kill(w)
+
+
+def _concat(results: list[RoundResult]) -> RoundResult:
+    if len(results) == 1:
+        return results[0]
+    parts = [r.updates for r in results]
+    names = list(parts[0].deltas)
+    trained = {n: torch.cat([p.trained[n] if n in p.trained else torch.ones(len(p), dtype=torch.bool)
+                             for p in parts]) for n in names if any(n in p.trained for p in parts)}
+    updates = RoundUpdates([c for p in parts for c in p.client_ids], torch.cat([p.num_samples for p in parts]),
+                           {n: torch.cat([p.deltas[n] for p in parts]) for n in names}, trained)
+    return RoundResult(updates, torch.cat([r.train_loss for r in results]))

@@ -1,0 +1,97 @@
+"""What a run tells a person: a device table at the start, a summary at the end, plots from metrics.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.table import Table
+
+from pocketlearn.devices import format_bytes
+
+
+def device_table(clients: Any, num_clients: int) -> Table:
+    """Per device class: how many clients, its budget, the method it trains with (or why it cannot)."""
+    table = Table(title=f"{num_clients} clients")
+    for col in ("device", "clients", "budget", "method", "est. peak", "note"):
+        table.add_column(col)
+    counts = np.bincount(clients.device_index, minlength=len(clients.fits))
+    for fit, n in zip(clients.fits, counts, strict=True):
+        table.add_row(fit.device.name, str(n), format_bytes(fit.device.memory_budget_bytes), fit.method or "-",
+                      format_bytes(fit.estimated_bytes) if fit.estimated_bytes else "-", fit.note)
+    return table
+
+
+def stats_table(stats: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("statistic")
+    table.add_column("value", justify="right")
+    for key, value in stats.items():
+        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    return table
+
+
+def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resumed: bool) -> dict[str, Any]:
+    """Totals of this invocation's rounds, in the anchors' terms (updates/s = client updates / round time)."""
+    times = [r.round_time_s for r in records]
+    updates = sum(r.finished for r in records)
+    last_eval = next((r.eval for r in reversed(records) if r.eval), {})
+    unfit = int(sum(1 for c in server.clients.device_index if server.clients.fits[c].method is None))
+    return {
+        "framework": "pocketlearn", "name": cfg.name, "rounds": server.round, "rounds_run": len(records),
+        "clients_per_round": cfg.clients_per_round, "num_clients": len(server.clients.sizes),
+        "resumed": resumed, "setup_s": setup_s, "train_s": float(sum(times)),
+        "updates": updates, "updates_per_s": updates / sum(times) if times and sum(times) > 0 else 0.0,
+        "accuracy": last_eval.get("accuracy"), "test_loss": last_eval.get("loss"),
+        "dropped": sum(r.dropped for r in records), "stragglers": sum(r.stragglers for r in records),
+        "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
+        "bytes_down": sum(r.bytes_down for r in records), "round_times": times,
+    }
+
+
+def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
+    """Accuracy vs round and vs bytes, and client participation per round, as PNGs next to the metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pocketlearn.federated.metrics import read_metrics
+
+    records = read_metrics(run_dir / "metrics.jsonl")
+    out_dir = out_dir or run_dir
+    rounds = np.array([r["round"] for r in records])
+    evaluated = [r for r in records if r.get("test_accuracy") is not None]
+    traffic = np.cumsum([r["bytes_up"] + r["bytes_down"] for r in records])
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot([r["round"] for r in evaluated], [r["test_accuracy"] for r in evaluated], marker=".")
+    axes[0].set(xlabel="round", ylabel="test accuracy", title="accuracy vs round")
+    by_round = dict(zip(rounds.tolist(), traffic.tolist(), strict=True))
+    axes[1].plot([by_round[r["round"]] / 2**20 for r in evaluated], [r["test_accuracy"] for r in evaluated],
+                 marker=".")
+    axes[1].set(xlabel="MiB sent and received (all clients)", ylabel="test accuracy", title="accuracy vs bytes")
+    paths.append(_save(fig, out_dir / "accuracy.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    finished = np.array([r["finished"] for r in records])
+    dropped = np.array([r["dropped"] for r in records])
+    late = np.array([r["stragglers"] for r in records])
+    ax.bar(rounds, finished, label="finished")
+    ax.bar(rounds, late, bottom=finished, label="past deadline")
+    ax.bar(rounds, dropped, bottom=finished + late, label="dropped out")
+    ax.set(xlabel="round", ylabel="clients", title="client participation")
+    ax.legend()
+    paths.append(_save(fig, out_dir / "participation.png"))
+    return paths
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path

@@ -1,0 +1,48 @@
+"""Which clients take part in a round: those available, drawn without replacement, from a resumable stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+class ClientSampler:
+    """Draw ``per_round`` distinct clients per round among those eligible.
+
+    A client is eligible in round r when it is allowed at all (its device can train) and, when availability is
+    on, when its device is free that round (probability ``availability[c]``, drawn from ``(seed, r)`` so that
+    it does not depend on earlier rounds). The draw itself comes from one numpy stream whose state is
+    checkpointed. With every client eligible the draw is ``rng.choice(num_clients, k, replace=False)``, the
+    same schedule as the anchor benchmarks.
+    """
+
+    def __init__(self, num_clients: int, per_round: int, *, seed: int, availability: np.ndarray | None = None,
+                 availability_seed: int = 0, allowed: np.ndarray | None = None):
+        self.num_clients, self.per_round = num_clients, per_round
+        self.rng = np.random.default_rng(seed)
+        self.availability = availability
+        self.availability_seed = availability_seed
+        self.allowed = allowed if allowed is not None else np.ones(num_clients, dtype=bool)
+
+    def eligible(self, rnd: int) -> np.ndarray:
+        mask = self.allowed
+        if self.availability is not None and (self.availability < 1).any():
+            draws = np.random.default_rng([self.availability_seed, rnd]).random(self.num_clients)
+            mask = mask & (draws < self.availability)
+        return mask
+
+    def sample(self, rnd: int) -> np.ndarray:
+        """Sorted ids of the clients sampled for round ``rnd`` (fewer when fewer are eligible)."""
+        mask = self.eligible(rnd)
+        if mask.all():
+            return np.sort(self.rng.choice(self.num_clients, self.per_round, replace=False))
+        ids = np.flatnonzero(mask)
+        k = min(self.per_round, len(ids))
+        return np.sort(self.rng.choice(ids, k, replace=False)) if k else ids
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]

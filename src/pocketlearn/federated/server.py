@@ -1,0 +1,219 @@
+"""The server loop: sample, train, aggregate, evaluate, log, checkpoint — one round at a time, resumable.
+
+State (global weights, strategy state, sampler stream, round) is written atomically after every round; a
+killed run started again with the same config continues from the last completed round and ends with the
+same weights as a run that was never interrupted: every random draw is either in the checkpointed sampler
+stream or derived from (seed, round, client).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
+from pocketlearn.errors import ConfigError
+from pocketlearn.federated.codecs import encode_dense, encode_dense_rows
+from pocketlearn.federated.metrics import MetricsLog
+from pocketlearn.federated.population import DeviceFit, simulated_seconds
+from pocketlearn.federated.sampling import ClientSampler
+from pocketlearn.federated.simulate import LocalTraining, RoundResult
+from pocketlearn.federated.strategies.base import Strategy
+from pocketlearn.federated.updates import RoundUpdates
+
+
+class Engine(Protocol):
+    def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
+              ) -> RoundResult: ...
+
+
+@dataclass
+class Clients:
+    """The population as arrays (thousands of clients cost no Python objects)."""
+
+    sizes: np.ndarray  # samples per client
+    device_index: np.ndarray  # index into ``fits`` per client
+    fits: list[DeviceFit]  # per device class: method to train with (None = cannot train; reported)
+    flops_per_sample: float
+
+    def method_of(self, c: int) -> str | None:
+        return self.fits[int(self.device_index[c])].method
+
+
+@dataclass
+class RoundPolicy:
+    deadline_s: float | None = None
+    dropout: float = 0.0
+    seed: int = 3
+    eval_every: int = 1
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    sampled: int
+    finished: int
+    dropped: int
+    stragglers: int
+    bytes_up: int
+    bytes_down: int
+    sim_time_s: float
+    round_time_s: float
+    train_loss: float | None
+    eval: dict[str, float] = field(default_factory=dict)
+    by_method: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method")}
+        out.update({f"test_{k}": v for k, v in self.eval.items()})
+        out["by_method"] = self.by_method
+        return out
+
+
+class FederatedServer:
+    """Runs rounds; everything it needs arrives ready-made, so a test can swap any piece."""
+
+    def __init__(self, model: nn.Module, params: dict[str, Tensor], engine: Engine, strategy: Strategy,
+                 sampler: ClientSampler, clients: Clients, local: LocalTraining, policy: RoundPolicy,
+                 evaluate: Callable[[nn.Module], dict[str, float]], run_dir: Path | None, fingerprint: str,
+                 *, checkpoint: bool = True):
+        self.model, self.params, self.engine, self.strategy = model, params, engine, strategy
+        self.sampler, self.clients, self.local, self.policy = sampler, clients, local, policy
+        self.evaluate, self.run_dir, self.fingerprint = evaluate, run_dir, fingerprint
+        self.checkpoint = checkpoint
+        self.round = 0
+        self.last_round = 0  # evaluated whatever eval_every says
+        self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    @property
+    def state_path(self) -> Path | None:
+        return self.run_dir / "state.pt" if self.run_dir and self.checkpoint else None
+
+    def save(self) -> None:
+        if self.state_path is None:
+            return
+        save_checkpoint(self.state_path, {
+            "fingerprint": self.fingerprint, "round": self.round,
+            "params": {n: p.detach().clone() for n, p in self.params.items()},
+            "strategy": self.strategy.state_dict(), "sampler": json.dumps(self.sampler.state_dict()),
+        })
+
+    def resume(self) -> bool:
+        """Continue from the checkpoint in the run folder, if any; True when resumed."""
+        if self.state_path is None or not self.state_path.exists():
+            return False
+        state = load_checkpoint(self.state_path)
+        if state.get("fingerprint") != self.fingerprint:
+            raise ConfigError(f"{self.run_dir} holds a run with a different config; pick another run name, or "
+                              "pass --fresh to start this one over")
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(state["params"][n])
+        self.strategy.load_state_dict(state["strategy"])
+        self.sampler.load_state_dict(json.loads(state["sampler"]))
+        self.round = int(state["round"])
+        if self.log:
+            self.log.truncate(self.round)
+        return True
+
+    # --- one round ---------------------------------------------------------------------------------------
+    def run_round(self) -> RoundRecord:
+        rnd = self.round + 1
+        start = time.perf_counter()
+        sampled = self.sampler.sample(rnd)
+        dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
+        down = len(encode_dense(self.params))
+        training = [int(c) for c in sampled[~dropped]]
+        by_method: dict[str, list[int]] = {}
+        for c in training:
+            by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
+        results = [self.engine.train(self.params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
+        finished, up, times, losses = self._finish(results, down)
+        if finished is not None:
+            self.strategy.apply(self.params, finished)
+        round_time = time.perf_counter() - start
+        self.round = rnd
+        record = RoundRecord(
+            rnd, len(sampled), 0 if finished is None else len(finished), int(dropped.sum()),
+            len(training) - (0 if finished is None else len(finished)), up, down * len(sampled),
+            float(max(times, default=0.0)), round_time,
+            float(losses.mean()) if losses is not None and len(losses) else None,
+            by_method={m or "?": len(ids) for m, ids in by_method.items()})
+        if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
+            record.eval = self.evaluate(self.model)
+        return record
+
+    def _local(self, method: str) -> LocalTraining:
+        from dataclasses import replace
+
+        return replace(self.local, method=method)
+
+    def _finish(self, results: list[RoundResult], down: int
+                ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None]:
+        """Encode each update, time each client on its device, drop stragglers past the deadline."""
+        keep_rows, up_total, times, losses = [], 0, [], []
+        deadline = self.policy.deadline_s
+        for result in results:
+            u = result.updates
+            payloads = encode_dense_rows(u.deltas) if not u.trained else [
+                encode_dense({n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]})
+                for k in range(len(u))]
+            samples = u.num_samples.tolist()
+            for k, (c, payload) in enumerate(zip(u.client_ids, payloads, strict=True)):
+                up = len(payload)
+                device = self.clients.fits[self.clients.device_index[c]].device
+                t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
+                                      flops_per_sample=self.clients.flops_per_sample, down_bytes=down, up_bytes=up)
+                on_time = deadline is None or t <= deadline
+                times.append(min(t, deadline) if deadline is not None else t)
+                if on_time:
+                    up_total += up
+                    keep_rows.append((result, k))
+            losses.append(result.train_loss)
+        if not keep_rows:
+            return None, up_total, times, None
+        kept = _select(results, keep_rows)
+        return kept, up_total, times, torch.cat(losses)
+
+    def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+        records = []
+        self.last_round = rounds
+        while self.round < rounds:
+            record = self.run_round()
+            if self.log:
+                self.log.append(record.to_json())
+            self.save()
+            records.append(record)
+            if on_round:
+                on_round(record)
+        return records
+
+
+def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> RoundUpdates:
+    """The updates of the clients that made the deadline, across the method groups of the round."""
+    if len(results) == 1 and len(rows) == len(results[0].updates):
+        return results[0].updates
+    from pocketlearn.federated.updates import ClientUpdate
+
+    picked = []
+    for result, k in rows:
+        u = result.updates
+        delta = {n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]}
+        picked.append(ClientUpdate(u.client_ids[k], int(u.num_samples[k]), delta))
+    return RoundUpdates.stack(picked)
+
+
+def fingerprint(config: dict[str, Any]) -> str:
+    """What must match for a checkpoint to be resumed (everything but the number of rounds and the engine)."""
+    relevant = {k: v for k, v in config.items() if k not in ("rounds", "engine", "checkpoint")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -1,0 +1,178 @@
+"""The in-process engine: a round's clients trained in this process, no process or model copy per client.
+
+Clients that train with plain SGD backprop go through :mod:`pocketlearn.federated.vectorized` together
+(chunks of at most ``group_size``); any other method, or a model that cannot be batched, trains one client
+after another through the method's own ``step`` on one reused model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+from pocketlearn.federated.vectorized import SGDConfig, StackedForward, pad_batches, stacked_forward
+from pocketlearn.methods import make_method
+from pocketlearn.methods.base import cross_entropy
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a client trains in a round (shared by all clients of a method)."""
+
+    method: str = "backprop"
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    options: tuple[tuple[str, object], ...] = ()
+    proximal_mu: float = 0.0
+    shuffle_seed: int = 2
+
+    @property
+    def vectorizable(self) -> bool:
+        opts = dict(self.options)
+        return self.method == "backprop" and opts.get("optimizer", "sgd") == "sgd" and not opts.get("checkpointing")
+
+    def method_options(self) -> dict[str, object]:
+        opts = {"lr": self.lr, **dict(self.options)}
+        if self.method in ("backprop", "bias", "sparse", "lora", "tinytl"):
+            opts.setdefault("momentum", self.momentum)
+            opts.setdefault("weight_decay", self.weight_decay)
+        return opts
+
+
+@dataclass
+class RoundResult:
+    updates: RoundUpdates
+    train_loss: Tensor  # (K,) each client's mean training loss
+
+
+def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
+                    ) -> list[np.ndarray]:
+    """Each client's samples in visiting order for round ``rnd``: (epochs, n) from ``default_rng([seed, rnd, c])``."""
+    orders = []
+    for c in client_ids:
+        idx = indices[c]
+        rng = np.random.default_rng([seed, rnd, int(c)])
+        if epochs == 1:
+            orders.append(idx[rng.permutation(len(idx))][None])
+        else:
+            orders.append(np.stack([idx[rng.permutation(len(idx))] for _ in range(epochs)]))
+    return orders
+
+
+class InProcessEngine:
+    """Trains clients on the data of this process; the server gives it global weights and client ids."""
+
+    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
+                 vectorize: bool = True, group_size: int | None = None):
+        self.template, self.x, self.y, self.indices = template, x, y, indices
+        self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
+        self.group_size = group_size or self._auto_group_size()
+        self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
+        if self.forward is not None:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One throwaway batched step, so that autograd's first-use costs land in setup, not in round 1."""
+        from pocketlearn.federated.vectorized import train_stacked
+
+        params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
+        assert self.forward is not None
+        train_stacked(self.forward, params, pad_batches(self.x, self.y, [np.zeros((1, 1), np.int64)], 1),
+                      SGDConfig(lr=0.0))
+
+    def _auto_group_size(self) -> int:
+        weights = sum(p.numel() for p in self.template.parameters()) * 4
+        return max(1, min(1024, (256 << 20) // (4 * weights)))  # params, grads, temporaries within ~256 MiB
+
+    def train(self, params: dict[str, Tensor], client_ids: Sequence[int], rnd: int, local: LocalTraining
+              ) -> RoundResult:
+        """Train ``client_ids`` from the global ``params`` (trainable tensors by name) with ``local``."""
+        orders = visiting_orders(self.indices, client_ids, rnd, local.epochs, local.shuffle_seed)
+        if self.forward is not None and local.vectorizable:
+            return self._train_vectorized(params, client_ids, orders, local)
+        return self._train_sequential(params, client_ids, orders, local, rnd)
+
+    def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
+                          local: LocalTraining) -> RoundResult:
+        from pocketlearn.federated.vectorized import stacked_copies, train_stacked
+
+        assert self.forward is not None
+        sgd = SGDConfig(local.lr, local.momentum, local.weight_decay, local.proximal_mu)
+        deltas: dict[str, list[Tensor]] = {n: [] for n in params}
+        losses = []
+        for start in range(0, len(client_ids), self.group_size):
+            chunk = orders[start:start + self.group_size]
+            data = pad_batches(self.x, self.y, chunk, local.batch_size)
+            k = len(chunk)
+            if self._stack is None or len(next(iter(self._stack.values()))) != k:
+                self._stack = stacked_copies(params, k)
+            trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
+            single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
+            for n, t in trained.items():
+                deltas[n].append(t.sub_(params[n]) if single else t - params[n])
+            losses.append(loss)
+        counts = torch.tensor([float(o.shape[1]) for o in orders])
+        stacked = {n: d[0] if len(d) == 1 else torch.cat(d) for n, d in deltas.items()}
+        return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), torch.cat(losses))
+
+    def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
+                          local: LocalTraining, rnd: int) -> RoundResult:
+        updates, losses = [], []
+        for c, order in zip(client_ids, orders, strict=True):
+            torch.manual_seed(hash((local.shuffle_seed, rnd, int(c))) & 0x7FFFFFFF)  # dropout, MeZO's seeds
+            delta, loss = self._train_one(params, order, local)
+            updates.append(ClientUpdate(int(c), order.shape[1], delta))
+            losses.append(loss)
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses))
+
+    def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining
+                   ) -> tuple[dict[str, Tensor], float]:
+        model = copy.deepcopy(self.template)
+        method = make_method(local.method, model, loss_fn=_proximal_loss(params, local.proximal_mu),
+                             **local.method_options())
+        trained = method.trainable_parameters()
+        with torch.no_grad():
+            for n, p in method.model.named_parameters():
+                if n in params:
+                    p.copy_(params[n])
+        if hasattr(method.loss_fn, "bind"):
+            method.loss_fn.bind(trained)
+        data = pad_batches(self.x, self.y, [order], local.batch_size)
+        total = 0.0
+        for s in range(int(data.steps[0])):
+            real = data.w[0, s] > 0
+            loss = method.step((data.x[0, s][real], data.y[0, s][real]))
+            total += getattr(method.loss_fn, "task_loss", loss)
+        delta = {n: (p.detach() - params[n]) for n, p in trained.items() if n in params}
+        return delta, total / max(int(data.steps[0]), 1)
+
+
+class _ProximalLoss:
+    """Cross-entropy plus FedProx's (mu/2)·||w - w_global||² over the trained parameters."""
+
+    def __init__(self, global_params: dict[str, Tensor], mu: float):
+        self.global_params, self.mu = global_params, mu
+        self.trained: dict[str, Tensor] = {}
+        self.task_loss = 0.0  # the last cross-entropy alone: training losses are reported without the pull
+
+    def bind(self, trained: dict[str, Tensor]) -> None:
+        self.trained = trained
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        loss = cross_entropy(logits, targets)
+        self.task_loss = loss.item()
+        prox = sum(((p - self.global_params[n]) ** 2).sum() for n, p in self.trained.items())
+        return loss + 0.5 * self.mu * prox
+
+
+def _proximal_loss(params: dict[str, Tensor], mu: float) -> Callable[[Tensor, Tensor], Tensor]:
+    return _ProximalLoss(params, mu) if mu > 0 else cross_entropy

@@ -1,0 +1,154 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.federated.config import load_config, parse_config
+from pocketlearn.federated.experiment import build_server
+from pocketlearn.federated.metrics import read_metrics
+
+ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "anchors"
+CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
+
+SMALL = {"name": "t", "rounds": 4, "clients_per_round": 5,
+         "data": {"name": "digits", "partition": "dirichlet", "num_clients": 20},
+         "model": {"name": "digits-mlp"}, "eval": {"every": 2}}
+
+
+def _config(**changes):
+    raw = json.loads(json.dumps(SMALL))
+    for key, value in changes.items():
+        *parents, leaf = key.split("__")
+        node = raw
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return parse_config(raw)
+
+
+@pytest.mark.skipif(not ANCHORS.exists(), reason="needs ../shared/anchors")
+@pytest.mark.parametrize("name,accuracy", [("small", 265 / 360), ("large", 155 / 360)])
+def test_the_anchor_workload_ends_at_the_anchors_accuracy(tmp_path, name, accuracy):
+    cfg = load_config(CONFIGS / f"anchor-{name}.toml")
+    server, _ = build_server(cfg, tmp_path)
+    records = server.run(cfg.rounds)
+    assert abs(records[-1].eval["accuracy"] - accuracy) <= 1 / 360 + 1e-9
+
+
+def test_rounds_log_metrics_and_respect_availability(tmp_path):
+    cfg = _config(devices={"mix": {"phone-1g": 1.0}, "availability": True})
+    server, _ = build_server(cfg, tmp_path)
+    sampled = []
+    original = server.sampler.sample
+    server.sampler.sample = lambda rnd: sampled.append((rnd, original(rnd))) or sampled[-1][1]
+    server.run(4)
+    for rnd, ids in sampled:
+        assert server.sampler.eligible(rnd)[ids].all()
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in lines] == [1, 2, 3, 4]
+    assert lines[1]["test_accuracy"] > 0 and "test_accuracy" not in lines[0]
+    assert all(r["bytes_down"] > 0 and r["bytes_up"] > 0 and r["sim_time_s"] > 0 for r in lines)
+
+
+def test_dropouts_and_stragglers_are_left_out_and_counted(tmp_path):
+    cfg = _config(devices={"mix": {"mcu-512k": 0.5, "laptop-16g": 0.5}, "availability": False, "dropout": 0.3,
+                           "deadline_s": 2.0}, rounds=6)
+    server, _ = build_server(cfg, tmp_path)
+    records = server.run(6)
+    assert sum(r.dropped for r in records) > 0
+    assert sum(r.stragglers for r in records) > 0  # 38 kB each way at 25 kB/s: > 2 s on a microcontroller
+    for r in records:
+        assert r.finished + r.dropped + r.stragglers == r.sampled
+
+
+def test_a_device_the_method_does_not_fit_gets_the_planners_pick(tmp_path):
+    profiles = tmp_path / "devices.toml"
+    profiles.write_text('[devices.tiny]\nmemory_budget = "75KiB"\n')
+    cfg = _config(devices={"mix": {"tiny": 1.0}, "profiles": str(profiles), "availability": False})
+    server, _ = build_server(cfg, tmp_path / "run")
+    fit = server.clients.fits[0]
+    assert fit.method not in (None, "backprop") and "planner picked" in fit.note
+    records = server.run(2)
+    assert records[-1].by_method == {fit.method: 5}
+
+    reported = _config(devices={"mix": {"tiny": 1.0}, "profiles": str(profiles), "availability": False},
+                       client={"fit": "report"})
+    server, _ = build_server(reported, tmp_path / "run2")
+    assert server.clients.fits[0].method is None
+    assert server.run(1)[0].sampled == 0
+
+
+def test_invalid_config_names_the_key():
+    with pytest.raises(ConfigError, match=r"client\.lr"):
+        _config(client={"lr": -1})
+    with pytest.raises(ConfigError, match=r"data\.partiton"):
+        parse_config({"data": {"partiton": "iid"}})
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "median"])
+def test_strategies_run_and_learn(tmp_path, strategy):
+    options = {"mu": 0.1} if strategy == "fedprox" else {}
+    server, _ = build_server(_config(strategy={"name": strategy, "options": options}, rounds=6,
+                                     data={"name": "digits", "partition": "iid", "num_clients": 20}), tmp_path)
+    records = server.run(6)
+    assert records[-1].eval["accuracy"] > 0.5
+
+
+def _resume_script(run_dir: Path, kill_in_round: int | None) -> str:
+    return textwrap.dedent(f"""
+        import os, signal, json
+        from pocketlearn.federated.config import parse_config
+        from pocketlearn.federated.experiment import build_server
+        cfg = parse_config(json.loads({json.dumps(json.dumps(dict(SMALL, rounds=6)))}))
+        server, _ = build_server(cfg, __import__("pathlib").Path({str(run_dir)!r}))
+        server.resume()
+        train = server.engine.train
+        def train_or_die(params, ids, rnd, local):
+            if rnd == {kill_in_round}:
+                os.kill(os.getpid(), signal.SIGKILL)  # mid-round, after round {kill_in_round} - 1 was saved
+            return train(params, ids, rnd, local)
+        server.engine.train = train_or_die
+        server.run(6)
+    """)
+
+
+def test_a_killed_run_resumes_to_the_same_result(tmp_path):
+    env = dict(os.environ, PYTHONHASHSEED="0")
+    run = lambda d, k: subprocess.run([sys.executable, "-c", _resume_script(d, k)], env=env)  # noqa: E731
+    assert run(tmp_path / "straight", None).returncode == 0
+    assert run(tmp_path / "killed", 4).returncode == -9
+    assert [r["round"] for r in read_metrics(tmp_path / "killed" / "metrics.jsonl")] == [1, 2, 3]
+    assert run(tmp_path / "killed", None).returncode == 0
+    a = torch.load(tmp_path / "straight" / "state.pt")["params"]
+    b = torch.load(tmp_path / "killed" / "state.pt")["params"]
+    for name in a:
+        assert torch.equal(a[name], b[name])
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["test_accuracy"] for r in straight if "test_accuracy" in r] == \
+        [r["test_accuracy"] for r in resumed if "test_accuracy" in r]
+
+
+def test_a_run_folder_of_another_config_is_not_resumed(tmp_path):
+    server, _ = build_server(_config(), tmp_path)
+    server.run(1)
+    other, _ = build_server(_config(client={"lr": 0.2}), tmp_path)
+    with pytest.raises(ConfigError, match="different config"):
+        other.resume()
+
+
+def test_shakespeare_roles_are_natural_clients_of_a_character_model(tmp_path):
+    cfg = parse_config({"name": "lm", "rounds": 1, "clients_per_round": 3, "model": {"name": "tiny-gpt"},
+                        "data": {"name": "shakespeare", "partition": "natural", "num_clients": 6},
+                        "client": {"lr": 0.01, "batch_size": 32}, "eval": {"batch_size": 256}})
+    server, data = build_server(cfg, tmp_path)
+    assert len(data.indices) == 6 and "HAMLET (Hamlet)" in data.client_names
+    before = server.evaluate(server.model)["loss"]
+    record = server.run(1)[0]
+    assert record.finished == 3 and record.eval["loss"] < before

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
+from pocketlearn.federated.vectorized import batch_positions, batched_matmul_forward, vmap_forward
+from pocketlearn.models import build_model, cnn, mlp
+
+
+def _clients(n_samples: int, sizes: list[int]) -> list[np.ndarray]:
+    perm = np.random.default_rng(0).permutation(n_samples)
+    cuts = np.cumsum(sizes)[:-1]
+    return [np.sort(p) for p in np.split(perm[: sum(sizes)], cuts)]
+
+
+def _both_engines(model, x, y, indices, local, ids=None):
+    ids = ids or list(range(len(indices)))
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    vec = InProcessEngine(model, x, y, indices, vectorize=True).train(params, ids, 1, local)
+    seq = InProcessEngine(model, x, y, indices, vectorize=False).train(params, ids, 1, local)
+    return vec, seq
+
+
+@pytest.mark.parametrize("local", [
+    LocalTraining(lr=0.1, batch_size=4, epochs=2),
+    LocalTraining(lr=0.05, batch_size=3, momentum=0.9, weight_decay=1e-3),
+    LocalTraining(lr=0.05, batch_size=5, proximal_mu=0.5),
+], ids=["plain", "momentum+decay", "fedprox"])
+def test_clients_trained_together_match_clients_trained_one_by_one(local):
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
+    indices = _clients(60, [1, 7, 12, 3, 9])  # uneven: padding and idle steps
+    vec, seq = _both_engines(mlp(8, (16,), 3), x, y, indices, local)
+    assert vec.updates.num_samples.tolist() == [1, 7, 12, 3, 9]
+    for name, d in seq.updates.deltas.items():
+        torch.testing.assert_close(vec.updates.deltas[name], d, rtol=1e-4, atol=1e-6)
+        assert d.abs().sum() > 0
+    torch.testing.assert_close(vec.train_loss, seq.train_loss, rtol=1e-4, atol=1e-6)
+
+
+def test_a_cnn_trains_together_through_grouped_convolutions():
+    torch.manual_seed(0)
+    model = cnn(1, 4, widths=(3, 4), image_size=8)
+    assert batched_matmul_forward(model) is not None
+    x, y = torch.randn(30, 1, 8, 8), torch.randint(0, 4, (30,))
+    vec, seq = _both_engines(model, x, y, _clients(30, [5, 10, 2]), LocalTraining(lr=0.05, batch_size=4))
+    for name, d in seq.updates.deltas.items():
+        torch.testing.assert_close(vec.updates.deltas[name], d, rtol=1e-4, atol=1e-6)
+
+
+def test_other_models_train_together_through_vmap():
+    torch.manual_seed(0)
+    model = build_model("tiny-gpt")
+    assert batched_matmul_forward(model) is None and vmap_forward(model) is not None
+    x = torch.randint(0, 256, (12, 9))
+    y = torch.roll(x, -1, 1)
+    vec, seq = _both_engines(model, x, y, _clients(12, [2, 5, 3]), LocalTraining(lr=0.01, batch_size=2))
+    for name, d in seq.updates.deltas.items():
+        torch.testing.assert_close(vec.updates.deltas[name], d, rtol=1e-3, atol=1e-5)
+
+
+def test_batch_norm_falls_back_to_one_client_at_a_time():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    engine = InProcessEngine(model, torch.randn(10, 4), torch.randint(0, 2, (10,)), _clients(10, [5, 5]))
+    assert engine.forward is None
+    result = engine.train({n: p.detach() for n, p in model.named_parameters()}, [0, 1], 1, LocalTraining())
+    assert len(result.updates) == 2
+
+
+def test_batches_never_span_epochs_and_padding_weighs_nothing():
+    orders = [np.array([[5, 6, 7], [7, 5, 6]]), np.array([[1]] * 2)]
+    index, weight, steps = batch_positions(orders, batch_size=2)
+    assert steps.tolist() == [4, 2]
+    assert index[0, :4].tolist() == [[5, 6], [7, 0], [7, 5], [6, 0]]
+    np.testing.assert_allclose(weight[0, :4], [[0.5, 0.5], [1, 0], [0.5, 0.5], [1, 0]])
+    assert weight[1, 2:].sum() == 0  # the small client idles once its two epochs are done
