@@ -17,6 +17,7 @@ from pocketlearn.federated.strategies import (
     available_strategies,
     make_strategy,
 )
+from pocketlearn.federated.strategies.aggregate import coordinate_median, trimmed_mean
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 F64 = torch.float64
@@ -204,6 +205,17 @@ def test_median_and_trimmed_mean_by_hand():
     p = zeros(w=1)
     TrimmedMean(trim_fraction=0.29).apply(p, rounds_of({"w": [[float(i)] for i in range(100)]}, [1] * 100))
     assert p["w"].item() == pytest.approx(sum(range(29, 71)) / 42)  # ⌊0.29·100⌋ = 29, not 28
+
+
+@pytest.mark.parametrize("n", range(1, 13))
+def test_median_and_trimmed_mean_match_a_sort_reference_with_ties(n):
+    g = torch.Generator().manual_seed(n)
+    rows = torch.randint(-3, 4, (n, 6, 7), generator=g).double()  # few distinct values: many ties
+    ordered = rows.sort(dim=0).values
+    assert torch.allclose(coordinate_median(rows), (ordered[(n - 1) // 2] + ordered[n // 2]) / 2)
+    for fraction in (0.0, 0.1, 0.25, 0.49):
+        t = int(fraction * n)
+        assert torch.allclose(trimmed_mean(rows, fraction), ordered[t:n - t].mean(dim=0)), fraction
 
 
 def test_trimmed_mean_that_would_leave_nothing_is_a_config_error():

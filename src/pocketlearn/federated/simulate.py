@@ -8,7 +8,8 @@ after another through the method's own ``step`` on one reused model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,9 +17,27 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
-from pocketlearn.federated.vectorized import SGDConfig, StackedForward, pad_batches, stacked_forward
+from pocketlearn.federated.vectorized import PaddedBatches, SGDConfig, StackedForward, pad_batches, stacked_forward
 from pocketlearn.methods import make_method
 from pocketlearn.methods.base import cross_entropy
+
+# Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
+# synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
+SMALL_STEP_FLOPS = 5e7
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads (None: leave as is)."""
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,7 @@ class InProcessEngine:
                  vectorize: bool = True, group_size: int | None = None):
         self.template, self.x, self.y, self.indices = template, x, y, indices
         self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
+        self.num_params = sum(p.numel() for p in template.parameters())
         self.group_size = group_size or self._auto_group_size()
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
         if self.forward is not None:
@@ -88,6 +108,9 @@ class InProcessEngine:
         assert self.forward is not None
         train_stacked(self.forward, params, pad_batches(self.x, self.y, [np.zeros((1, 1), np.int64)], 1),
                       SGDConfig(lr=0.0))
+
+    def _step_flops(self, data: PaddedBatches) -> float:
+        return 6.0 * self.num_params * data.w[:, 0].numel()
 
     def _auto_group_size(self) -> int:
         weights = sum(p.numel() for p in self.template.parameters()) * 4
@@ -115,7 +138,8 @@ class InProcessEngine:
             k = len(chunk)
             if self._stack is None or len(next(iter(self._stack.values()))) != k:
                 self._stack = stacked_copies(params, k)
-            trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
+            with torch_threads(1 if self._step_flops(data) < SMALL_STEP_FLOPS else None):
+                trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
             single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             for n, t in trained.items():
                 deltas[n].append(t.sub_(params[n]) if single else t - params[n])

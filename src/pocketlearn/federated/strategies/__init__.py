@@ -30,7 +30,7 @@ def available_strategies() -> list[str]:
 
 
 def strategy_options(name: str) -> list[str]:
-    """The option names ``make_strategy(name, ...)`` accepts (norm-bounding: plus its inner strategy's)."""
+    """The option names of strategy ``name`` (norm-bounding passes any other option to its inner strategy)."""
     return sorted(f.name for f in fields(_strategy_class(name)) if f.init)  # type: ignore[arg-type]
 
 

@@ -50,9 +50,10 @@ def trained_rows(updates: RoundUpdates) -> Iterator[tuple[str, Tensor]]:
 
 def coordinate_median(rows: Tensor) -> Tensor:
     """Per-coordinate median of (n, *shape) rows; the mean of the two middle values when n is even."""
-    n = len(rows)
-    ordered = rows.sort(dim=0).values
-    return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+    lower = rows.median(dim=0).values  # selection, not a sort: several times faster on CPU
+    if len(rows) % 2:
+        return lower
+    return (lower - rows.neg().median(dim=0).values) / 2  # -median(-x) is the upper middle value
 
 
 def trim_count(n: int, fraction: float) -> int:
@@ -61,7 +62,11 @@ def trim_count(n: int, fraction: float) -> int:
 
 
 def trimmed_mean(rows: Tensor, fraction: float) -> Tensor:
-    """Per-coordinate mean of (n, *shape) rows after dropping the ⌊fraction·n⌋ largest and smallest values."""
+    """Per-coordinate mean of (n, *shape) rows without the ⌊fraction·n⌋ largest and smallest values.
+
+    With low/high the smallest/largest kept values, clamping to [low, high] turns each dropped value into low
+    or high, so the kept sum is sum(clamp) - t·(low + high): exact with ties, and no huge outlier enters a sum.
+    """
     n = len(rows)
     t = trim_count(n, fraction)
     if n - 2 * t < 1:
@@ -69,4 +74,6 @@ def trimmed_mean(rows: Tensor, fraction: float) -> Tensor:
                           "trim_fraction below 0.5")
     if t == 0:
         return rows.mean(dim=0)
-    return rows.sort(dim=0).values[t:n - t].mean(dim=0)
+    low = rows.topk(t + 1, dim=0, largest=False).values[t]  # (*shape)
+    high = rows.topk(t + 1, dim=0).values[t]
+    return (rows.clamp(low, high).sum(dim=0) - t * (low + high)) / (n - 2 * t)
