@@ -132,3 +132,10 @@ def test_federated_char_lm_gives_each_role_its_own_windows():
     assert torch.equal(fed.x[:, 1:], fed.y[:, :-1])
     sizes = [len(i) for i in fed.partition.indices]
     assert sum(sizes) == len(fed.x) and min(sizes) > 0
+
+
+def test_federated_char_lm_refuses_more_roles_than_there_are():
+    from pocketlearn.data.shakespeare import federated_char_lm
+
+    with pytest.raises(ConfigError, match=r"num_roles=100000, but \d+ roles have at least 2000 characters"):
+        federated_char_lm(100_000)

@@ -45,9 +45,9 @@ def simulate_command(
 
 
 def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) -> dict[str, Any]:
-    from pocketlearn.data.partition import Partition, partition_stats, save_stats
+    from pocketlearn.data.partition import Partition, partition_stats, save_stats, stats_table
     from pocketlearn.federated.experiment import build_server
-    from pocketlearn.federated.report import device_table, stats_table, summarize
+    from pocketlearn.federated.report import device_table, summarize
 
     t0 = time.perf_counter()
     server, data = build_server(cfg, run_dir, fresh=fresh)

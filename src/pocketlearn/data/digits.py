@@ -3,8 +3,8 @@
 Split and scaling are those of the anchor benchmarks (../shared/anchors/workload.py): scikit-learn's
 ``train_test_split(test_size=0.2, random_state=seed)`` and features standardised by the training mean and
 population std. The file is read straight from scikit-learn's package data, and the split drawn the way
-``train_test_split`` draws it, without importing scikit-learn (~1 s); a test checks both against
-scikit-learn bit for bit.
+``train_test_split`` draws it, without importing scikit-learn (~1 s); tests check both against
+scikit-learn and against the anchors' ``load_data()`` bit for bit.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketlearn.errors import DataError
+from pocketlearn.errors import ConfigError, DataError
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +34,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices as ``train_test_split(test_size=test_fraction, random_state=seed)`` picks them."""
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}")
     n_test = math.ceil(test_fraction * n)
     perm = np.random.RandomState(seed).permutation(n)
     return perm[n_test:], perm[:n_test]

@@ -206,7 +206,11 @@ class FederatedText:
 def federated_char_lm(num_roles: int | None = None, *, seq_len: int = 64, min_chars: int = 2000,
                       test_fraction: float = 0.2) -> FederatedText:
     """One client per role (the largest ``num_roles`` with at least ``min_chars``), LEAF-style held-out lines."""
-    roles = sorted(load_roles(min_chars=min_chars), key=lambda r: (-r.num_chars, r.play, r.speaker))[:num_roles]
+    roles = sorted(load_roles(min_chars=min_chars), key=lambda r: (-r.num_chars, r.play, r.speaker))
+    if not roles or (num_roles is not None and not 1 <= num_roles <= len(roles)):
+        raise ConfigError(f"num_roles={num_roles}, but {len(roles)} roles have at least {min_chars} characters; "
+                          "ask for fewer clients or lower min_chars")
+    roles = roles[:num_roles]
     xs, ys, xts, yts, owners = [], [], [], [], []
     for k, role in enumerate(roles):
         train, test = split_user_lines(role, test_fraction)
@@ -218,6 +222,8 @@ def federated_char_lm(num_roles: int | None = None, *, seq_len: int = 64, min_ch
             xt, yt = lm_windows(encode_chars("\n".join(test) + "\n"), seq_len)
             xts.append(xt)
             yts.append(yt)
+    if not xts:
+        raise DataError(f"no role's held-out lines fill a window of seq_len={seq_len}; use a shorter seq_len")
     part = natural(owners)
     part = Partition(part.indices, [f"{roles[int(i)].speaker} ({roles[int(i)].play})" for i in part.names or []])
     return FederatedText(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), part)

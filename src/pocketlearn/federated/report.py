@@ -23,15 +23,6 @@ def device_table(clients: Any, num_clients: int) -> Table:
     return table
 
 
-def stats_table(stats: dict[str, Any], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("statistic")
-    table.add_column("value", justify="right")
-    for key, value in stats.items():
-        table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
-    return table
-
-
 def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resumed: bool) -> dict[str, Any]:
     """Totals of this invocation's rounds, in the anchors' terms (updates/s = client updates / round time)."""
     times = [r.round_time_s for r in records]
@@ -75,15 +66,15 @@ def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:
     axes[1].set(xlabel="MiB sent and received (all clients)", ylabel="test accuracy", title="accuracy vs bytes")
     paths.append(_save(fig, out_dir / "accuracy.png"))
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(6, 4.5))
     finished = np.array([r["finished"] for r in records])
     dropped = np.array([r["dropped"] for r in records])
     late = np.array([r["stragglers"] for r in records])
     ax.bar(rounds, finished, label="finished")
     ax.bar(rounds, late, bottom=finished, label="past deadline")
     ax.bar(rounds, dropped, bottom=finished + late, label="dropped out")
-    ax.set(xlabel="round", ylabel="clients", title="client participation")
-    ax.legend()
+    ax.set(xlabel="round", ylabel="clients sampled", title="client participation")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     paths.append(_save(fig, out_dir / "participation.png"))
     return paths
 

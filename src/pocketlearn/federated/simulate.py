@@ -17,7 +17,15 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
-from pocketlearn.federated.vectorized import PaddedBatches, SGDConfig, StackedForward, pad_batches, stacked_forward
+from pocketlearn.federated.vectorized import (
+    PaddedBatches,
+    SGDConfig,
+    StackedForward,
+    pad_batches,
+    stacked_copies,
+    stacked_forward,
+    train_stacked,
+)
 from pocketlearn.methods import make_method
 from pocketlearn.methods.base import cross_entropy
 
@@ -102,8 +110,6 @@ class InProcessEngine:
 
     def _warm_up(self) -> None:
         """One throwaway batched step, so that autograd's first-use costs land in setup, not in round 1."""
-        from pocketlearn.federated.vectorized import train_stacked
-
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
         assert self.forward is not None
         train_stacked(self.forward, params, pad_batches(self.x, self.y, [np.zeros((1, 1), np.int64)], 1),
@@ -113,7 +119,7 @@ class InProcessEngine:
         return 6.0 * self.num_params * data.w[:, 0].numel()
 
     def _auto_group_size(self) -> int:
-        weights = sum(p.numel() for p in self.template.parameters()) * 4
+        weights = self.num_params * 4
         return max(1, min(1024, (256 << 20) // (4 * weights)))  # params, grads, temporaries within ~256 MiB
 
     def train(self, params: dict[str, Tensor], client_ids: Sequence[int], rnd: int, local: LocalTraining
@@ -126,8 +132,6 @@ class InProcessEngine:
 
     def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
                           local: LocalTraining) -> RoundResult:
-        from pocketlearn.federated.vectorized import stacked_copies, train_stacked
-
         assert self.forward is not None
         sgd = SGDConfig(local.lr, local.momentum, local.weight_decay, local.proximal_mu)
         deltas: dict[str, list[Tensor]] = {n: [] for n in params}

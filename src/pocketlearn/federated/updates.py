@@ -26,7 +26,8 @@ class RoundUpdates:
     ``deltas[name]`` is (K, *shape). Clients may train different parameter subsets (the planner can give a
     small device bias-only training while a laptop does full backprop); ``trained[name]`` is then a bool (K,)
     saying which rows are real, and strategies aggregate each parameter over the clients that trained it.
-    Parameters missing from ``trained`` were trained by every client.
+    Parameters missing from ``trained`` were trained by every client; rows of clients that did not train a
+    parameter are zero.
     """
 
     client_ids: list[int]
@@ -46,15 +47,12 @@ class RoundUpdates:
 
     def client_norms(self) -> Tensor:
         """L2 norm of each client's whole update (K,), over every parameter it trained."""
-        squares = torch.zeros(len(self))
-        for d in self.deltas.values():
-            squares += d.flatten(1).pow(2).sum(1)  # untrained rows are zero
-        return squares.sqrt()
+        return torch.stack([d.flatten(1).pow(2).sum(1) for d in self.deltas.values()]).sum(0).sqrt()
 
     def scale_clients(self, factors: Tensor) -> None:
         """Multiply client k's update by ``factors[k]`` in place (norm bounding, clipping)."""
         for d in self.deltas.values():
-            d.mul_(factors.view(-1, *([1] * (d.dim() - 1))))
+            d.mul_(factors.to(d).view(-1, *([1] * (d.dim() - 1))))
 
     @classmethod
     def stack(cls, updates: Sequence[ClientUpdate]) -> RoundUpdates:
