@@ -74,3 +74,14 @@ def test_batches_never_span_epochs_and_padding_weighs_nothing():
     assert index[0, :4].tolist() == [[5, 6], [7, 0], [7, 5], [6, 0]]
     np.testing.assert_allclose(weight[0, :4], [[0.5, 0.5], [1, 0], [0.5, 0.5], [1, 0]])
     assert weight[1, 2:].sum() == 0  # the small client idles once its two epochs are done
+
+
+def test_each_clients_payload_row_is_its_dense_encoding():
+    from pocketlearn.federated.codecs import decode_dense, encode_dense, encode_dense_rows
+
+    stacked = {"w": torch.randn(3, 4, 2), "b": torch.randn(3, 4)}
+    rows = encode_dense_rows(stacked)
+    for k in range(3):
+        one = {n: t[k] for n, t in stacked.items()}
+        assert rows[k].tobytes() == encode_dense(one)
+        assert all(torch.equal(decode_dense(rows[k].tobytes())[n], one[n]) for n in one)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 
@@ -20,7 +21,12 @@ _MAGIC = b"PLU1"
 
 
 def _header(shapes: dict[str, tuple[int, ...]]) -> bytes:
-    header = json.dumps([[n, list(shapes[n])] for n in sorted(shapes)]).encode()
+    return _header_of(tuple((n, tuple(shapes[n])) for n in sorted(shapes)))
+
+
+@functools.lru_cache(maxsize=64)
+def _header_of(entries: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
+    header = json.dumps([[n, list(shape)] for n, shape in entries]).encode()
     return _MAGIC + struct.pack("<I", len(header)) + header
 
 
@@ -32,14 +38,25 @@ def encode_dense(tensors: dict[str, Tensor]) -> bytes:
     return _header({n: tuple(tensors[n].shape) for n in names}) + body
 
 
-def encode_dense_rows(stacked: dict[str, Tensor]) -> list[bytes]:
-    """``encode_dense`` of each client's row of K-stacked tensors (K, *shape), the header built once."""
+def encode_dense_rows(stacked: dict[str, Tensor], out: np.ndarray | None = None) -> np.ndarray:
+    """``encode_dense`` of each client's row of K-stacked tensors (K, *shape), as rows of one (K, L) byte array.
+
+    Row k holds exactly the bytes ``encode_dense`` gives for client k; writing all K into one buffer (``out``,
+    reused across rounds when its shape fits) saves K allocations of fresh pages.
+    """
     names = sorted(stacked)
-    header = _header({n: tuple(stacked[n].shape[1:]) for n in names})
+    header = np.frombuffer(_header({n: tuple(stacked[n].shape[1:]) for n in names}), np.uint8)
     k = len(stacked[names[0]])
-    flat = torch.cat([stacked[n].detach().to(torch.float32).reshape(k, -1) for n in names], 1).numpy()
-    flat = flat.astype("<f4", copy=False)
-    return [header + row.tobytes() for row in flat]
+    width = len(header) + 4 * sum(stacked[n][0].numel() for n in names)
+    if out is None or out.shape != (k, width):
+        out = np.empty((k, width), np.uint8)
+    out[:, : len(header)] = header
+    offset = len(header)
+    for n in names:  # each tensor's rows straight into its columns: one copy, no concatenated temporary
+        values = stacked[n].detach().to(torch.float32).reshape(k, -1).numpy().astype("<f4", copy=False)
+        out[:, offset:offset + 4 * values.shape[1]] = values.view(np.uint8)
+        offset += 4 * values.shape[1]
+    return out
 
 
 def decode_dense(payload: bytes) -> dict[str, Tensor]:

@@ -118,6 +118,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
                       train_flops_per_sample(template, data.x[:1]))
     engine = make_engine(config, template, data)
+    if isinstance(engine, InProcessEngine):
+        engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every)
     if run_dir is not None and fresh and run_dir.exists():

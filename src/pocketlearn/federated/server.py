@@ -92,7 +92,15 @@ class FederatedServer:
         self.checkpoint = checkpoint
         self.round = 0
         self.last_round = 0  # evaluated whatever eval_every says
+        self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+
+    def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
+        """Allocate (and fault in) the round's send buffer during setup rather than in round 1."""
+        k = self.sampler.per_round
+        if k * 4 * sum(p.numel() for p in self.params.values()) > limit:
+            return None
+        return encode_dense_rows({n: p.detach().unsqueeze(0).expand(k, *p.shape) for n, p in self.params.items()})
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @property
@@ -165,12 +173,14 @@ class FederatedServer:
         deadline = self.policy.deadline_s
         for result in results:
             u = result.updates
-            payloads = encode_dense_rows(u.deltas) if not u.trained else [
-                encode_dense({n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]})
-                for k in range(len(u))]
+            if u.trained:
+                sizes = [len(encode_dense({n: d[k] for n, d in u.deltas.items()
+                                           if n not in u.trained or u.trained[n][k]})) for k in range(len(u))]
+            else:
+                self._send_buffer = encode_dense_rows(u.deltas, self._send_buffer)
+                sizes = [self._send_buffer.shape[1]] * len(u)
             samples = u.num_samples.tolist()
-            for k, (c, payload) in enumerate(zip(u.client_ids, payloads, strict=True)):
-                up = len(payload)
+            for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
                 device = self.clients.fits[self.clients.device_index[c]].device
                 t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
                                       flops_per_sample=self.clients.flops_per_sample, down_bytes=down, up_bytes=up)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from pocketlearn.federated.vectorized import (
     PaddedBatches,
     SGDConfig,
     StackedForward,
+    mlp_layers,
     pad_batches,
     stacked_copies,
     stacked_forward,
     train_stacked,
+    train_stacked_mlp,
 )
 from pocketlearn.methods import make_method
 from pocketlearn.methods.base import cross_entropy
@@ -87,6 +89,9 @@ def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rn
     orders = []
     for c in client_ids:
         idx = indices[c]
+        if len(idx) == 1:  # one order only: no generator needed (each client's generator is its own)
+            orders.append(np.broadcast_to(idx, (epochs, 1)))
+            continue
         rng = np.random.default_rng([seed, rnd, int(c)])
         if epochs == 1:
             orders.append(idx[rng.permutation(len(idx))][None])
@@ -102,18 +107,22 @@ class InProcessEngine:
                  vectorize: bool = True, group_size: int | None = None):
         self.template, self.x, self.y, self.indices = template, x, y, indices
         self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
+        self.mlp = mlp_layers(template) if vectorize else None  # plain SGD on an MLP: backward written out
         self.num_params = sum(p.numel() for p in template.parameters())
         self.group_size = group_size or self._auto_group_size()
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
-        if self.forward is not None:
-            self._warm_up()
 
-    def _warm_up(self) -> None:
-        """One throwaway batched step, so that autograd's first-use costs land in setup, not in round 1."""
+    def warm_up(self, num_clients: int, local: LocalTraining) -> None:
+        """Train a throwaway round of real clients with learning rate 0.
+
+        First-use costs (autograd, kernels, fresh memory pages) then land in setup rather than in round 1,
+        as the anchors' own warm-up does.
+        """
+        if self.forward is None or not local.vectorizable:
+            return
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
-        assert self.forward is not None
-        train_stacked(self.forward, params, pad_batches(self.x, self.y, [np.zeros((1, 1), np.int64)], 1),
-                      SGDConfig(lr=0.0))
+        ids = list(range(min(num_clients, len(self.indices))))
+        self.train(params, ids, 0, replace(local, lr=0.0))
 
     def _step_flops(self, data: PaddedBatches) -> float:
         return 6.0 * self.num_params * data.w[:, 0].numel()
@@ -143,7 +152,10 @@ class InProcessEngine:
             if self._stack is None or len(next(iter(self._stack.values()))) != k:
                 self._stack = stacked_copies(params, k)
             with torch_threads(1 if self._step_flops(data) < SMALL_STEP_FLOPS else None):
-                trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
+                if self.mlp is not None and sgd == SGDConfig(sgd.lr) and data.y.dim() == 3:
+                    trained, loss = train_stacked_mlp(self.mlp, params, data, sgd.lr, self._stack)
+                else:
+                    trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
             single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             for n, t in trained.items():
                 deltas[n].append(t.sub_(params[n]) if single else t - params[n])
