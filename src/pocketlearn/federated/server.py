@@ -139,7 +139,9 @@ class FederatedServer:
         rnd = self.round + 1
         start = time.perf_counter()
         sampled = self.sampler.sample(rnd)
-        dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
+        dropped = np.zeros(len(sampled), dtype=bool)
+        if self.policy.dropout:
+            dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
         down = len(encode_dense(self.params))
         training = [int(c) for c in sampled[~dropped]]
         by_method: dict[str, list[int]] = {}

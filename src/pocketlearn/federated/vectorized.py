@@ -276,6 +276,7 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
         t.copy_(start[n].unsqueeze(0).expand_as(t))
     first_linear = next(i for i, layer in enumerate(layers) if layer.kind == "linear")
     loss_sum = torch.zeros(k)
+    minus_one = torch.full((*data.y.shape[::2], 1), -1.0)  # (K, B, 1): subtracts the one-hot
     for s in range(data.x.shape[1]):
         h, saved = data.x[:, s], []
         for layer in layers:
@@ -291,7 +292,7 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
         target = data.y[:, s].unsqueeze(-1)
         w = data.w[:, s]
         loss_sum += (-log_p.gather(-1, target).squeeze(-1) * w).sum(1)
-        g = log_p.exp_().scatter_add_(-1, target, torch.full(target.shape, -1.0)).mul_(w.unsqueeze(-1))
+        g = log_p.exp_().scatter_add_(-1, target, minus_one).mul_(w.unsqueeze(-1))
         tensors, grads = [], []
         for i in range(len(layers) - 1, first_linear - 1, -1):
             layer, a = layers[i], saved[i]
