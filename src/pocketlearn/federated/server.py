@@ -12,7 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -145,7 +145,7 @@ class FederatedServer:
         down = len(encode_dense(self.params))
         training = [int(c) for c in sampled[~dropped]]
         by_method: dict[str, list[int]] = {}
-        for c in training:
+        for c in training:  # the sampler only offers clients whose device can train
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
         results = [self.engine.train(self.params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
         finished, up, times, losses = self._finish(results, down)
@@ -158,14 +158,12 @@ class FederatedServer:
             len(training) - (0 if finished is None else len(finished)), up, down * len(sampled),
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
-            by_method={m or "?": len(ids) for m, ids in by_method.items()})
+            by_method={m: len(ids) for m, ids in by_method.items()})
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record
 
     def _local(self, method: str) -> LocalTraining:
-        from dataclasses import replace
-
         return replace(self.local, method=method)
 
     def _finish(self, results: list[RoundResult], down: int

@@ -291,7 +291,7 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
         log_p = torch.log_softmax(h, -1)  # (K, B, C)
         target = data.y[:, s].unsqueeze(-1)
         w = data.w[:, s]
-        loss_sum += (-log_p.gather(-1, target).squeeze(-1) * w).sum(1)
+        loss_sum.sub_(torch.bmm(w.unsqueeze(1), log_p.gather(-1, target)).view(k))  # weighted mean NLL
         g = log_p.exp_().scatter_add_(-1, target, minus_one).mul_(w.unsqueeze(-1))
         tensors, grads = [], []
         for i in range(len(layers) - 1, first_linear - 1, -1):
@@ -306,7 +306,7 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
                 if i > first_linear:
                     g = torch.bmm(g, weight)
             elif layer.kind == "relu":
-                g = g * (a > 0)
+                g = torch.ops.aten.threshold_backward(g, a, 0)  # zero where the ReLU was off
             else:
                 g = g.reshape(a.shape)
         torch._foreach_add_(tensors, grads, alpha=-lr)

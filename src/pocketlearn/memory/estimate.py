@@ -109,8 +109,8 @@ def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
 
 
 def estimate_inference(model: nn.Module, batch: Batch) -> Estimate:
-    """Estimated peak of a forward pass: weights plus the widest layer's input and output."""
+    """Estimated peak of a prediction (forward pass, no loss): weights plus the widest layer's input and output."""
     model.eval()
     with torch.no_grad(), _layer_outputs(model) as outputs:
-        forward_loss(model, batch, cross_entropy)
+        model(batch[0])
     return Estimate(model_state_bytes(model), 0, 0, 0, 2 * max(outputs, default=0))
