@@ -38,3 +38,19 @@ def test_ray_gives_the_in_process_result(local_ray, local):
     for name, d in here.updates.deltas.items():
         assert torch.equal(there.updates.deltas[name], d), name
     assert torch.equal(there.train_loss, here.train_loss)
+
+
+def test_a_run_on_ray_ends_with_the_in_process_model(local_ray, tmp_path):
+    from pocketlearn.federated.config import parse_config
+    from pocketlearn.federated.experiment import build_server
+
+    raw = {"rounds": 3, "clients_per_round": 6, "data": {"name": "digits", "num_clients": 30}}
+    finals = []
+    for engine in ("inprocess", "ray"):
+        server, _ = build_server(parse_config({**raw, "engine": engine}), tmp_path / engine)
+        server.run(3)
+        finals.append({n: p.detach().clone() for n, p in server.params.items()})
+        if engine == "ray":
+            server.engine.shutdown()
+    for name, p in finals[0].items():
+        assert torch.equal(finals[1][name], p), name
