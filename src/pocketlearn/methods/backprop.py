@@ -42,6 +42,9 @@ class Backprop(GradientMethod):
 
 def enable_checkpointing(model: nn.Module) -> None:
     """Transformers models use their own switch; a plain Sequential checkpoints each child module."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 (the old name is deprecated)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        return
     if hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return
