@@ -161,3 +161,19 @@ def test_hapt_users_are_natural_clients(tmp_path):
     assert len(data.indices) == 24
     records = server.run(2)
     assert records[-1].finished == 6 and records[-1].eval["accuracy"] > 0.4
+
+
+def test_compressed_rounds_send_fewer_bytes_and_still_learn(tmp_path):
+    runs = {}
+    for up, down in [("float32", "float32"), ("q8", "fp16"), ("topk0.1+q8", "fp16"), ("sign", "bf16")]:
+        cfg = _config(rounds=8, codec={"up": up, "down": down}, data={"name": "digits", "partition": "iid",
+                                                                      "num_clients": 20})
+        server, _ = build_server(cfg, tmp_path / up)
+        records = server.run(8)
+        runs[up] = (sum(r.bytes_up for r in records), sum(r.bytes_down for r in records), records[-1].eval)
+    dense_up, dense_down, dense_eval = runs["float32"]
+    for up, ratio in (("topk0.1+q8", 12), ("sign", 20)):  # small biases carry most of the header overhead
+        assert runs[up][0] < dense_up / ratio and runs[up][1] < dense_down / 1.9
+    assert runs["q8"][0] < dense_up / 3.8 and runs["q8"][2]["accuracy"] > dense_eval["accuracy"] - 0.02
+    # sparse and 1-bit updates learn more slowly in the first rounds (chance is 0.1)
+    assert runs["topk0.1+q8"][2]["accuracy"] > 0.5 and runs["sign"][2]["accuracy"] > 0.4

@@ -63,6 +63,13 @@ class DevicesSection(_Section):
         return mix
 
 
+class CodecSection(_Section):
+    up: str = "float32"  # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | topk<fraction> | sign, chained by +
+    down: str = "float32"  # server -> client, applied to the global weights
+    error_feedback: bool = True  # lossy uplink: clients keep what was not sent and add it to the next update
+    seed: int = 4
+
+
 class EvalSection(_Section):
     every: int = Field(1, ge=1)  # evaluate the global model every N rounds (and after the last)
     batch_size: int = Field(1024, ge=1)
@@ -84,6 +91,7 @@ class RunConfig(_Section):
     client: ClientSection = ClientSection()
     strategy: StrategySection = StrategySection()
     devices: DevicesSection = DevicesSection()
+    codec: CodecSection = CodecSection()
     eval: EvalSection = EvalSection()
 
 

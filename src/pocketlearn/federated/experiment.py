@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.population import (
     DeviceFit,
@@ -121,7 +122,9 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
-    policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every)
+    policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
+                         make_codec(config.codec.up), make_codec(config.codec.down), config.codec.error_feedback,
+                         config.codec.seed)
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,

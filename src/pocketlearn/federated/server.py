@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError
-from pocketlearn.federated.codecs import encode_dense, encode_dense_rows
+from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.population import DeviceFit, simulated_seconds
 from pocketlearn.federated.sampling import ClientSampler
@@ -55,6 +55,10 @@ class RoundPolicy:
     dropout: float = 0.0
     seed: int = 3
     eval_every: int = 1
+    uplink: Codec = field(default_factory=Codec)
+    downlink: Codec = field(default_factory=Codec)
+    error_feedback: bool = True
+    codec_seed: int = 4
 
 
 @dataclass
@@ -93,6 +97,7 @@ class FederatedServer:
         self.round = 0
         self.last_round = 0  # evaluated whatever eval_every says
         self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
+        self.feedback = ErrorFeedback() if policy.uplink.lossy and policy.error_feedback else None
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
 
     def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
@@ -114,6 +119,7 @@ class FederatedServer:
             "fingerprint": self.fingerprint, "round": self.round,
             "params": {n: p.detach().clone() for n, p in self.params.items()},
             "strategy": self.strategy.state_dict(), "sampler": json.dumps(self.sampler.state_dict()),
+            "feedback": self.feedback.state_dict() if self.feedback else {},
         })
 
     def resume(self) -> bool:
@@ -129,6 +135,8 @@ class FederatedServer:
                 p.copy_(state["params"][n])
         self.strategy.load_state_dict(state["strategy"])
         self.sampler.load_state_dict(json.loads(state["sampler"]))
+        if self.feedback:
+            self.feedback.load_state_dict(state.get("feedback", {}))
         self.round = int(state["round"])
         if self.log:
             self.log.truncate(self.round)
@@ -142,13 +150,13 @@ class FederatedServer:
         dropped = np.zeros(len(sampled), dtype=bool)
         if self.policy.dropout:
             dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
-        down = len(encode_dense(self.params))
+        down, start_params = self._download(rnd)
         training = [int(c) for c in sampled[~dropped]]
         by_method: dict[str, list[int]] = {}
         for c in training:  # the sampler only offers clients whose device can train
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
-        results = [self.engine.train(self.params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
-        finished, up, times, losses = self._finish(results, down)
+        results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
+        finished, up, times, losses = self._finish(results, down, rnd)
         if finished is not None:
             self.strategy.apply(self.params, finished)
         round_time = time.perf_counter() - start
@@ -163,22 +171,47 @@ class FederatedServer:
             record.eval = self.evaluate(self.model)
         return record
 
+    def _download(self, rnd: int) -> tuple[int, dict[str, Tensor]]:
+        """(bytes of the global-model payload, the weights clients start from: decoded from that payload)."""
+        codec = self.policy.downlink
+        if not codec.stages:
+            return len(encode_dense(self.params)), self.params
+        server_stream = np.random.default_rng([self.policy.codec_seed, rnd, 2**32])  # 2**32: not a client id
+        payload = codec.encode(self.params, server_stream)
+        return len(payload), codec.decode(payload)
+
+    def _upload(self, u: RoundUpdates, rnd: int) -> list[int]:
+        """Encode each client's update for real; its row becomes what the server decodes. Returns byte counts."""
+        codec = self.policy.uplink
+        if not codec.stages and not u.trained:
+            self._send_buffer = encode_dense_rows(u.deltas, self._send_buffer)
+            return [self._send_buffer.shape[1]] * len(u)
+        sizes = []
+        expected = {n: d.shape[1:] for n, d in u.deltas.items()}
+        for k, c in enumerate(u.client_ids):
+            delta = {n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]}
+            rng = np.random.default_rng([self.policy.codec_seed, rnd, c])
+            if self.feedback:
+                payload, sent = self.feedback.encode(codec, c, delta, rng)
+            else:
+                payload = codec.encode(delta, rng)
+                sent = codec.decode(payload, expected)
+            for n, t in sent.items():
+                u.deltas[n][k] = t
+            sizes.append(len(payload))
+        return sizes
+
     def _local(self, method: str) -> LocalTraining:
         return replace(self.local, method=method)
 
-    def _finish(self, results: list[RoundResult], down: int
+    def _finish(self, results: list[RoundResult], down: int, rnd: int
                 ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None]:
         """Encode each update, time each client on its device, drop stragglers past the deadline."""
         keep_rows, up_total, times, losses = [], 0, [], []
         deadline = self.policy.deadline_s
         for result in results:
             u = result.updates
-            if u.trained:
-                sizes = [len(encode_dense({n: d[k] for n, d in u.deltas.items()
-                                           if n not in u.trained or u.trained[n][k]})) for k in range(len(u))]
-            else:
-                self._send_buffer = encode_dense_rows(u.deltas, self._send_buffer)
-                sizes = [self._send_buffer.shape[1]] * len(u)
+            sizes = self._upload(u, rnd)
             samples = u.num_samples.tolist()
             for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
                 device = self.clients.fits[self.clients.device_index[c]].device

@@ -1,0 +1,76 @@
+"""The knobs of differentially private federated training, in one frozen dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from pocketlearn.errors import ConfigError
+
+MODES = ("central", "local")
+ACCOUNTANTS = ("rdp", "pld")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPConfig:
+    """How client updates are clipped and noised, and how the privacy they spend is counted.
+
+    ``mode="central"`` is DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language
+    Models", ICLR 2018): the server adds noise to the sum of clipped updates, so clients must trust it (or
+    secure aggregation) with their clipped updates. ``mode="local"``: each client noises its own clipped update
+    before sending; no trust needed, far more noise in the mean.
+    """
+
+    clip: float = field(default=1.0, metadata={"help": "L2 bound on each client's update (the start, if adaptive)."})
+    adaptive: bool = field(default=False, metadata={"help": "Let the bound follow a quantile of update norms."})
+    target_quantile: float = field(default=0.5, metadata={"help": "Fraction of clients the adaptive bound keeps "
+                                                                  "unclipped."})
+    clip_lr: float = field(default=0.2, metadata={"help": "Geometric step size of the adaptive bound."})
+    clipped_count_stddev: float | None = field(default=None, metadata={
+        "help": "Noise std on the count of unclipped clients (adaptive); default 0.05 x expected clients."})
+    noise_multiplier: float = field(default=1.0, metadata={"help": "Noise std / clip (z); 0 turns noise off."})
+    mode: str = field(default="central", metadata={"help": "'central' (server adds noise) or 'local' (clients do)."})
+    accountant: str = field(default="rdp", metadata={"help": "'rdp' or 'pld' (tighter, slower)."})
+    delta: float = field(default=1e-5, metadata={"help": "The delta of (epsilon, delta)-DP; below 1/num_clients."})
+    target_epsilon: float | None = field(default=None, metadata={"help": "Refuse rounds that would exceed it."})
+    seed: int = field(default=0, metadata={"help": "Seed of the noise; a round's noise comes from (seed, round)."})
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ConfigError("DPConfig: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid value at once."""
+        # imported here, not at the top: the strategies package registers dp-fedavg, which imports this module
+        from pocketlearn.federated.strategies.checks import number_problem as num
+
+        out = [*num("clip", self.clip, lambda x: x > 0, "> 0"),
+               *num("target_quantile", self.target_quantile, lambda x: 0 < x < 1, "in (0, 1)"),
+               *num("clip_lr", self.clip_lr, lambda x: x > 0, "> 0"),
+               *num("noise_multiplier", self.noise_multiplier, lambda x: x >= 0, ">= 0"),
+               *num("delta", self.delta, lambda x: 0 < x < 1, "in (0, 1)")]
+        if self.clipped_count_stddev is not None:
+            out += num("clipped_count_stddev", self.clipped_count_stddev, lambda x: x > 0, "> 0")
+        if self.target_epsilon is not None:
+            out += num("target_epsilon", self.target_epsilon, lambda x: x > 0, "> 0")
+        if self.mode not in MODES:
+            out.append(f"mode should be one of {list(MODES)}, got {self.mode!r}")
+        if self.accountant not in ACCOUNTANTS:
+            out.append(f"accountant should be one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            out.append(f"seed should be an integer >= 0, got {self.seed!r}")
+        if self.adaptive and self.mode == "local":
+            out.append("adaptive clipping needs the server's noisy count of unclipped clients, which local mode "
+                       "does not have; use adaptive = false (a fixed clip) with mode = 'local'")
+        return out
+
+    @classmethod
+    def from_dict(cls, options: dict[str, Any]) -> DPConfig:
+        """Build from plain values (a TOML table); an unknown key is a ConfigError naming the known ones."""
+        known = sorted(f.name for f in fields(cls))
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(f"DPConfig has no option {', '.join(map(repr, unknown))}; options are {known}")
+        return cls(**options)
+

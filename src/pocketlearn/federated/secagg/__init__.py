@@ -1,0 +1,10 @@
+"""Secure aggregation by pairwise additive masking (Bonawitz et al. 2017), with SecAgg+'s sparse graph."""
+
+from .errors import SecAggError
+from .field import FieldSpec
+from .graph import neighbour_graph
+from .protocol import SecAggClient, SecAggConfig, SecAggServer
+from .run import SecAggCost, measure_cost, run_round, secure_sum
+
+__all__ = ["FieldSpec", "SecAggClient", "SecAggConfig", "SecAggCost", "SecAggError", "SecAggServer",
+           "measure_cost", "neighbour_graph", "run_round", "secure_sum"]
