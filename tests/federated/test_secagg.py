@@ -84,7 +84,7 @@ def test_a_masked_input_alone_looks_uniform_and_uncorrelated_with_the_update():
     assert abs(y.mean() / 2**32 - 0.5) < 0.02
     x, seen = vectors[1], field.dequantize(r.masked[1].vector, 1)
     assert abs(np.corrcoef(x, seen)[0, 1]) < 0.1
-    assert np.abs(seen - x).mean() > 100  # far from the raw values, which are in [-1, 1]
+    assert np.abs(seen - x).mean() > 2  # uniform over the sum's range [-8, 8], far from x in [-1, 1]
 
 
 def test_the_server_only_ever_holds_the_masked_sum():
@@ -120,12 +120,14 @@ def test_sparse_graph_threshold_is_per_neighbourhood():
     graph = neighbour_graph(n, k, seed=1)
     assert all(len(g) == k for g in graph) and all(u in graph[v] for u in range(n) for v in graph[u])
     vectors = _vectors(n)
-    two = set(sorted(graph[0])[:2])
-    got = secure_sum(vectors, threshold=3, clip=1.0, neighbours=k, seed=1, drop_after_masking={0} | two)
-    assert np.abs(got - _plain(vectors, {0} | two)).max() < 1e-5
-    with pytest.raises(SecAggError, match="client 0's pairwise masks: 2 of its 5 share holders"):
-        secure_sum(vectors, threshold=3, clip=1.0, neighbours=k, seed=1, drop_after_masking={0},
-                   drop_before_unmasking=set(sorted(graph[0])[:3]))
+    first, second, *_ = sorted(graph[0])
+    far = next(u for u in range(n) if u not in graph[0] | graph[first] | {0, first})  # holds none of 0's shares
+    dropped = {0, first, far}
+    got = secure_sum(vectors, threshold=3, clip=1.0, neighbours=k, seed=1, drop_after_masking=dropped)
+    assert np.abs(got - _plain(vectors, dropped)).max() < 1e-5  # 3 of client 0's 5 holders are left
+    with pytest.raises(SecAggError, match="2 of its 5 share holders answered, threshold is 3"):
+        secure_sum(vectors, threshold=3, clip=1.0, neighbours=k, seed=1, drop_after_masking={0, first},
+                   drop_before_unmasking={second})
 
 
 def test_a_late_client_stays_hidden_behind_its_self_mask():
@@ -141,7 +143,7 @@ def test_a_late_client_stays_hidden_behind_its_self_mask():
         stream = crypto.expand(seed, late.size, late.dtype)
         late = late - stream if pair_sign(3, v) > 0 else late + stream
     assert not np.array_equal(late, r.config.field.quantize(vectors[3]))
-    assert np.abs(r.config.field.dequantize(late, 1) - vectors[3]).mean() > 100
+    assert np.abs(r.config.field.dequantize(late, 1) - vectors[3]).mean() > 2
     assert 3 in r.request.dropped and all(3 not in resp.self_mask_shares for resp in r.responses)
 
 
@@ -159,7 +161,7 @@ def test_a_corrupted_encrypted_share_is_caught_by_aes_gcm():
 
 @pytest.mark.parametrize("kind", ["self_mask_shares", "key_shares"])
 def test_a_wrong_share_in_the_unmasking_round_is_caught(kind):
-    r = Round(_vectors(6), threshold=6)
+    r = Round(_vectors(6), threshold=4)
     for u, y in r.masked.items():
         if u != 5:
             r.server.receive_masked(y)
@@ -193,8 +195,12 @@ def test_shamir_any_t_shares_reconstruct_and_fewer_do_not():
         assert shamir.combine(pick, 4) == secret
     with pytest.raises(SecAggError, match="3 shares cannot reconstruct"):
         shamir.combine(shares[:3], 4)
-    with pytest.raises(SecAggError, match="does not fit|32-byte"):
-        shamir.combine([shares[0], shamir.Share(2, shares[1].y ^ 12345), *shares[2:4]], 4)
+    stranger = shamir.split(crypto.random_seed(), list(range(1, 8)), 4)[1]  # a share of another secret
+    with pytest.raises(SecAggError, match="do not reconstruct a 32-byte secret"):
+        shamir.combine([shares[0], stranger, *shares[2:4]], 4)
+    # a small shift of one share moves the secret by a small multiple (Lagrange weights at 1..4 are
+    # integers), which still fits in 32 bytes: the protocol's commitments catch that case
+    assert shamir.combine([shares[0], shamir.Share(2, shares[1].y + 1), *shares[2:4]], 4) != secret
 
 
 def test_bad_settings_are_refused_with_the_value_and_the_way_out():
@@ -225,7 +231,7 @@ def test_bytes_are_counted_from_the_serialized_messages():
 def test_a_sparse_graph_keeps_per_client_bytes_flat_as_clients_grow():
     small, large = measure_cost(20, 100, neighbours=6), measure_cost(200, 100, neighbours=6)
     assert large.sent_bytes == pytest.approx(small.sent_bytes, rel=0.05)
-    assert measure_cost(200, 100).sent_bytes > 5 * large.sent_bytes  # all pairs grows with n
+    assert measure_cost(60, 100).sent_bytes > 5 * large.sent_bytes  # all pairs grows with n
 
 
 @pytest.mark.parametrize("neighbours", [None, 10], ids=["all-pairs", "k=10"])

@@ -70,6 +70,13 @@ class CodecSection(_Section):
     seed: int = 4
 
 
+class AttackSection(_Section):
+    fraction: float = Field(0.0, ge=0, lt=1)  # share of clients that are malicious for the whole run
+    kind: Literal["sign-flip", "scale", "random"] = "sign-flip"
+    scale: float = Field(10.0, gt=0)
+    seed: int = 5
+
+
 class EvalSection(_Section):
     every: int = Field(1, ge=1)  # evaluate the global model every N rounds (and after the last)
     batch_size: int = Field(1024, ge=1)
@@ -92,6 +99,7 @@ class RunConfig(_Section):
     strategy: StrategySection = StrategySection()
     devices: DevicesSection = DevicesSection()
     codec: CodecSection = CodecSection()
+    attack: AttackSection = AttackSection()
     eval: EvalSection = EvalSection()
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.population import (
@@ -124,13 +125,18 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
                          make_codec(config.codec.up), make_codec(config.codec.down), config.codec.error_feedback,
-                         config.codec.seed)
+                         config.codec.seed, _attack(config, len(data.indices)))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,
                              lambda m: evaluate(m, test_batches), run_dir, fingerprint(config.model_dump()),
                              checkpoint=config.checkpoint)
     return server, data
+
+
+def _attack(config: RunConfig, num_clients: int) -> Attack | None:
+    a = config.attack
+    return Attack.on_fraction(num_clients, a.fraction, a.kind, a.scale, a.seed) if a.fraction else None
 
 
 def make_engine(config: RunConfig, template: nn.Module, data: FederatedData) -> InProcessEngine:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.population import DeviceFit, simulated_seconds
@@ -59,6 +60,7 @@ class RoundPolicy:
     downlink: Codec = field(default_factory=Codec)
     error_feedback: bool = True
     codec_seed: int = 4
+    attack: Attack | None = None
 
 
 @dataclass
@@ -211,6 +213,8 @@ class FederatedServer:
         deadline = self.policy.deadline_s
         for result in results:
             u = result.updates
+            if self.policy.attack:
+                self.policy.attack.poison(u, rnd)
             sizes = self._upload(u, rnd)
             samples = u.num_samples.tolist()
             for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):

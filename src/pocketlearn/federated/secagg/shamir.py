@@ -2,8 +2,9 @@
 
 Plain big-int arithmetic (Shamir 1979): a random polynomial of degree t-1 whose constant term is the secret,
 evaluated at each holder's point; any t points give the secret back by Lagrange interpolation at 0 and
-t-1 points say nothing about it. The field is much larger than 2^256, so shares that do not belong together
-almost surely interpolate to a number that does not fit in 32 bytes, which :func:`combine` reports.
+t-1 points say nothing about it. The field is much larger than 2^256, so a share of another secret almost
+surely interpolates to a number that does not fit in 32 bytes, which :func:`combine` reports; a small shift
+of a share may not, so callers check the result against a commitment or a public key.
 """
 
 from __future__ import annotations
