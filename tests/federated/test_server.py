@@ -177,3 +177,18 @@ def test_compressed_rounds_send_fewer_bytes_and_still_learn(tmp_path):
     assert runs["q8"][0] < dense_up / 3.8 and runs["q8"][2]["accuracy"] > dense_eval["accuracy"] - 0.02
     # sparse and 1-bit updates learn more slowly in the first rounds (chance is 0.1)
     assert runs["topk0.1+q8"][2]["accuracy"] > 0.5 and runs["sign"][2]["accuracy"] > 0.4
+
+
+def test_mezo_seed_exchange_sends_kilobytes_and_replays_the_clients_model(tmp_path):
+    common = {"rounds": 2, "clients_per_round": 3, "data": {"name": "digits", "partition": "iid", "num_clients": 10},
+              "client": {"method": "mezo", "lr": 1e-2, "options": {"eps": 1e-3}}}
+    runs = {}
+    for up in ("float32", "seeds"):
+        server, _ = build_server(parse_config({**common, "codec": {"up": up}}), tmp_path / up)
+        records = server.run(2)
+        runs[up] = (sum(r.bytes_up for r in records), {n: p.detach().clone() for n, p in server.params.items()})
+    assert runs["seeds"][0] * 50 < runs["float32"][0]
+    for name, p in runs["float32"][1].items():  # replayed on the server = trained on the clients, bit for bit
+        assert torch.equal(runs["seeds"][1][name], p), name
+    with pytest.raises(ConfigError, match="needs client.method = 'mezo'"):
+        build_server(_config(codec={"up": "seeds"}), tmp_path / "bad")

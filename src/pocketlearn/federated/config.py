@@ -64,7 +64,9 @@ class DevicesSection(_Section):
 
 
 class CodecSection(_Section):
-    up: str = "float32"  # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | topk<fraction> | sign, chained by +
+    # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | topk<fraction> | sign, chained by +; or "seeds"
+    # (MeZO clients send their (seed, projected gradient) pairs and the server replays them)
+    up: str = "float32"
     down: str = "float32"  # server -> client, applied to the global weights
     error_feedback: bool = True  # lossy uplink: clients keep what was not sent and add it to the next update
     seed: int = 4

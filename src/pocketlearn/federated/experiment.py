@@ -123,9 +123,12 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
+    seeds = config.codec.up == "seeds"
+    if seeds and config.client.method != "mezo":
+        raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'")
     policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
-                         make_codec(config.codec.up), make_codec(config.codec.down), config.codec.error_feedback,
-                         config.codec.seed, _attack(config, len(data.indices)))
+                         make_codec(None if seeds else config.codec.up), make_codec(config.codec.down),
+                         config.codec.error_feedback, config.codec.seed, _attack(config, len(data.indices)), seeds)
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,

@@ -24,6 +24,7 @@ from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
+from pocketlearn.federated.codecs.seeds import decode_history, encode_history, replay_delta
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.population import DeviceFit, simulated_seconds
 from pocketlearn.federated.sampling import ClientSampler
@@ -61,6 +62,7 @@ class RoundPolicy:
     error_feedback: bool = True
     codec_seed: int = 4
     attack: Attack | None = None
+    seed_exchange: bool = False  # MeZO clients send (seed, g) pairs; the server replays them
 
 
 @dataclass
@@ -158,7 +160,7 @@ class FederatedServer:
         for c in training:  # the sampler only offers clients whose device can train
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
         results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
-        finished, up, times, losses = self._finish(results, down, rnd)
+        finished, up, times, losses = self._finish(results, down, rnd, start_params)
         if finished is not None:
             self.strategy.apply(self.params, finished)
         round_time = time.perf_counter() - start
@@ -203,10 +205,24 @@ class FederatedServer:
             sizes.append(len(payload))
         return sizes
 
+    def _upload_seeds(self, u: RoundUpdates, histories: list[list[tuple[int, float]]], start: dict[str, Tensor]
+                      ) -> list[int]:
+        """Seed exchange: each MeZO client's pairs travel; its row becomes the server's replay of them."""
+        options = self._local("mezo").method_options()
+        sizes = []
+        for k, history in enumerate(histories):
+            payload = encode_history(history)
+            names = [n for n in u.deltas if n not in u.trained or u.trained[n][k]]
+            replayed = replay_delta({n: start[n] for n in names}, decode_history(payload), options)
+            for n, t in replayed.items():
+                u.deltas[n][k] = t
+            sizes.append(len(payload))
+        return sizes
+
     def _local(self, method: str) -> LocalTraining:
         return replace(self.local, method=method)
 
-    def _finish(self, results: list[RoundResult], down: int, rnd: int
+    def _finish(self, results: list[RoundResult], down: int, rnd: int, start: dict[str, Tensor]
                 ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None]:
         """Encode each update, time each client on its device, drop stragglers past the deadline."""
         keep_rows, up_total, times, losses = [], 0, [], []
@@ -215,7 +231,10 @@ class FederatedServer:
             u = result.updates
             if self.policy.attack:
                 self.policy.attack.poison(u, rnd)
-            sizes = self._upload(u, rnd)
+            if self.policy.seed_exchange and result.histories is not None:
+                sizes = self._upload_seeds(u, result.histories, start)
+            else:
+                sizes = self._upload(u, rnd)
             samples = u.num_samples.tolist()
             for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
                 device = self.clients.fits[self.clients.device_index[c]].device

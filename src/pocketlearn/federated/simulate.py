@@ -81,6 +81,7 @@ class LocalTraining:
 class RoundResult:
     updates: RoundUpdates
     train_loss: Tensor  # (K,) each client's mean training loss
+    histories: list[list[tuple[int, float]]] | None = None  # MeZO clients' (seed, g) pairs, for seed exchange
 
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
@@ -166,19 +167,24 @@ class InProcessEngine:
 
     def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
                           local: LocalTraining, rnd: int) -> RoundResult:
-        updates, losses = [], []
+        updates, losses, histories = [], [], []
         for c, order in zip(client_ids, orders, strict=True):
-            torch.manual_seed(hash((local.shuffle_seed, rnd, int(c))) & 0x7FFFFFFF)  # dropout, MeZO's seeds
-            delta, loss = self._train_one(params, order, local)
+            seed = int(np.random.SeedSequence([local.shuffle_seed, rnd, int(c)]).generate_state(1)[0] >> 1)
+            torch.manual_seed(seed)  # dropout layers
+            delta, loss, history = self._train_one(params, order, local, seed)
             updates.append(ClientUpdate(int(c), order.shape[1], delta))
             losses.append(loss)
-        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses))
+            histories.append(history)
+        mezo = local.method == "mezo"
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if mezo else None)
 
-    def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining
-                   ) -> tuple[dict[str, Tensor], float]:
+    def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining, seed: int
+                   ) -> tuple[dict[str, Tensor], float, list[tuple[int, float]]]:
         model = copy.deepcopy(self.template)
-        method = make_method(local.method, model, loss_fn=_proximal_loss(params, local.proximal_mu),
-                             **local.method_options())
+        options = local.method_options()
+        if local.method == "mezo":
+            options.setdefault("seed", seed)  # each client and round perturbs along its own directions
+        method = make_method(local.method, model, loss_fn=_proximal_loss(params, local.proximal_mu), **options)
         trained = method.trainable_parameters()
         with torch.no_grad():
             for n, p in method.model.named_parameters():
@@ -193,7 +199,7 @@ class InProcessEngine:
             loss = method.step((data.x[0, s][real], data.y[0, s][real]))
             total += getattr(method.loss_fn, "task_loss", loss)
         delta = {n: (p.detach() - params[n]) for n, p in trained.items() if n in params}
-        return delta, total / max(int(data.steps[0]), 1)
+        return delta, total / max(int(data.steps[0]), 1), list(getattr(method, "history", []))
 
 
 class _ProximalLoss:

@@ -1,0 +1,211 @@
+import math
+
+import dp_accounting as dpa
+import pytest
+import torch
+
+from pocketlearn.errors import ConfigError
+from pocketlearn.federated.privacy import (
+    AdaptiveClip,
+    DPConfig,
+    FixedClip,
+    PrivacyAccountant,
+    PrivacyBudgetError,
+    PrivacyMechanism,
+    calibrate_noise,
+    central_round_event,
+    derived_generator,
+    epsilon,
+    rounds_within,
+)
+from pocketlearn.federated.privacy.dp_fedavg import DPFedAvg
+from pocketlearn.federated.strategies import FedAvg
+from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+
+
+def make_updates(k=6, scale=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scale = scale if scale is not None else torch.linspace(0.1, 5.0, k)
+    ups = []
+    for i in range(k):
+        w, b = torch.randn(4, 3, generator=g), torch.randn(3, generator=g)
+        n = math.sqrt(w.pow(2).sum() + b.pow(2).sum())
+        ups.append(ClientUpdate(i, 10 + i, {"w": w * scale[i] / n, "b": b * scale[i] / n}))
+    return RoundUpdates.stack(ups)
+
+
+# --- clipping -------------------------------------------------------------------------------------------------
+def test_clipping_bounds_norms_and_leaves_small_updates_alone():
+    u = make_updates()
+    before = {n: d.clone() for n, d in u.deltas.items()}
+    norms = FixedClip(1.0).clip_(u)
+    assert torch.allclose(norms, torch.linspace(0.1, 5.0, 6), atol=1e-5)
+    after = u.client_norms()
+    assert (after <= 1.0 + 1e-5).all()
+    small = norms <= 1.0
+    for n in u.deltas:
+        assert torch.equal(u.deltas[n][small], before[n][small])  # bit for bit
+    assert torch.allclose(after[~small], torch.ones(int((~small).sum())), atol=1e-5)
+
+
+def test_adaptive_clip_moves_toward_target_quantile():
+    norms = torch.linspace(0.1, 10.0, 101)  # median 5.05
+    clip = AdaptiveClip(0.5, target_quantile=0.5, lr=0.2, count_stddev=0.0)
+    g = derived_generator(0, 0)
+    for _ in range(200):
+        clip.update(norms, expected_clients=len(norms), generator=g)
+    assert 4.5 < clip.bound < 5.6
+    high = AdaptiveClip(50.0, target_quantile=0.9, lr=0.2, count_stddev=2.0)  # noisy count still converges
+    for _ in range(300):
+        high.update(norms, expected_clients=len(norms), generator=g)
+    assert 8.0 < high.bound < 10.2
+    high.load_state_dict(clip.state_dict())
+    assert high.bound == clip.bound
+
+
+# --- noise ----------------------------------------------------------------------------------------------------
+def test_central_noise_has_the_right_std_and_is_reproducible():
+    k, expected = 5, 10
+    u = make_updates(k, scale=torch.zeros(k))  # zero updates: the output is pure noise / expected
+    u.deltas["big"] = torch.zeros(k, 200_000)
+    cfg = DPConfig(clip=2.0, noise_multiplier=1.5, seed=7)
+    mech = PrivacyMechanism(cfg, expected_clients=expected, num_clients=100)
+    out = mech.privatize(u, rnd=3)
+    std = float(out["big"].std())
+    assert std == pytest.approx(1.5 * 2.0 / expected, rel=0.01)
+    assert abs(float(out["big"].mean())) < 4 * std / math.sqrt(200_000)
+    u2 = make_updates(k, scale=torch.zeros(k))
+    u2.deltas["big"] = torch.zeros(k, 200_000)
+    same = PrivacyMechanism(cfg, expected_clients=expected, num_clients=100).privatize(u2, rnd=3)
+    assert all(torch.equal(out[n], same[n]) for n in out)
+    u3 = make_updates(k, scale=torch.zeros(k))
+    u3.deltas["big"] = torch.zeros(k, 200_000)
+    other = PrivacyMechanism(cfg, expected_clients=expected, num_clients=100).privatize(u3, rnd=4)
+    assert not torch.equal(out["big"], other["big"])
+
+
+def test_local_noise_per_client_std_and_mask():
+    k = 4
+    u = make_updates(k, scale=torch.zeros(k))
+    u.deltas["big"] = torch.zeros(k, 100_000)
+    u.trained["big"] = torch.tensor([True, True, False, True])
+    cfg = DPConfig(clip=1.0, noise_multiplier=0.5, mode="local", seed=1)
+    mech = PrivacyMechanism(cfg, expected_clients=k, num_clients=50)
+    out = mech.privatize(u, rnd=1)
+    assert torch.equal(u.deltas["big"][2], torch.zeros(100_000))  # not trained, not sent, not noised
+    assert float(u.deltas["big"][0].std()) == pytest.approx(0.5, rel=0.02)
+    assert float(out["big"].std()) == pytest.approx(0.5 * math.sqrt(3) / k, rel=0.02)
+    assert mech.reports == {0: 1, 1: 1, 2: 1, 3: 1}
+
+
+# --- accountant -----------------------------------------------------------------------------------------------
+def test_epsilon_matches_dp_accounting_called_directly():
+    direct = dpa.rdp.RdpAccountant().compose(
+        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.1)), 500)).get_epsilon(1e-5)
+    assert epsilon(1.1, 0.01, 500, 1e-5, "rdp") == pytest.approx(direct, rel=1e-12)
+    pld = dpa.pld.PLDAccountant(value_discretization_interval=1e-4).compose(
+        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.1)), 500)).get_epsilon(1e-5)
+    assert epsilon(1.1, 0.01, 500, 1e-5, "pld") == pytest.approx(pld, rel=0.01)
+
+
+def test_epsilon_grows_with_rounds_falls_with_noise_and_pld_is_tighter():
+    eps = [epsilon(1.0, 0.02, r, 1e-5) for r in (10, 100, 1000)]
+    assert eps[0] < eps[1] < eps[2]
+    assert epsilon(2.0, 0.02, 100, 1e-5) < epsilon(1.0, 0.02, 100, 1e-5)
+    rdp, pld = epsilon(1.0, 0.02, 100, 1e-5, "rdp"), epsilon(1.0, 0.02, 100, 1e-5, "pld")
+    assert 0.5 * rdp < pld <= rdp
+    assert epsilon(0.0, 0.02, 1, 1e-5) == math.inf
+
+
+@pytest.mark.parametrize("kind", ["rdp", "pld"])
+def test_calibrate_noise_reaches_the_target(kind):
+    z = calibrate_noise(3.0, 1e-5, 0.05, 200, kind)
+    assert epsilon(z, 0.05, 200, 1e-5, kind) == pytest.approx(3.0, abs=0.01)
+    assert epsilon(z, 0.05, 200, 1e-5, kind) <= 3.0 + 1e-9
+
+
+def test_rounds_within_is_the_last_round_under_target():
+    event = central_round_event(1.0, 0.02)
+    n = rounds_within(event, 2.0, 1e-5)
+    assert epsilon(1.0, 0.02, n, 1e-5) <= 2.0 < epsilon(1.0, 0.02, n + 1, 1e-5)
+    assert rounds_within(central_round_event(0.3, 1.0), 0.5, 1e-5) == 0
+
+
+def test_accountant_refuses_to_exceed_the_target_and_round_trips():
+    acc = PrivacyAccountant(central_round_event(1.0, 0.1), "rdp", 1e-5, target_epsilon=1.0)
+    fit = acc.rounds_within()
+    acc.check(fit)
+    with pytest.raises(PrivacyBudgetError, match=f"at most {fit} rounds fit"):
+        acc.check(fit + 1)
+    acc.step(5)
+    other = PrivacyAccountant(central_round_event(1.0, 0.1), "rdp", 1e-5)
+    other.load_state_dict(acc.state_dict())
+    assert other.epsilon() == acc.epsilon() > 0
+
+
+# --- config ---------------------------------------------------------------------------------------------------
+def test_config_reports_every_problem_at_once():
+    with pytest.raises(ConfigError) as err:
+        DPConfig(clip=-1, noise_multiplier=-2, mode="global", accountant="gdp", delta=2)
+    msg = str(err.value)
+    for word in ("clip", "noise_multiplier", "mode", "accountant", "delta"):
+        assert word in msg
+    with pytest.raises(ConfigError, match="local"):
+        DPConfig(adaptive=True, mode="local")
+    with pytest.raises(ConfigError, match="options are"):
+        DPConfig.from_dict({"clip_norm": 1.0})
+    with pytest.raises(ConfigError, match="2 x clipped_count_stddev"):
+        PrivacyMechanism(DPConfig(adaptive=True, noise_multiplier=1.0), expected_clients=10, num_clients=100)
+
+
+# --- the dp-fedavg strategy -----------------------------------------------------------------------------------
+def test_dp_fedavg_without_noise_is_uniform_fedavg_of_clipped_updates():
+    u, ref = make_updates(), make_updates()
+    params = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+    expected = {n: p.clone() for n, p in params.items()}
+    strategy = DPFedAvg(expected_clients=len(u), num_clients=60, dp={"clip": 1.0, "noise_multiplier": 0.0},
+                        server_lr=0.5)
+    strategy.apply(params, u)
+    FixedClip(1.0).clip_(ref)
+    FedAvg(weighting="uniform", server_lr=0.5).apply(expected, ref)
+    for n in params:
+        assert torch.allclose(params[n], expected[n], atol=1e-6)
+    assert strategy.epsilon_so_far() == math.inf
+
+
+def test_dp_fedavg_state_round_trip_gives_the_same_next_round():
+    dp = DPConfig(clip=1.0, adaptive=True, noise_multiplier=0.8, clipped_count_stddev=1.0, target_epsilon=50.0)
+    a = DPFedAvg(expected_clients=6, num_clients=60, dp=dp)
+    pa = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+    a.apply(pa, make_updates(seed=1))
+    a.apply(pa, make_updates(seed=2))
+    b = DPFedAvg(expected_clients=6, num_clients=60, dp=dp)
+    b.load_state_dict(a.state_dict())
+    pb = {n: p.clone() for n, p in pa.items()}
+    assert b.mechanism.clipper.bound == a.mechanism.clipper.bound != 1.0
+    a.apply(pa, make_updates(seed=3))
+    b.apply(pb, make_updates(seed=3))
+    assert all(torch.equal(pa[n], pb[n]) for n in pa)
+    assert a.epsilon_so_far() == b.epsilon_so_far() == pytest.approx(epsilon(0.8, 0.1, 3, 1e-5))
+
+
+def test_dp_fedavg_stops_before_exceeding_target_epsilon():
+    dp = DPConfig(clip=1.0, noise_multiplier=1.0, target_epsilon=1.0)
+    s = DPFedAvg(expected_clients=6, num_clients=6, dp=dp)  # q = 1: each round is expensive
+    fit = s.mechanism.accountant.rounds_within()
+    with pytest.raises(PrivacyBudgetError):
+        s.mechanism.check_run(fit + 1)
+    params = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+    for _ in range(fit):
+        s.apply(params, make_updates())
+    before = {n: p.clone() for n, p in params.items()}
+    with pytest.raises(PrivacyBudgetError):
+        s.apply(params, make_updates())
+    assert all(torch.equal(params[n], before[n]) for n in params)  # nothing released
+
+
+def test_dp_fedavg_bad_options_are_config_errors():
+    with pytest.raises(ConfigError, match="expected_clients"):
+        DPFedAvg(expected_clients=0, num_clients=10)
+    with pytest.raises(ConfigError, match="expected_clients should be in"):
+        DPFedAvg(expected_clients=20, num_clients=10)
