@@ -31,9 +31,9 @@ from pocketlearn.memory import measure
 from pocketlearn.methods import make_method
 from pocketlearn.models import build_model, get_model_spec
 from pocketlearn.trainer import LocalTrainer, TrainerConfig
+from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
-README = Path(__file__).parents[1] / "README.md"
 console = Console()
 
 
@@ -285,11 +285,7 @@ def markdown(rows: list[Row], goal_rows: list[dict[str, Any]], header: str) -> s
 
 
 def update_readme(table: str) -> None:
-    begin, end = "<!-- methods:begin -->", "<!-- methods:end -->"
-    text = README.read_text()
-    if begin in text and end in text:
-        head, rest = text.split(begin, 1)
-        README.write_text(head + begin + "\n" + table + end + rest.split(end, 1)[1])
+    write_readme_section("methods", table)
 
 
 def main() -> None:

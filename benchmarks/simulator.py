@@ -36,6 +36,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from readme_table import write_readme_section
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 README = REPO / "README.md"
@@ -344,22 +346,9 @@ def print_tables(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) ->
     console.print(table)
 
 
-def replace_between(text: str, begin: str, end: str, new: str) -> str | None:
-    """`text` with what lies between the markers replaced by `new`; None when the markers are absent."""
-    start = text.find(begin)
-    stop = text.find(end, start + len(begin)) if start >= 0 else -1
-    if start < 0 or stop < 0:
-        return None
-    return text[:start + len(begin)] + "\n" + new + text[stop:]
-
-
 def update_readme(table: str) -> None:
-    begin, end = "<!-- simulator:begin -->", "<!-- simulator:end -->"
-    text = replace_between(README.read_text(), begin, end, table)
-    if text is None:
-        console.print(f"README.md has no {begin} … {end} markers; not updated")
-    else:
-        README.write_text(text)
+    if not write_readme_section("simulator", table):
+        console.print("README.md has no <!-- simulator:begin --> … <!-- simulator:end --> markers; not updated")
 
 
 # ----------------------------------------------------------------------------------------------------- main

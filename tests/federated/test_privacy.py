@@ -18,8 +18,8 @@ from pocketlearn.federated.privacy import (
     epsilon,
     rounds_within,
 )
-from pocketlearn.federated.privacy.dp_fedavg import DPFedAvg
 from pocketlearn.federated.strategies import FedAvg
+from pocketlearn.federated.strategies.dp_fedavg import DPFedAvg
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 
@@ -190,9 +190,10 @@ def test_dp_fedavg_state_round_trip_gives_the_same_next_round():
 
 
 def test_dp_fedavg_stops_before_exceeding_target_epsilon():
-    dp = DPConfig(clip=1.0, noise_multiplier=1.0, target_epsilon=1.0)
+    dp = DPConfig(clip=1.0, noise_multiplier=1.0, target_epsilon=8.0)
     s = DPFedAvg(expected_clients=6, num_clients=6, dp=dp)  # q = 1: each round is expensive
     fit = s.mechanism.accountant.rounds_within()
+    assert fit == 2
     with pytest.raises(PrivacyBudgetError):
         s.mechanism.check_run(fit + 1)
     params = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
@@ -209,3 +210,17 @@ def test_dp_fedavg_bad_options_are_config_errors():
         DPFedAvg(expected_clients=0, num_clients=10)
     with pytest.raises(ConfigError, match="expected_clients should be in"):
         DPFedAvg(expected_clients=20, num_clients=10)
+
+
+def test_a_private_run_reports_epsilon_every_round_and_refuses_to_overspend(tmp_path):
+    from pocketlearn.federated.config import parse_config
+    from pocketlearn.federated.experiment import build_server
+
+    raw = {"rounds": 3, "clients_per_round": 10, "data": {"name": "digits", "partition": "iid", "num_clients": 50},
+           "strategy": {"name": "dp-fedavg", "options": {"dp": {"clip": 1.0, "noise_multiplier": 1.0}}}}
+    server, _ = build_server(parse_config(raw), tmp_path / "ok")
+    eps = [r.epsilon for r in server.run(3)]
+    assert 0 < eps[0] < eps[1] < eps[2] < float("inf")
+    raw["strategy"]["options"]["dp"]["target_epsilon"] = eps[1]
+    with pytest.raises(PrivacyBudgetError, match="privacy"):
+        build_server(parse_config(raw), tmp_path / "over")

@@ -237,9 +237,10 @@ def test_norm_bounding_caps_each_clients_whole_update():
 # --- registry --------------------------------------------------------------------------------------------
 def test_every_registered_strategy_builds_from_plain_options():
     assert set(available_strategies()) == {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median",
-                                           "trimmed-mean", "norm-bounding"}
+                                           "trimmed-mean", "norm-bounding", "dp-fedavg"}
+    needs = {"norm-bounding": {"max_norm": 2}, "dp-fedavg": {"expected_clients": 10, "num_clients": 100}}
     for name in available_strategies():
-        s = make_strategy(name, **({"max_norm": 2} if name == "norm-bounding" else {}))
+        s = make_strategy(name, **needs.get(name, {}))
         assert s.name == name
     adam = make_strategy("fedadam", lr=0.1, betas=[0.8, 0.9], tau=1e-2, weighting="uniform")  # a TOML array
     assert adam.betas == (0.8, 0.9)

@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from pocketlearn.cli import catalog, demo, fed, plan, report, train
+from pocketlearn.cli import catalog, demo, fed, plan, privacy, report, train
 from pocketlearn.errors import PocketlearnError
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
@@ -19,6 +19,7 @@ app.command("devices")(catalog.devices_command)
 app.command("methods")(catalog.methods_command)
 app.command("models")(catalog.models_command)
 app.command("report")(report.report_command)
+app.command("privacy")(privacy.privacy_command)
 app.add_typer(fed.fed_app, name="fed")
 
 

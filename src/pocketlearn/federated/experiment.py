@@ -105,7 +105,9 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     template = build_model(config.model.name)
     initial = copy.deepcopy(template)
     model, params = prepare_global_model(config, initial)
-    strategy = make_strategy(config.strategy.name, **config.strategy.options)
+    strategy = make_strategy(config.strategy.name, **_strategy_options(config, len(data.indices)))
+    if hasattr(strategy, "mechanism"):
+        strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
     local = local_training(config, strategy.proximal_mu)
 
     example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
@@ -135,6 +137,14 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                              lambda m: evaluate(m, test_batches), run_dir, fingerprint(config.model_dump()),
                              checkpoint=config.checkpoint)
     return server, data
+
+
+def _strategy_options(config: RunConfig, num_clients: int) -> dict:
+    options = dict(config.strategy.options)
+    if config.strategy.name == "dp-fedavg":  # the accountant's sampling rate comes from the run itself
+        options.setdefault("expected_clients", config.clients_per_round)
+        options.setdefault("num_clients", num_clients)
+    return options
 
 
 def _attack(config: RunConfig, num_clients: int) -> Attack | None:

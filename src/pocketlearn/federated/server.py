@@ -79,6 +79,7 @@ class RoundRecord:
     train_loss: float | None
     eval: dict[str, float] = field(default_factory=dict)
     by_method: dict[str, int] = field(default_factory=dict)
+    epsilon: float | None = None  # privacy spent so far (differentially private strategies)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method")}
@@ -171,6 +172,8 @@ class FederatedServer:
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()})
+        if hasattr(self.strategy, "epsilon_so_far"):
+            record.epsilon = self.strategy.epsilon_so_far()
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record

@@ -7,7 +7,7 @@ The pieces, each usable alone::
     means = mech.privatize(updates, rnd)    # clipped, noised, fixed-denominator mean delta per parameter
     mech.epsilon_so_far()
 
-or all at once as the ``dp-fedavg`` strategy (:mod:`pocketlearn.federated.privacy.dp_fedavg`, not imported here
+or all at once as the ``dp-fedavg`` strategy (:mod:`pocketlearn.federated.strategies.dp_fedavg`, not imported here
 so that the strategies registry can import it without a cycle).
 """
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.strategies.base import Strategy
+from pocketlearn.federated.strategies.dp_fedavg import DPFedAvg
 from pocketlearn.federated.strategies.fedavg import FedAvg
 from pocketlearn.federated.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from pocketlearn.federated.strategies.fedprox import FedProx
@@ -21,7 +22,7 @@ from pocketlearn.federated.strategies.robust import CoordinateMedian, NormBoundi
 
 _REGISTRY: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, CoordinateMedian, TrimmedMean, NormBounding)
+    for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, CoordinateMedian, TrimmedMean, NormBounding, DPFedAvg)
 }
 
 
@@ -69,6 +70,6 @@ def _norm_bounding(options: dict[str, Any]) -> NormBounding:
 
 
 __all__ = [
-    "CoordinateMedian", "FedAdagrad", "FedAdam", "FedAvg", "FedOpt", "FedProx", "FedYogi", "NormBounding",
+    "CoordinateMedian", "DPFedAvg", "FedAdagrad", "FedAdam", "FedAvg", "FedOpt", "FedProx", "FedYogi", "NormBounding",
     "Strategy", "TrimmedMean", "available_strategies", "make_strategy", "strategy_options",
 ]
