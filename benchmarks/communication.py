@@ -1,0 +1,144 @@
+"""Accuracy against bytes uploaded, for every codec, on one federated workload; and MeZO's seed exchange.
+
+    python benchmarks/communication.py           # full: writes results/communication.{json,md,png} and README
+    python benchmarks/communication.py --quick   # fewer rounds (CI)
+
+Workload: digits, MLP 64-128-10, 100 clients (Dirichlet 0.5), 10 per round, FedAvg, 1 local epoch of SGD.
+Every byte is ``len(payload)`` of the real serialized update. Goals printed: the largest upload compression
+with final accuracy within 1 point of uncompressed FedAvg (>= 32x), and seed exchange's compression for MeZO
+clients (>= 1000x, on the tiny GPT: Shakespeare roles as clients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from pocketlearn.federated.config import parse_config
+from pocketlearn.federated.experiment import build_server
+from readme_table import write_readme_section
+
+RESULTS = Path(__file__).parent / "results"
+console = Console()
+CODECS = ["float32", "fp16", "bf16", "q8", "q4", "q2", "topk0.1", "topk0.1+q8", "topk0.03+q8", "topk0.01+q8",
+          "sign", "topk0.01+q8 (no EF)"]
+
+
+@dataclass
+class Run:
+    workload: str
+    codec: str
+    bytes_up: int
+    bytes_down: int
+    accuracy: float
+    seconds: float
+    ratio: float = 1.0  # uncompressed upload bytes / these
+
+
+def digits_config(codec: str, rounds: int) -> dict[str, Any]:
+    spec, feedback = codec.replace(" (no EF)", ""), "no EF" not in codec
+    return {"rounds": rounds, "clients_per_round": 10, "client": {"lr": 0.1},
+            "data": {"name": "digits", "partition": "dirichlet", "num_clients": 100},
+            "codec": {"up": spec, "error_feedback": feedback}, "eval": {"every": rounds}}
+
+
+def mezo_config(up: str, rounds: int) -> dict[str, Any]:
+    return {"rounds": rounds, "clients_per_round": 4, "model": {"name": "tiny-gpt"},
+            "data": {"name": "shakespeare", "partition": "natural", "num_clients": 20},
+            "client": {"method": "mezo", "lr": 1e-3, "batch_size": 64, "options": {"eps": 1e-3}},
+            "codec": {"up": up}, "eval": {"every": rounds, "batch_size": 512}}
+
+
+def run(workload: str, codec: str, raw: dict[str, Any]) -> Run:
+    start = time.perf_counter()
+    server, _ = build_server(parse_config(raw), None)
+    records = server.run(raw["rounds"])
+    return Run(workload, codec, sum(r.bytes_up for r in records), sum(r.bytes_down for r in records),
+               records[-1].eval["accuracy"], time.perf_counter() - start)
+
+
+def goals(runs: list[Run]) -> list[dict[str, Any]]:
+    digits = [r for r in runs if r.workload == "digits"]
+    base = next(r for r in digits if r.codec == "float32")
+    within = [r for r in digits if r.accuracy >= base.accuracy - 0.01]
+    best = max(within, key=lambda r: r.ratio)
+    seeds = next(r for r in runs if r.workload == "mezo" and r.codec == "seeds")
+    return [
+        {"goal": "upload compression within 1 point of float32 FedAvg", "value": best.ratio, "codec": best.codec,
+         "target": ">= 32", "met": best.ratio >= 32},
+        {"goal": "MeZO seed exchange upload compression (same model)", "value": seeds.ratio, "codec": "seeds",
+         "target": ">= 1000", "met": seeds.ratio >= 1000},
+    ]
+
+
+def table(runs: list[Run], found: list[dict[str, Any]], rounds: int, mezo_rounds: int) -> str:
+    lines = [f"Digits MLP, 100 clients, 10 per round, {rounds} rounds; MeZO: tiny GPT on 20 Shakespeare roles, "
+             f"{mezo_rounds} rounds. Measured by `python benchmarks/communication.py`.", "",
+             "| workload | uplink codec | MiB up | upload ratio | MiB down | final accuracy |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r.workload} | {r.codec} | {r.bytes_up / 2**20:.3f} | {r.ratio:.1f}x | "
+                     f"{r.bytes_down / 2**20:.2f} | {r.accuracy:.4f} |")
+    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
+    lines += [f"| {g['goal']} ({g['codec']}) | {g['value']:.1f}x | {g['target']} | {'yes' if g['met'] else '**no**'} |"
+              for g in found]
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[Run], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in (r for r in runs if r.workload == "digits"):
+        ax.scatter(r.bytes_up / 2**20, r.accuracy)
+        ax.annotate(r.codec, (r.bytes_up / 2**20, r.accuracy), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", xlabel="MiB uploaded by all clients (log)", ylabel="final test accuracy",
+           title="accuracy vs upload, per codec (digits, FedAvg)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no README update (CI)")
+    args = parser.parse_args()
+    rounds, mezo_rounds = (10, 1) if args.quick else (40, 3)
+    jobs = [("digits", c, digits_config(c, rounds)) for c in CODECS]
+    jobs += [("mezo", up, mezo_config(up, mezo_rounds)) for up in ("float32", "seeds")]
+    runs = []
+    with Progress(console=console) as progress:
+        task = progress.add_task("codecs", total=len(jobs))
+        for workload, codec, raw in jobs:
+            progress.update(task, description=f"{workload}: {codec}")
+            runs.append(run(workload, codec, raw))
+            progress.advance(task)
+    for workload in ("digits", "mezo"):
+        base = next(r for r in runs if r.workload == workload and r.codec == "float32")
+        for r in runs:
+            if r.workload == workload:
+                r.ratio = base.bytes_up / r.bytes_up
+    found = goals(runs)
+    stem = "communication-quick" if args.quick else "communication"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"runs": [asdict(r) for r in runs], "goals": found}, indent=1))
+    text = table(runs, found, rounds, mezo_rounds)
+    (RESULTS / f"{stem}.md").write_text(text)
+    plot(runs, RESULTS / f"{stem}.png")
+    if not args.quick:
+        write_readme_section("communication", text)
+    console.print(text)
+
+
+if __name__ == "__main__":
+    main()
