@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test test-slow lint bench bench-quick clean
+.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/methods.py --quick
+
+bench-comm: $(STAMP)
+	$(VENV)/bin/python benchmarks/communication.py
+
+bench-comm-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/communication.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
