@@ -16,9 +16,11 @@ from pocketlearn.federated.secagg import (
     measure_cost,
     neighbour_graph,
     secure_sum,
+    secure_sum_deltas,
     shamir,
 )
 from pocketlearn.federated.secagg.masking import pair_sign
+from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 
 def _vectors(n, d=64, seed=0):
@@ -242,3 +244,13 @@ def test_a_hundred_clients_finish_in_seconds(neighbours):
                      drop_after_masking=set(range(0, 100, 10)))
     assert time.perf_counter() - start < 10
     assert np.abs(got - _plain(vectors, set(range(0, 100, 10)))).max() < 1e-4
+
+
+def test_secure_sum_of_round_updates_matches_the_stacked_sum():
+    updates = RoundUpdates.stack([
+        ClientUpdate(i, 10, {"w": torch.randn(3, 2) * 0.1, **({"b": torch.randn(2) * 0.1} if i % 2 else {})})
+        for i in range(6)])
+    got = secure_sum_deltas(updates, threshold=4, clip=1.0, drop_after_masking={5})
+    assert set(got) == {"w", "b"} and got["w"].shape == (3, 2) and got["b"].shape == (2,)
+    for name, d in updates.deltas.items():
+        torch.testing.assert_close(got[name], d[:5].sum(0), atol=1e-6, rtol=0)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
+import torch
 from torch import Tensor
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.updates import RoundUpdates
 
 from .field import FieldSpec
 from .graph import neighbour_graph
@@ -114,6 +116,23 @@ def secure_sum(vectors: Sequence[np.ndarray | Tensor], *, threshold: int, clip: 
     return total.reshape(arrays[0].shape)
 
 
+def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
+                      drop_after_masking: Collection[int] = frozenset(), neighbours: int | None = None,
+                      seed: int = 0) -> dict[str, Tensor]:
+    """:func:`secure_sum` of a round's stacked deltas: each parameter's (*shape) sum over the clients.
+
+    ``drop_after_masking`` holds row positions in ``updates``. Rows of clients that did not train a
+    parameter are zero, so they add nothing; weighting (by ``num_samples``, say) is the caller's, before.
+    """
+    names = sorted(updates.deltas)
+    flat = torch.cat([updates.deltas[n].flatten(1) for n in names], dim=1)  # (K, D)
+    total = torch.from_numpy(secure_sum(list(flat), threshold=threshold, clip=clip, neighbours=neighbours,
+                                        drop_after_masking=drop_after_masking, seed=seed))
+    sizes = [updates.deltas[n][0].numel() for n in names]
+    return {n: part.view(updates.deltas[n].shape[1:]).to(updates.deltas[n].dtype)
+            for n, part in zip(names, total.split(sizes), strict=True)}
+
+
 @dataclass(frozen=True)
 class SecAggCost:
     """What one round costs each client, against sending its float32 vector in the clear."""
@@ -123,9 +142,9 @@ class SecAggCost:
     neighbours: int
     threshold: int
     plain_bytes: int  # the float32 vector alone
-    sent_bytes: float  # mean per client
-    received_bytes: float  # mean per client, the model download excluded
-    client_seconds: float  # mean per client
+    sent_bytes: float  # mean over the clients that finished the round
+    received_bytes: float  # likewise, the model download excluded
+    client_seconds: float  # likewise
     server_seconds: float
 
     @property
@@ -149,5 +168,7 @@ def measure_cost(num_clients: int, vector_size: int, *, neighbours: int | None =
     dropped = set(rng.choice(num_clients, int(drop_fraction * num_clients), replace=False).tolist())
     ledger = Ledger.empty(num_clients)
     run_round(vectors, config, drop_after_masking=dropped, ledger=ledger)
-    return SecAggCost(num_clients, vector_size, degree, t, 4 * vector_size, float(ledger.sent.mean()),
-                      float(ledger.received.mean()), float(ledger.seconds.mean()), ledger.server_seconds)
+    done = np.setdiff1d(np.arange(num_clients), sorted(dropped))
+    return SecAggCost(num_clients, vector_size, degree, t, 4 * vector_size, float(ledger.sent[done].mean()),
+                      float(ledger.received[done].mean()), float(ledger.seconds[done].mean()),
+                      ledger.server_seconds)

@@ -9,6 +9,7 @@ of a share may not, so callers check the result against a commitment or a public
 
 from __future__ import annotations
 
+import functools
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,18 +63,29 @@ def combine(shares: Sequence[Share], threshold: int, size: int = 32) -> bytes:
     if len(shares) < threshold:
         raise SecAggError(f"{len(shares)} shares cannot reconstruct a secret shared with threshold {threshold}")
     points = shares[:threshold]
-    xs = [s.x for s in points]
+    xs = tuple(s.x for s in points)
     if len(set(xs)) != len(xs):
         raise SecAggError(f"two shares claim the same point: {sorted(xs)}")
-    secret = 0
-    for i, share in enumerate(points):
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * xj % PRIME
-                den = den * (xj - share.x) % PRIME
-        secret = (secret + share.y * num * pow(den, -1, PRIME)) % PRIME
+    secret = sum(s.y * w for s, w in zip(points, _weights_at_zero(xs), strict=True)) % PRIME
     if secret >= 1 << (8 * size):
         raise SecAggError(f"shares at points {xs} do not reconstruct a {size}-byte secret: "
                           "at least one is corrupted or belongs to another secret")
     return secret.to_bytes(size, "big")
+
+
+@functools.lru_cache(maxsize=1024)
+def _weights_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange weights L_i(0) = Π_{j≠i} x_j / (x_j − x_i), O(t²) to compute.
+
+    Cached: the server reuses them for every client whose shares came from the same holders, which in the
+    all-pairs protocol is every client.
+    """
+    weights = []
+    for i, xi in enumerate(xs):
+        num, den = 1, 1
+        for j, xj in enumerate(xs):
+            if j != i:
+                num = num * xj % PRIME
+                den = den * (xj - xi) % PRIME
+        weights.append(num * pow(den, -1, PRIME) % PRIME)
+    return tuple(weights)
