@@ -254,3 +254,20 @@ def test_secure_sum_of_round_updates_matches_the_stacked_sum():
     assert set(got) == {"w", "b"} and got["w"].shape == (3, 2) and got["b"].shape == (2,)
     for name, d in updates.deltas.items():
         torch.testing.assert_close(got[name], d[:5].sum(0), atol=1e-6, rtol=0)
+
+
+def test_a_run_with_secure_aggregation_ends_near_the_plain_run(tmp_path):
+    from pocketlearn.errors import ConfigError
+    from pocketlearn.federated.config import parse_config
+    from pocketlearn.federated.experiment import build_server
+
+    raw = {"rounds": 3, "clients_per_round": 8, "data": {"name": "digits", "partition": "iid", "num_clients": 24}}
+    finals = []
+    for secagg in (False, True):
+        server, _ = build_server(parse_config({**raw, "secagg": {"enabled": secagg, "clip": 1.0}}), None)
+        server.run(3)
+        finals.append({n: p.detach().clone() for n, p in server.params.items()})
+    for name, p in finals[0].items():  # only fixed-point rounding separates them
+        torch.testing.assert_close(finals[1][name], p, atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="needs each client's update"):
+        build_server(parse_config({**raw, "secagg": {"enabled": True}, "strategy": {"name": "median"}}), None)

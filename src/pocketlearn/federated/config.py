@@ -72,6 +72,13 @@ class CodecSection(_Section):
     seed: int = 4
 
 
+class SecAggSection(_Section):
+    enabled: bool = False  # the server only ever sees the sum of the clients' (weighted) updates
+    clip: float = Field(1.0, gt=0)  # per-coordinate range of a client's weighted update, agreed in advance
+    threshold: float = Field(0.5, gt=0, le=1)  # share of a round's clients needed to unmask the sum
+    neighbours: int | None = Field(None, ge=2)  # SecAgg+: mask with this many neighbours instead of all pairs
+
+
 class AttackSection(_Section):
     fraction: float = Field(0.0, ge=0, lt=1)  # share of clients that are malicious for the whole run
     kind: Literal["sign-flip", "scale", "random"] = "sign-flip"
@@ -102,6 +109,7 @@ class RunConfig(_Section):
     devices: DevicesSection = DevicesSection()
     codec: CodecSection = CodecSection()
     attack: AttackSection = AttackSection()
+    secagg: SecAggSection = SecAggSection()
     eval: EvalSection = EvalSection()
 
 

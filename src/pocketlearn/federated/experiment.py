@@ -130,7 +130,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'")
     policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
                          make_codec(None if seeds else config.codec.up), make_codec(config.codec.down),
-                         config.codec.error_feedback, config.codec.seed, _attack(config, len(data.indices)), seeds)
+                         config.codec.error_feedback, config.codec.seed, _attack(config, len(data.indices)), seeds,
+                         _secagg(config))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,
@@ -145,6 +146,15 @@ def _strategy_options(config: RunConfig, num_clients: int) -> dict:
         options.setdefault("expected_clients", config.clients_per_round)
         options.setdefault("num_clients", num_clients)
     return options
+
+
+def _secagg(config: RunConfig) -> object | None:
+    if not config.secagg.enabled:
+        return None
+    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "dp-fedavg"):
+        raise ConfigError(f"secagg: strategy {config.strategy.name!r} needs each client's update, but secure "
+                          "aggregation shows the server only their sum; use fedavg, fedprox or a FedOpt strategy")
+    return config.secagg
 
 
 def _attack(config: RunConfig, num_clients: int) -> Attack | None:

@@ -63,6 +63,7 @@ class RoundPolicy:
     codec_seed: int = 4
     attack: Attack | None = None
     seed_exchange: bool = False  # MeZO clients send (seed, g) pairs; the server replays them
+    secagg: Any = None  # a SecAggSection: aggregate through secure aggregation
 
 
 @dataclass
@@ -163,6 +164,8 @@ class FederatedServer:
         results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
         finished, up, times, losses = self._finish(results, down, rnd, start_params)
         if finished is not None:
+            if self.policy.secagg is not None:
+                finished = self._secure_mean(finished, rnd)
             self.strategy.apply(self.params, finished)
         round_time = time.perf_counter() - start
         self.round = rnd
@@ -221,6 +224,17 @@ class FederatedServer:
                 u.deltas[n][k] = t
             sizes.append(len(payload))
         return sizes
+
+    def _secure_mean(self, updates: RoundUpdates, rnd: int) -> RoundUpdates:
+        """The sample-weighted mean delta, computed by secure aggregation: one row, as if from one client."""
+        from pocketlearn.federated.secagg import secure_sum_deltas
+
+        cfg = self.policy.secagg
+        weights = updates.num_samples / updates.num_samples.sum()
+        updates.scale_clients(weights)  # weighting happens on the clients, before masking
+        threshold = max(1, int(np.ceil(cfg.threshold * len(updates))))
+        total = secure_sum_deltas(updates, threshold=threshold, clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd)
+        return RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
 
     def _local(self, method: str) -> LocalTraining:
         return replace(self.local, method=method)
