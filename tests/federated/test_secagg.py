@@ -265,7 +265,7 @@ def test_a_run_with_secure_aggregation_ends_near_the_plain_run(tmp_path):
     finals = []
     for secagg in (False, True):
         server, _ = build_server(parse_config({**raw, "secagg": {"enabled": secagg, "clip": 1.0}}), None)
-        server.run(3)
+        assert all(r.finished == 8 for r in server.run(3))
         finals.append({n: p.detach().clone() for n, p in server.params.items()})
     for name, p in finals[0].items():  # only fixed-point rounding separates them
         torch.testing.assert_close(finals[1][name], p, atol=1e-4, rtol=0)

@@ -163,6 +163,7 @@ class FederatedServer:
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
         results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
         finished, up, times, losses = self._finish(results, down, rnd, start_params)
+        n_finished = 0 if finished is None else len(finished)
         if finished is not None:
             if self.policy.secagg is not None:
                 finished = self._secure_mean(finished, rnd)
@@ -170,8 +171,7 @@ class FederatedServer:
         round_time = time.perf_counter() - start
         self.round = rnd
         record = RoundRecord(
-            rnd, len(sampled), 0 if finished is None else len(finished), int(dropped.sum()),
-            len(training) - (0 if finished is None else len(finished)), up, down * len(sampled),
+            rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up, down * len(sampled),
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()})
