@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick clean
+.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench-comm: $(STAMP)
 
 bench-comm-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/communication.py --quick
+
+bench-privacy: $(STAMP)
+	$(VENV)/bin/python benchmarks/privacy.py
+
+bench-privacy-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/privacy.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
