@@ -262,11 +262,14 @@ def test_a_run_with_secure_aggregation_ends_near_the_plain_run(tmp_path):
     from pocketlearn.federated.experiment import build_server
 
     raw = {"rounds": 3, "clients_per_round": 8, "data": {"name": "digits", "partition": "iid", "num_clients": 24}}
-    finals = []
+    finals, up = [], []
     for secagg in (False, True):
         server, _ = build_server(parse_config({**raw, "secagg": {"enabled": secagg, "clip": 1.0}}), None)
-        assert all(r.finished == 8 for r in server.run(3))
+        records = server.run(3)
+        assert all(r.finished == 8 for r in records)
         finals.append({n: p.detach().clone() for n, p in server.params.items()})
+        up.append(sum(r.bytes_up for r in records))
+    assert up[0] < up[1] < 2 * up[0]  # masked field elements + keys and shares: more than plain float32
     for name, p in finals[0].items():  # only fixed-point rounding separates them
         torch.testing.assert_close(finals[1][name], p, atol=1e-4, rtol=0)
     with pytest.raises(ConfigError, match="needs each client's update"):

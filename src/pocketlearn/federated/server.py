@@ -163,15 +163,16 @@ class FederatedServer:
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
         results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
         finished, up, times, losses = self._finish(results, down, rnd, start_params)
-        n_finished = 0 if finished is None else len(finished)
+        n_finished, secagg_received = 0 if finished is None else len(finished), 0
         if finished is not None:
             if self.policy.secagg is not None:
-                finished = self._secure_mean(finished, rnd)
+                finished, up, secagg_received = self._secure_mean(finished, rnd)
             self.strategy.apply(self.params, finished)
         round_time = time.perf_counter() - start
         self.round = rnd
         record = RoundRecord(
-            rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up, down * len(sampled),
+            rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up,
+            down * len(sampled) + secagg_received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()})
@@ -225,16 +226,23 @@ class FederatedServer:
             sizes.append(len(payload))
         return sizes
 
-    def _secure_mean(self, updates: RoundUpdates, rnd: int) -> RoundUpdates:
-        """The sample-weighted mean delta, computed by secure aggregation: one row, as if from one client."""
+    def _secure_mean(self, updates: RoundUpdates, rnd: int) -> tuple[RoundUpdates, int, int]:
+        """The sample-weighted mean delta by secure aggregation (one row, as if from one client).
+
+        Also returns the protocol's bytes sent and received: its messages replace the plain payloads.
+        """
         from pocketlearn.federated.secagg import secure_sum_deltas
+        from pocketlearn.federated.secagg.run import Ledger
 
         cfg = self.policy.secagg
         weights = updates.num_samples / updates.num_samples.sum()
         updates.scale_clients(weights)  # weighting happens on the clients, before masking
         threshold = max(1, int(np.ceil(cfg.threshold * len(updates))))
-        total = secure_sum_deltas(updates, threshold=threshold, clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd)
-        return RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
+        ledger = Ledger.empty(len(updates))
+        total = secure_sum_deltas(updates, threshold=threshold, clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd,
+                                  ledger=ledger)
+        mean = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
+        return mean, int(ledger.sent.sum()), int(ledger.received.sum())
 
     def _local(self, method: str) -> LocalTraining:
         return replace(self.local, method=method)

@@ -98,7 +98,8 @@ def _as_numpy(v: np.ndarray | Tensor) -> np.ndarray:
 
 def secure_sum(vectors: Sequence[np.ndarray | Tensor], *, threshold: int, clip: float,
                drop_after_masking: Collection[int] = frozenset(), drop_before_unmasking: Collection[int] = frozenset(),
-               neighbours: int | None = None, seed: int = 0, bits: int = 32) -> np.ndarray:
+               neighbours: int | None = None, seed: int = 0, bits: int = 32, ledger: Ledger | None = None
+               ) -> np.ndarray:
     """The sum of the vectors of clients not in ``drop_after_masking``, computed by secure aggregation.
 
     Values are clipped to [-clip, clip] and the result is exact up to ``FieldSpec.max_error``. ``neighbours``
@@ -112,13 +113,13 @@ def secure_sum(vectors: Sequence[np.ndarray | Tensor], *, threshold: int, clip: 
     config = SecAggConfig(threshold, FieldSpec(clip, len(arrays), bits), arrays[0].size,
                           neighbour_graph(len(arrays), neighbours, seed))
     total = run_round(arrays, config, drop_after_masking=frozenset(drop_after_masking),
-                      drop_before_unmasking=frozenset(drop_before_unmasking))
+                      drop_before_unmasking=frozenset(drop_before_unmasking), ledger=ledger)
     return total.reshape(arrays[0].shape)
 
 
 def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
                       drop_after_masking: Collection[int] = frozenset(), neighbours: int | None = None,
-                      seed: int = 0) -> dict[str, Tensor]:
+                      seed: int = 0, ledger: Ledger | None = None) -> dict[str, Tensor]:
     """:func:`secure_sum` of a round's stacked deltas: each parameter's (*shape) sum over the clients.
 
     ``drop_after_masking`` holds row positions in ``updates``. Rows of clients that did not train a
@@ -127,7 +128,7 @@ def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
     names = sorted(updates.deltas)
     flat = torch.cat([updates.deltas[n].flatten(1) for n in names], dim=1)  # (K, D)
     total = torch.from_numpy(secure_sum(list(flat), threshold=threshold, clip=clip, neighbours=neighbours,
-                                        drop_after_masking=drop_after_masking, seed=seed))
+                                        drop_after_masking=drop_after_masking, seed=seed, ledger=ledger))
     sizes = [updates.deltas[n][0].numel() for n in names]
     return {n: part.view(updates.deltas[n].shape[1:]).to(updates.deltas[n].dtype)
             for n, part in zip(names, total.split(sizes), strict=True)}
