@@ -49,3 +49,12 @@ def saved_activation_bytes(model, batch=None, *, inputs=None):
     """Bytes autograd saves during forward (+ loss when a batch is given), the model's own state excluded."""
     model.train()
     return saved_bytes(model, lambda: forward_loss(model, batch) if batch is not None else model(inputs))
+
+
+def assert_continues_identically(method, resumed, batches):
+    """Step both methods through ``batches``; a resumed one must end on the same weights."""
+    for batch in batches:
+        method.step(batch)
+        resumed.step(batch)
+    for p, q in zip(method.model.parameters(), resumed.model.parameters(), strict=True):
+        torch.testing.assert_close(p, q)

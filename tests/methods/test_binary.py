@@ -12,7 +12,7 @@ from pocketlearn.evaluate import evaluate
 from pocketlearn.methods import make_method
 from pocketlearn.methods.binary import Bop, SignSTE, bop_flips, pack_signs, unpack_signs
 from pocketlearn.models import mlp
-from tests.conftest import eval_batches, train_batches
+from tests.conftest import assert_continues_identically, eval_batches, train_batches
 
 
 @pytest.mark.parametrize("optimizer", ["bop", "latent"])
@@ -143,11 +143,7 @@ def test_resuming_from_state_dict_continues_identically(digits):
     resumed = make_method("binary", fresh)
     resumed.model.load_state_dict(method.model.state_dict())
     resumed.load_state_dict(copy.deepcopy(method.state_dict()))
-    for batch in batches[2:]:
-        method.step(batch)
-        resumed.step(batch)
-    for p, q in zip(method.model.parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
+    assert_continues_identically(method, resumed, batches[2:])
 
 
 def test_wrapping_a_binary_model_again_keeps_it(digits):

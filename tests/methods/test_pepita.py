@@ -9,7 +9,7 @@ from pocketlearn.evaluate import evaluate
 from pocketlearn.methods import make_method
 from pocketlearn.methods.pepita import accumulate_update
 from pocketlearn.models import mlp
-from tests.conftest import eval_batches, train_batches
+from tests.conftest import assert_continues_identically, eval_batches, train_batches
 
 
 def one_conv_cnn() -> nn.Sequential:
@@ -92,11 +92,7 @@ def test_resuming_from_state_dict_continues_identically(digits, digits_mlp):
         method.step(batch)
     resumed = make_method("pepita", copy.deepcopy(digits_mlp))
     resumed.load_state_dict(copy.deepcopy(method.state_dict()))
-    for batch in batches[2:]:
-        method.step(batch)
-        resumed.step(batch)
-    for p, q in zip(method.model.parameters(), resumed.model.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
+    assert_continues_identically(method, resumed, batches[2:])
 
 
 @pytest.mark.parametrize("model, match", [

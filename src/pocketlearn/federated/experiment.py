@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pocketlearn.devices import DeviceProfile
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import make_codec
@@ -86,8 +87,8 @@ def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Mod
     return method.model, method.trainable_parameters()
 
 
-def fit_devices(config: RunConfig, template: nn.Module, example: tuple[Tensor, Tensor]) -> list[DeviceFit]:
-    devices, _ = assign_devices(1, config.devices.mix, config.devices.seed, config.devices.profiles)
+def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Module,
+                example: tuple[Tensor, Tensor]) -> list[DeviceFit]:
     opts = local_training(config, 0.0).method_options()
     return [fit_method(lambda: copy.deepcopy(template), config.client.method, opts, dev, example,
                        allow_plan=config.client.fit == "plan") for dev in devices]
@@ -111,9 +112,9 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     local = local_training(config, strategy.proximal_mu)
 
     example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
-    fits = fit_devices(config, template, example)
-    _, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
-                                     config.devices.profiles)
+    devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
+                                           config.devices.profiles)
+    fits = fit_devices(config, devices, template, example)
     allowed = np.array([fits[i].method is not None for i in device_index])
     availability = np.array([fits[i].device.availability for i in device_index]) if config.devices.availability \
         else None

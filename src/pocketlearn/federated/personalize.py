@@ -40,10 +40,8 @@ def personalize(model: nn.Module, params: dict[str, Tensor], template: nn.Module
         before = evaluate(model, held_out)
         personal = copy.deepcopy(model)
         with torch.no_grad():
-            for name, p in personal.named_parameters():
-                if name in tuned.updates.deltas and (name not in tuned.updates.trained
-                                                     or tuned.updates.trained[name][k]):
-                    p.add_(tuned.updates.deltas[name][k])
+            for name, delta in tuned.updates.client_delta(k).items():
+                personal.get_parameter(name).add_(delta)
         after = evaluate(personal, held_out)
         rows.append({"client": c, "test_samples": len(test), "accuracy_before": before["accuracy"],
                      "accuracy_after": after["accuracy"], "loss_before": before["loss"], "loss_after": after["loss"]})

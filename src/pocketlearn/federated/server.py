@@ -30,7 +30,7 @@ from pocketlearn.federated.population import DeviceFit, simulated_seconds
 from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.updates import RoundUpdates
+from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 
 class Engine(Protocol):
@@ -200,7 +200,7 @@ class FederatedServer:
         sizes = []
         expected = {n: d.shape[1:] for n, d in u.deltas.items()}
         for k, c in enumerate(u.client_ids):
-            delta = {n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]}
+            delta = u.client_delta(k)
             rng = np.random.default_rng([self.policy.codec_seed, rnd, c])
             if self.feedback:
                 payload, sent = self.feedback.encode(codec, c, delta, rng)
@@ -219,8 +219,7 @@ class FederatedServer:
         sizes = []
         for k, history in enumerate(histories):
             payload = encode_history(history)
-            names = [n for n in u.deltas if n not in u.trained or u.trained[n][k]]
-            replayed = replay_delta({n: start[n] for n in names}, decode_history(payload), options)
+            replayed = replay_delta({n: start[n] for n in u.client_delta(k)}, decode_history(payload), options)
             for n, t in replayed.items():
                 u.deltas[n][k] = t
             sizes.append(len(payload))
@@ -294,13 +293,10 @@ def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> 
     """The updates of the clients that made the deadline, across the method groups of the round."""
     if len(results) == 1 and len(rows) == len(results[0].updates):
         return results[0].updates
-    from pocketlearn.federated.updates import ClientUpdate
-
     picked = []
     for result, k in rows:
         u = result.updates
-        delta = {n: d[k] for n, d in u.deltas.items() if n not in u.trained or u.trained[n][k]}
-        picked.append(ClientUpdate(u.client_ids[k], int(u.num_samples[k]), delta))
+        picked.append(ClientUpdate(u.client_ids[k], int(u.num_samples[k]), u.client_delta(k)))
     return RoundUpdates.stack(picked)
 
 

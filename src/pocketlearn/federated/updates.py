@@ -45,6 +45,10 @@ class RoundUpdates:
             return self.deltas[name], self.num_samples
         return self.deltas[name][mask], self.num_samples[mask]
 
+    def client_delta(self, k: int) -> dict[str, Tensor]:
+        """Client k's own update: the rows of the parameters it trained."""
+        return {n: d[k] for n, d in self.deltas.items() if n not in self.trained or self.trained[n][k]}
+
     def client_norms(self) -> Tensor:
         """L2 norm of each client's whole update (K,), over every parameter it trained."""
         return torch.stack([d.flatten(1).pow(2).sum(1) for d in self.deltas.values()]).sum(0).sqrt()
