@@ -9,9 +9,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pocketlearn.federated.privacy.accountant import calibrate_noise, central_round_event, epsilon, rounds_within
-from pocketlearn.federated.privacy.config import ACCOUNTANTS
-
 
 def privacy_command(
     noise: Annotated[float | None, typer.Option(min=0, help="Noise multiplier z (noise std / clip).")] = None,
@@ -23,6 +20,8 @@ def privacy_command(
     accountant: Annotated[str, typer.Option(help="Accountant for calibration: rdp or pld.")] = "rdp",
 ) -> None:
     """Print ε of a run for a noise multiplier (RDP and PLD side by side), or calibrate z for a target ε."""
+    from pocketlearn.federated.privacy.config import ACCOUNTANTS  # dp-accounting: imported when asked for
+
     if accountant not in ACCOUNTANTS:
         raise typer.BadParameter(f"should be one of {list(ACCOUNTANTS)}, got {accountant!r}", param_hint="--accountant")
     if noise is None and target_epsilon is None:
@@ -38,6 +37,9 @@ def privacy_command(
 
 def epsilon_table(noise: float, rate: float, rounds: int, delta: float, target_epsilon: float | None,
                   title: str) -> Table:
+    from pocketlearn.federated.privacy.accountant import central_round_event, epsilon, rounds_within
+    from pocketlearn.federated.privacy.config import ACCOUNTANTS
+
     table = Table(title=f"noise multiplier {noise:g}, {title}")
     for col in ("accountant", "epsilon", *([f"rounds within ε {target_epsilon:g}"] if target_epsilon else [])):
         table.add_column(col, justify="left" if col == "accountant" else "right")
@@ -51,6 +53,8 @@ def epsilon_table(noise: float, rate: float, rounds: int, delta: float, target_e
 
 def calibration_table(target_epsilon: float, rate: float, rounds: int, delta: float, accountant: str,
                       title: str) -> Table:
+    from pocketlearn.federated.privacy.accountant import calibrate_noise, epsilon
+
     z = calibrate_noise(target_epsilon, delta, rate, rounds, accountant)
     table = Table(title=f"target ε {target_epsilon:g}, {title}")
     for col in ("accountant", "noise multiplier", "epsilon"):
