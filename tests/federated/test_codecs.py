@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pocketlearn.errors import ConfigError
-from pocketlearn.federated.codecs import ErrorFeedback, PayloadError, make_codec
+from pocketlearn.federated.codecs import ErrorFeedback, Frame, PayloadError, make_codec
 
 UPDATE = {"w": torch.randn(256, 256, generator=torch.Generator().manual_seed(0)), "b": torch.randn(256)}
 SHAPES = {n: t.shape for n, t in UPDATE.items()}
@@ -82,7 +82,7 @@ def test_wrong_codec_shape_or_version_is_a_clear_error():
 
 
 @settings(max_examples=300, deadline=None)
-@given(spec=st.sampled_from([None, "fp16", "bf16", "q4", "topk0.1+q8", "sign"]), data=st.data())
+@given(spec=st.sampled_from([None, "fp16", "bf16", "q4", "topk0.1+q8", "sign", "rot+rand0.3+q2"]), data=st.data())
 def test_damaged_payloads_never_get_past_the_decoder(spec, data):
     codec = make_codec(spec)
     small = {"w": UPDATE["w"][:16, :8], "b": UPDATE["b"][:8]}
@@ -97,3 +97,28 @@ def test_damaged_payloads_never_get_past_the_decoder(spec, data):
     except PayloadError:
         return
     assert set(out) <= {"w", "b"} and all(torch.isfinite(t).all() for t in out.values())
+
+
+def test_rotation_is_lossless_and_spreads_outliers():
+    spiky = {"w": torch.zeros(9610), "b": torch.zeros(3)}
+    spiky["w"][7] = 100.0
+    codec = make_codec("rot")
+    out = codec.decode(codec.encode(spiky, np.random.default_rng(1)))
+    assert torch.allclose(out["w"], spiky["w"], atol=1e-4) and torch.equal(out["b"], spiky["b"])
+    frame = Frame({n: t.numpy() for n, t in spiky.items()})
+    rotated = codec.stages[0].forward(frame, np.random.default_rng(1)).arrays["rot"]
+    assert np.abs(rotated).max() < 10.0  # the one spike is spread over its block
+
+
+def test_rotated_random_subset_in_two_bits_is_unbiased_and_tiny():
+    payload, _ = _decoded("rot+rand0.3+q2")
+    assert len(payload) < DENSE_BYTES / 50  # 0.3 x 2 bits per value, positions from the seed
+    mean = sum(_decoded("rot+rand0.3+q2", seed)[1]["w"] for seed in range(200)) / 200
+    one = (_decoded("rot+rand0.3+q2", 0)[1]["w"] - UPDATE["w"]).abs().mean().item()
+    assert (mean - UPDATE["w"]).abs().mean().item() < one / 8  # 200 draws: error shrinks ~sqrt(200)
+
+
+def test_error_feedback_is_kept_only_for_biased_codecs():
+    assert make_codec("topk0.1+q8").biased and make_codec("sign").biased
+    assert not make_codec("rot+rand0.3+q2").biased and not make_codec("q2").biased
+

@@ -64,11 +64,12 @@ class DevicesSection(_Section):
 
 
 class CodecSection(_Section):
-    # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | topk<fraction> | sign, chained by +; or "seeds"
+    # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | q1 | topk<fraction> | sign | rot | rand<fraction>,
+    # chained by + (e.g. "rot+rand0.3+q2": rotate, keep a seeded random 30%, 2 bits each); or "seeds"
     # (MeZO clients send their (seed, projected gradient) pairs and the server replays them)
     up: str = "float32"
     down: str = "float32"  # server -> client, applied to the global weights
-    error_feedback: bool = True  # lossy uplink: clients keep what was not sent and add it to the next update
+    error_feedback: bool = True  # biased uplink (topk, sign): clients keep what was not sent, add it next time
     seed: int = 4
 
 

@@ -103,7 +103,7 @@ class FederatedServer:
         self.round = 0
         self.last_round = 0  # evaluated whatever eval_every says
         self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
-        self.feedback = ErrorFeedback() if policy.uplink.lossy and policy.error_feedback else None
+        self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
 
     def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:

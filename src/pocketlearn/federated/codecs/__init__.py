@@ -1,6 +1,7 @@
 """How updates travel: real serialized payloads, optionally compressed by a chain of codec stages.
 
-``make_codec("topk0.01+q8")`` keeps the top 1% of each update's entries and sends their values in 8 bits.
+``make_codec("topk0.01+q8")`` keeps the top 1% of each update's entries and sends their values in 8 bits;
+``make_codec("rot+rand0.3+q2")`` rotates the update, keeps a seeded random 30% and sends it in 2 bits (~50x).
 Every byte counted in a run's metrics is ``len(payload)`` of what these produce.
 """
 
@@ -31,6 +32,11 @@ class Codec:
     @property
     def lossy(self) -> bool:
         return any(s.lossy for s in self.stages)
+
+    @property
+    def biased(self) -> bool:
+        """Top-k or sign in the chain: what they drop must be fed back, or training drifts."""
+        return any(s.biased for s in self.stages)
 
     def encode(self, tensors: dict[str, Tensor], rng: np.random.Generator | None = None) -> bytes:
         rng = rng or np.random.default_rng(0)
@@ -73,7 +79,10 @@ def _check_shapes(out: dict[str, Tensor], expected: dict[str, torch.Size]) -> No
 
 
 def make_codec(spec: str | None) -> Codec:
-    """``None``/``"float32"``: uncompressed; else stages joined by ``+``: fp16, bf16, q8, q4, q2, topk0.01, sign."""
+    """A codec from its spec: ``None``/``"float32"`` is uncompressed, else stages joined by ``+``.
+
+    Stages: fp16, bf16, q8/q4/q2/q1, topk0.01, sign, rot, rand0.3.
+    """
     if not spec or spec == "float32":
         return Codec()
     try:
@@ -85,7 +94,8 @@ def make_codec(spec: str | None) -> Codec:
 class ErrorFeedback:
     """Per-client residuals of a lossy codec, kept on the client: what was not sent is added to the next update.
 
-    With it, top-k and sign compression converge like uncompressed SGD (Karimireddy et al., ICML 2019).
+    With it, top-k and sign compression converge like uncompressed SGD (Karimireddy et al., ICML 2019). Unbiased
+    codecs do without: when a client is sampled only now and then, its stale residual hurts more than it helps.
     """
 
     def __init__(self) -> None:

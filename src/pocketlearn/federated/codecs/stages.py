@@ -1,8 +1,9 @@
 """Codec stages: each turns a frame of named arrays into a smaller one and back; chained, e.g. top-k then 8-bit.
 
 A stage touches the float32 arrays of the frame (the values) and leaves the others (indices, packed bits)
-alone, so stages compose. Lossy stages that round do it stochastically and without bias (E[decoded] = input),
-with a generator the caller seeds per (round, client) so that runs are reproducible and resumable.
+alone, so stages compose. Quantizers round stochastically and without bias (E[decoded] = input); top-k and sign
+are biased (``Stage.biased``) and want error feedback. Randomness comes from a generator the caller seeds per
+(round, client), so runs are reproducible and resumable.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def _meta(frame: Frame, key: str) -> Any:
 class Stage:
     name: ClassVar[str]
     lossy: ClassVar[bool] = True
+    biased: ClassVar[bool] = False  # E[decoded] != input: error feedback should carry what was lost
 
     def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
         raise NotImplementedError
@@ -150,6 +152,7 @@ class TopK(Stage):
 
     fraction: float = 0.01
     name: ClassVar[str] = "topk"
+    biased: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         if not 0 < self.fraction <= 1:
@@ -206,6 +209,7 @@ class Sign(Stage):
     """1 bit per value: the sign, times each array's mean magnitude (signSGD with a scale; use error feedback)."""
 
     name: ClassVar[str] = "sign"
+    biased: ClassVar[bool] = True
 
     def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
@@ -226,8 +230,138 @@ class Sign(Stage):
         return Frame(out, meta)
 
 
+def _hadamard(x: np.ndarray) -> np.ndarray:
+    """Orthonormal Walsh-Hadamard transform of a power-of-two-long vector (its own inverse)."""
+    n, h = x.size, 1
+    while h < n:
+        y = x.reshape(n // (2 * h), 2, h)
+        x = np.concatenate([y[:, :1] + y[:, 1:], y[:, :1] - y[:, 1:]], axis=1).reshape(n)
+        h *= 2
+    return x / np.sqrt(n) if n else x
+
+
+def _blocks(size: int, cap: int = 1 << 16) -> list[int]:
+    """Power-of-two block lengths that add up to ``size`` exactly, so nothing is padded (9610 = 8192+1024+...)."""
+    out = []
+    while size:
+        out.append(min(cap, 1 << (size.bit_length() - 1)))
+        size -= out[-1]
+    return out
+
+
+def _rotate(vec: np.ndarray, seed: int) -> np.ndarray:
+    signs = np.random.default_rng(seed).integers(0, 2, vec.size).astype(np.float32) * 2 - 1
+    x, out, start = (vec * signs).astype(np.float64), [], 0
+    for b in _blocks(vec.size):
+        out.append(_hadamard(x[start:start + b]))
+        start += b
+    return np.concatenate(out).astype(np.float32) if out else vec
+
+
+def _unrotate(vec: np.ndarray, seed: int) -> np.ndarray:
+    x, out, start = vec.astype(np.float64), [], 0
+    for b in _blocks(vec.size):
+        out.append(_hadamard(x[start:start + b]))
+        start += b
+    signs = np.random.default_rng(seed).integers(0, 2, vec.size).astype(np.float32) * 2 - 1
+    return (np.concatenate(out) * signs).astype(np.float32) if out else vec
+
+
+def _seed(value: Any) -> int:
+    if not isinstance(value, int) or not 0 <= value < 2**32:
+        raise PayloadError(f"payload carries an invalid codec seed {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Rotate(Stage):
+    """A random rotation (random signs, then Walsh-Hadamard) of all values, as one vector, before quantizing.
+
+    Rotated, an update's coordinates look alike (no outliers stretch the quantizer's range), so 2 bits or a
+    random subset lose far less (Suresh et al. 2017; DRIVE/EDEN, Vargaftik et al. 2021-22). Lossless by itself;
+    the seed travels in the header, the receiver rotates back.
+    """
+
+    name: ClassVar[str] = "rot"
+    lossy: ClassVar[bool] = False
+
+    def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
+        names = _values(frame)
+        seed = int(rng.integers(2**32))
+        vec = np.concatenate([frame.arrays[n].reshape(-1) for n in names]) if names else np.zeros(0, np.float32)
+        out = {n: a for n, a in frame.arrays.items() if n not in names}
+        out["rot"] = _rotate(vec, seed)
+        return Frame(out, {**frame.meta, "rot": [seed, [[n, list(frame.arrays[n].shape)] for n in names]]})
+
+    def inverse(self, frame: Frame) -> Frame:
+        out, meta = dict(frame.arrays), dict(frame.meta)
+        entry = meta.pop("rot", None)
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list):
+            raise PayloadError("payload lacks the seed and layout of its rotation")
+        seed, layout = _seed(entry[0]), entry[1]
+        vec = _unrotate(_array(frame, "rot", np.float32).reshape(-1), seed)
+        del out["rot"]
+        sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in layout]
+        if sum(sizes) != vec.size:
+            raise PayloadError(f"rotated vector holds {vec.size} values, its layout names {sum(sizes)}")
+        start = 0
+        for (n, shape), size in zip(layout, sizes, strict=True):
+            out[n] = vec[start:start + size].reshape(shape)
+            start += size
+        return Frame(out, meta)
+
+
+@dataclass(frozen=True)
+class RandomSubset(Stage):
+    """A random ``fraction`` of each array's entries, scaled by 1/fraction (unbiased): positions are not sent.
+
+    Sender and receiver draw the same positions from a seed in the header, so a subset costs only its values
+    (unlike top-k, which pays for positions and is biased). Put it after ``rot`` and before ``q2``.
+    """
+
+    fraction: float = 0.25
+    name: ClassVar[str] = "rand"
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"random-subset fraction must be in (0, 1], got {self.fraction}")
+
+    @property
+    def spec(self) -> str:
+        return f"rand{self.fraction:g}"
+
+    def _positions(self, seed: int, size: int) -> np.ndarray:
+        k = max(1, round(self.fraction * size)) if size else 0
+        return np.sort(np.random.default_rng(seed).permutation(size)[:k])
+
+    def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
+        out, meta = dict(frame.arrays), dict(frame.meta)
+        for n in _values(frame):
+            a = frame.arrays[n].reshape(-1)
+            seed = int(rng.integers(2**32))
+            idx = self._positions(seed, a.size)
+            out[n] = (a[idx] * np.float32(a.size / max(len(idx), 1))).astype(np.float32)
+            meta[f"rand:{n}"] = [seed, list(frame.arrays[n].shape)]
+        return Frame(out, meta)
+
+    def inverse(self, frame: Frame) -> Frame:
+        out, meta = dict(frame.arrays), dict(frame.meta)
+        for key in [k for k in frame.meta if k.startswith("rand:")]:
+            n = key.split(":", 1)[1]
+            seed, shape = meta.pop(key)
+            size = int(np.prod(shape, dtype=np.int64))
+            idx = self._positions(_seed(seed), size)
+            values = _array(frame, n, np.float32).reshape(-1)
+            if len(values) != len(idx):
+                raise PayloadError(f"random subset of {n!r} carries {len(values)} values, expected {len(idx)}")
+            dense = np.zeros(size, np.float32)
+            dense[idx] = values
+            out[n] = dense.reshape(shape)
+        return Frame(out, meta)
+
+
 def parse_stage(spec: str) -> Stage:
-    """``fp16``, ``bf16``, ``q8``/``q4``/``q2``, ``topk0.01``, ``sign``."""
+    """``fp16``, ``bf16``, ``q8``/``q4``/``q2``/``q1``, ``topk0.01``, ``sign``, ``rot``, ``rand0.25``."""
     try:
         if spec == "fp16":
             return Float16()
@@ -235,10 +369,15 @@ def parse_stage(spec: str) -> Stage:
             return BFloat16()
         if spec == "sign":
             return Sign()
+        if spec == "rot":
+            return Rotate()
+        if spec.startswith("rand"):
+            return RandomSubset(float(spec[4:]))
         if spec.startswith("q"):
             return Quantize(int(spec[1:]))
         if spec.startswith("topk"):
             return TopK(float(spec[4:]))
     except ValueError as err:
         raise ValueError(f"codec stage {spec!r}: {err}") from None
-    raise ValueError(f"unknown codec stage {spec!r}; use fp16, bf16, q8, q4, q2, topk<fraction> (e.g. topk0.01), sign")
+    raise ValueError(f"unknown codec stage {spec!r}; use fp16, bf16, q8, q4, q2, q1, topk<fraction> (e.g. topk0.01), "
+                     "sign, rot, rand<fraction> (e.g. rand0.3)")
