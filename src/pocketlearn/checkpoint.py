@@ -52,3 +52,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} has format version {found}, this pocketlearn reads "
                               f"{FORMAT_VERSION}; delete it to start over")
     return state
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a checkpoint's ``"model"`` state dict into ``model``; a missing file or other model is a clear error."""
+    if not Path(path).exists():
+        raise CheckpointError(f"no weights at {path}; check model.init, or create them first (e.g. by pretraining)")
+    weights = load_checkpoint(path).get("model")
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"checkpoint {path} holds no 'model' state dict")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights in {path} do not fit the model: {str(err).splitlines()[0]} "
+                              "(is model.init for another model?)") from None

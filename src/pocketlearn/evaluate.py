@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -12,18 +13,28 @@ from pocketlearn.methods.base import Batch, LossFn, cross_entropy, logits_of
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = cross_entropy) -> dict[str, float]:
-    """Mean loss and top-1 accuracy over all targets (tokens for LMs), weighted by count."""
+    """Mean loss and top-1 accuracy over all targets (tokens for LMs), weighted by count.
+
+    Language models (logits over a sequence) also get top-3 accuracy, a keyboard's three suggestions, and
+    perplexity.
+    """
     was_training = model.training
     model.eval()
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, top3, count, lm = 0.0, 0, 0, 0, False
     for inputs, targets in batches:
         logits = logits_of(model(inputs))
         n = int((targets != -100).sum())
         total_loss += loss_fn(logits, targets).item() * n
         correct += int((logits.argmax(-1) == targets).sum())
+        if logits.dim() == 3 and logits.size(-1) >= 3:
+            lm = True
+            top3 += int((logits.topk(3, dim=-1).indices == targets.unsqueeze(-1)).any(-1).sum())
         count += n
     model.train(was_training)
-    return {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+    out = {"loss": total_loss / max(count, 1), "accuracy": correct / max(count, 1)}
+    if lm:
+        out |= {"top3": top3 / max(count, 1), "perplexity": math.exp(min(out["loss"], 50.0))}
+    return out
 
 
 def batches_of(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, seed: int | None = None) -> list[Batch]:

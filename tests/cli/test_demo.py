@@ -1,12 +1,19 @@
+import json
+
 from typer.testing import CliRunner
 
 from pocketlearn.cli.main import app
 
 
-def test_a_short_demo_plans_trains_and_samples():
-    result = CliRunner().invoke(app, ["demo", "--steps", "20"])
+def test_a_short_demo_fine_tunes_the_keyboard_privately(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCKETLEARN_CACHE", str(tmp_path / "cache"))
+    args = ["demo", "--users", "50", "--rounds", "2", "--clients-per-round", "6", "--pretrain-windows", "128",
+            "--runs", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "held-out next-character loss" in result.output
-    assert "a sample from the trained model" in result.output
-    for method in ("backprop", "lora", "mezo", "pepita"):
-        assert method in result.output  # every method was measured (pepita: n/a on a transformer)
+    for text in ("pretrained only", "after federated fine-tuning", "ε =", "phone-1g", "what to try next"):
+        assert text in result.output
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["after"]["accuracy"] != summary["before"]["accuracy"]  # the rounds changed the model
+    assert 0 < summary["epsilon"] <= 8
+    assert {p.name for p in (tmp_path / "demo").glob("*.png")} >= {"keyboard.png", "accuracy.png"}

@@ -43,3 +43,23 @@ def test_nan_loss_is_a_clear_error(digits, digits_mlp):
     x, y = train_batches(digits)[0]
     with pytest.raises(TrainingError, match="Lower the learning rate"):
         method.step((x * torch.nan, y))
+
+
+def test_partial_embedding_updates_move_only_the_rows_of_seen_tokens():
+    import torch
+
+    from pocketlearn.models import GPTConfig, TinyGPT
+
+    model = TinyGPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = make_method("backprop", model, lr=0.5, embedding_rows="seen")
+    x = torch.randint(0, 10, (4, 8))
+    method.step((x, torch.randint(10, 20, (4, 8))))
+    seen = torch.zeros(50, dtype=torch.bool)
+    seen[:20] = True
+    for name in ("wte.weight", "lm_head.weight", "lm_head.bias"):
+        moved = (dict(model.named_parameters())[name] != before[name]).reshape(50, -1).any(1)
+        assert moved[~seen].sum() == 0 and moved[seen].any(), name
+    assert (model.blocks[0].fc.weight != before["blocks.0.fc.weight"]).any()  # the rest trains fully
+    with pytest.raises(ConfigError, match="weight_decay"):
+        make_method("backprop", model, embedding_rows="seen", weight_decay=0.1)

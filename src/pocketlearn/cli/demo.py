@@ -1,7 +1,8 @@
-"""``pocketlearn demo``: plan and run on-device training of a character model on Shakespeare, end to end."""
+"""``pocketlearn demo``: the main job end to end on shipped data — private federated fine-tuning of a keyboard."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,47 +11,35 @@ from rich.panel import Panel
 
 
 def demo_command(
-    device: Annotated[str, typer.Option(help="Device preset to plan for.")] = "phone-1g",
-    steps: Annotated[int, typer.Option(min=1, help="Training steps.")] = 1500,
+    users: Annotated[int, typer.Option(min=2, help="Shakespeare roles as users.")] = 100,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 12,
+    clients_per_round: Annotated[int, typer.Option(min=1, help="Clients sampled per round.")] = 30,
+    runs: Annotated[Path, typer.Option(help="Folder of run folders: the demo writes RUNS/demo.")] = Path("runs"),
+    fresh: Annotated[bool, typer.Option(help="Start over instead of resuming an interrupted demo.")] = True,
+    pretrain_windows: Annotated[int | None, typer.Option(min=1, help="Pretrain on this many windows only "
+                                                         "(a quick look; the full corpus is 19k).")] = None,
 ) -> None:
-    """Measure which methods fit a phone, train with the best one, and show the model before and after."""
-    import torch
-
-    from pocketlearn.cli.plan import plan_table
-    from pocketlearn.cli.train import progress_bar
-    from pocketlearn.data import load_tensors
-    from pocketlearn.data.shakespeare import decode_chars, encode_chars
-    from pocketlearn.devices import get_device
-    from pocketlearn.evaluate import batches_of, evaluate
-    from pocketlearn.memory.planner import plan
-    from pocketlearn.methods import GradientConfig, get_method_class, make_method
-    from pocketlearn.models import build_model, get_model_spec
+    """Pretrain a next-word model on public text, then fine-tune it with DP-FedAvg across Shakespeare users."""
+    from pocketlearn.apps.keyboard.pretrain import PretrainConfig
+    from pocketlearn.apps.keyboard.run import KeyboardConfig
+    from pocketlearn.cli.keyboard import run_and_report
 
     console = Console()
-    profile, spec = get_device(device), get_model_spec("tiny-gpt")
-    console.print(Panel(f"1. Which training methods fit a [bold]{profile.name}[/] "
-                        f"({profile.description})? Each is measured in a fresh process."))
-    with console.status("measuring every method"):
-        result = plan("tiny-gpt", profile, spec.example_batch(32))
-    console.print(plan_table(result))
-    x, y, xt, yt = load_tensors("shakespeare", seq_len=spec.seq_len)
-    console.print(Panel(f"2. Train with [bold]{result.recommended}[/] on {len(x):,} windows of Shakespeare "
-                        "(users' lines; their last lines held out)."))
-    torch.manual_seed(0)
-    gradient_based = issubclass(get_method_class(result.recommended).config_cls, GradientConfig)
-    options = {"lr": 3e-3, "optimizer": "adamw"} if gradient_based else {}
-    method = make_method(result.recommended, build_model("tiny-gpt"), **options)
-    held_out = batches_of(xt[:512], yt[:512], 128)
-    before = evaluate(method.model, held_out)
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"training ({method.name})", total=steps, loss=float("nan"))
-        for i, batch in enumerate(batches_of(x, y, 32, seed=0)[:steps]):
-            progress.update(task, completed=i + 1, loss=method.step(batch))
-    after = evaluate(method.model, held_out)
-    console.print(f"held-out next-character loss {before['loss']:.3f} → {after['loss']:.3f}, "
-                  f"accuracy {before['accuracy']:.1%} → {after['accuracy']:.1%}")
-    prompt = "ROMEO. "
-    sample = method.model.generate(encode_chars(prompt)[None], 120)[0]
-    console.print(Panel(decode_chars(sample), title="a sample from the trained model"))
-    console.print("Next: `pocketlearn plan --model smollm2-135m --device phone-4g --batch 4` to see which methods "
-                  "fit a real LLM on a phone; `pocketlearn train --help`; `python benchmarks/methods.py`.")
+    config = KeyboardConfig(name="demo", users=users, rounds=rounds, clients_per_round=clients_per_round,
+                            pretraining=PretrainConfig(limit=pretrain_windows))
+    console.print(Panel(
+        f"A keyboard's next-word model (10,000 words) is pretrained on public text (the fortune database), then "
+        f"fine-tuned across {users} Shakespeare roles, each a user with a phone (mixed 1 GB / 4 GB presets, "
+        f"{config.dropout:.0%} drop out mid-round). Each round {clients_per_round} phones train the model's biases "
+        f"on their own lines (the output bias learns which words these users type); the server clips each update, "
+        f"adds Gaussian noise (DP-FedAvg, noise calibrated to ε ≤ {config.epsilon:g}) and averages. Accuracy is on "
+        "each user's held-out last lines.", title="pocketlearn demo"))
+    run_and_report(config, runs / "demo", console, fresh=fresh)
+    console.print(Panel(
+        "Next:\n"
+        "  pocketlearn keyboard --no-dp             no DP: partial embedding updates (rows of the words seen)\n"
+        "  pocketlearn keyboard --no-dp --update full   send every weight instead, compare the bytes\n"
+        "  pocketlearn generate --user ...          an LLM (SmolLM2-135M) fine-tuned on one user's device\n"
+        "  pocketlearn plan --model smollm2-135m --device phone-4g --batch 4   which methods fit a phone\n"
+        "  pocketlearn fed simulate examples/phones.toml                        any federated run from a TOML",
+        title="what to try next"))

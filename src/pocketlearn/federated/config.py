@@ -17,6 +17,7 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     name: str = "digits-mlp"  # a name from pocketlearn.models
+    init: str | None = None  # start from these weights: a checkpoint with a "model" state dict (e.g. pretrained)
 
 
 class DataSection(_Section):
@@ -65,7 +66,8 @@ class DevicesSection(_Section):
 
 class CodecSection(_Section):
     # client -> server: float32 | fp16 | bf16 | q8 | q4 | q2 | q1 | topk<fraction> | sign | rot | rand<fraction>,
-    # chained by + (e.g. "rot+rand0.3+q2": rotate, keep a seeded random 30%, 2 bits each); or "seeds"
+    # | rows (only the rows that changed), chained by + (e.g. "rot+rand0.3+q2": rotate, keep a seeded random 30%, 2 bits
+    # each); or "seeds"
     # (MeZO clients send their (seed, projected gradient) pairs and the server replays them)
     up: str = "float32"
     down: str = "float32"  # server -> client, applied to the global weights

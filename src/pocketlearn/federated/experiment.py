@@ -63,13 +63,20 @@ def _natural_data(config: RunConfig) -> FederatedData:
         fed = federated_char_lm(num_roles=d.num_clients, seq_len=64)
         return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
                              fed.partition.names)
+    if d.name == "shakespeare-words":
+        from pocketlearn.data.words import shakespeare_word_users
+
+        users = shakespeare_word_users(d.num_clients, seed=d.seed)
+        return FederatedData(users.x, users.y, users.x_test, users.y_test, [i.numpy() for i in users.indices],
+                             users.names)
     if d.name == "hapt":
         from pocketlearn.data.hapt import federated_hapt
 
         fed = federated_hapt()
         return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
                              fed.partition.names)
-    raise ConfigError(f"data.partition = 'natural' needs a data set with users (shakespeare, hapt), not {d.name!r}")
+    raise ConfigError("data.partition = 'natural' needs a data set with users (shakespeare, shakespeare-words, "
+                      f"hapt), not {d.name!r}")
 
 
 def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
@@ -104,6 +111,10 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     data = load_federated_data(config)
     torch.manual_seed(config.seed)
     template = build_model(config.model.name)
+    if config.model.init:
+        from pocketlearn.checkpoint import load_weights
+
+        load_weights(template, config.model.init)
     initial = copy.deepcopy(template)
     model, params = prepare_global_model(config, initial)
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, len(data.indices)))

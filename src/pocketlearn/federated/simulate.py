@@ -67,7 +67,8 @@ class LocalTraining:
     @property
     def vectorizable(self) -> bool:
         opts = dict(self.options)
-        return self.method == "backprop" and opts.get("optimizer", "sgd") == "sgd" and not opts.get("checkpointing")
+        return (self.method == "backprop" and opts.get("optimizer", "sgd") == "sgd" and not opts.get("checkpointing")
+                and opts.get("embedding_rows", "all") == "all")
 
     def method_options(self) -> dict[str, object]:
         opts = {"lr": self.lr, **dict(self.options)}

