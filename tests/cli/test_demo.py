@@ -14,6 +14,6 @@ def test_a_short_demo_fine_tunes_the_keyboard_privately(tmp_path, monkeypatch):
     for text in ("pretrained only", "after federated fine-tuning", "ε =", "phone-1g", "what to try next"):
         assert text in result.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert summary["after"]["accuracy"] != summary["before"]["accuracy"]  # the rounds changed the model
+    assert summary["after"]["perplexity"] != summary["before"]["perplexity"]  # the rounds changed the model
     assert 0 < summary["epsilon"] <= 8
     assert {p.name for p in (tmp_path / "demo").glob("*.png")} >= {"keyboard.png", "accuracy.png"}
