@@ -36,9 +36,9 @@ def demo_command(
         "each user's held-out last lines.", title="pocketlearn demo"))
     run_and_report(config, runs / "demo", console, fresh=fresh)
     console.print(Panel(
-        "pocketlearn keyboard --no-dp                  no DP: partial embedding updates\n"
-        "pocketlearn keyboard --no-dp --update full    every weight: compare the bytes\n"
-        "pocketlearn generate --user Hamlet/HAMLET     SmolLM2-135M fine-tuned on a device\n"
-        "pocketlearn plan --model smollm2-135m --device phone-4g   what fits a phone\n"
-        "pocketlearn fed simulate examples/phones.toml any federated run from a TOML",
+        "pocketlearn keyboard --no-dp                # no DP: partial rows\n"
+        "pocketlearn keyboard --no-dp --update full  # every weight: more bytes\n"
+        "pocketlearn generate --user Hamlet/HAMLET   # SmolLM2 on a device\n"
+        "pocketlearn plan --model smollm2-135m --device phone-4g  # what fits\n"
+        "pocketlearn fed simulate examples/phones.toml  # any run from a TOML",
         title="what to try next"))
