@@ -101,14 +101,17 @@ def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Mo
                        allow_plan=config.client.fit == "plan") for dev in devices]
 
 
-def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False) -> tuple[FederatedServer,
-                                                                                             FederatedData]:
-    """Everything a run needs; resumes from ``run_dir`` when it holds a checkpoint of the same config."""
+def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False,
+                 data: FederatedData | None = None) -> tuple[FederatedServer, FederatedData]:
+    """Everything a run needs; resumes from ``run_dir`` when it holds a checkpoint of the same config.
+
+    ``data``: clients' samples an application built itself (``config.data`` is then not loaded).
+    """
     from pocketlearn.evaluate import batches_of, evaluate
     from pocketlearn.federated.strategies import make_strategy
     from pocketlearn.models import build_model
 
-    data = load_federated_data(config)
+    data = data or load_federated_data(config)
     torch.manual_seed(config.seed)
     template = build_model(config.model.name)
     if config.model.init:
