@@ -110,7 +110,7 @@ def load_sessions() -> tuple[tuple[int, np.ndarray, np.ndarray], ...]:
     return tuple(_session(int(user), frame) for user in sorted(users) for frame in users[user])
 
 
-def _windows(signals: np.ndarray, labels: np.ndarray, window: int, step: int,
+def session_windows(signals: np.ndarray, labels: np.ndarray, window: int, step: int,
              min_purity: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Windows (n, 6, window) labelled by their main activity, kept if it covers ``min_purity`` of the window.
 
@@ -150,7 +150,7 @@ def load_hapt_windows(window: int = 128, step: int = 64, *, min_purity: float = 
         raise ConfigError(f"min_purity is the share of a window its activity fills, in (0, 1], got {min_purity}")
     xs, ys, users = [], [], []
     for user_id, signals, labels in load_sessions():
-        x, y = _windows(signals, labels, window, step, min_purity)
+        x, y = session_windows(signals, labels, window, step, min_purity)
         xs.append(x)
         ys.append(y)
         users.append(np.full(len(y), user_id))

@@ -61,9 +61,9 @@ def _check_users(pretrain_users: tuple[int, ...], users: tuple[int, ...]) -> Non
 @functools.cache
 def window_sessions(window: int = 128, step: int = 64) -> np.ndarray:
     """Recording session (0, 1, ...) of every window of :func:`load_hapt_windows`, in the same order."""
-    from pocketlearn.data.hapt import _windows, load_sessions
+    from pocketlearn.data.hapt import load_sessions, session_windows
 
-    return np.concatenate([np.full(len(_windows(signals, labels, window, step)[1]), i)
+    return np.concatenate([np.full(len(session_windows(signals, labels, window, step)[1]), i)
                            for i, (_user, signals, labels) in enumerate(load_sessions())])
 
 
