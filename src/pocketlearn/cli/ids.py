@@ -15,6 +15,8 @@ def ids_command(
     data: Annotated[str, typer.Option(help="kdd | phishing | PATH.csv in the KDD / NSL-KDD column layout.")] = "kdd",
     devices: Annotated[int, typer.Option(min=1, help="Devices, each with its own drifting stream.")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the split and the streams.")] = 0,
+    secagg: Annotated[bool, typer.Option(help="Share updates by secure aggregation: the server sees only the sum."
+                                         )] = False,
 ) -> None:
     """Frozen cloud model vs. on-device updates on drift vs. federated sharing, on the same streams."""
     from dataclasses import replace
@@ -34,7 +36,8 @@ def ids_command(
     if data == "phishing":  # a small stream with a label flip: shorter windows, so retraining sees the new concept
         scenario = replace(scenario, first_onset=100, stagger=40)
         learner = replace(learner, window=120, min_window=40)
-    config = IdsConfig(data=data, device=device, learner=learner, scenario=scenario)
+    config = IdsConfig(data=data, device=device, learner=learner, scenario=scenario,
+                       strategy_options={"secagg_clip": 1.0} if secagg else {})
     try:
         result = run_ids(config)
     except PocketlearnError as err:

@@ -230,17 +230,11 @@ class FederatedServer:
 
         Also returns the protocol's bytes sent and received: its messages replace the plain payloads.
         """
-        from pocketlearn.federated.secagg import secure_sum_deltas
-        from pocketlearn.federated.secagg.run import Ledger
+        from pocketlearn.federated.secagg import secure_mean
 
         cfg = self.policy.secagg
-        weights = updates.num_samples / updates.num_samples.sum()
-        updates.scale_clients(weights)  # weighting happens on the clients, before masking
-        threshold = max(1, int(np.ceil(cfg.threshold * len(updates))))
-        ledger = Ledger.empty(len(updates))
-        total = secure_sum_deltas(updates, threshold=threshold, clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd,
-                                  ledger=ledger)
-        mean = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
+        mean, ledger = secure_mean(updates, threshold=cfg.threshold, clip=cfg.clip, neighbours=cfg.neighbours,
+                                   seed=rnd)
         return mean, int(ledger.sent.sum()), int(ledger.received.sum())
 
     def _local(self, method: str) -> LocalTraining:

@@ -99,3 +99,30 @@ def test_budget_check_refuses_a_device_that_is_too_small() -> None:
     tiny = DeviceProfile("tiny-16k", 16 * 1024)
     with pytest.raises(BudgetError, match="tiny-16k"):
         check_budget(method, batch, tiny)
+
+
+def test_federation_by_secure_aggregation_matches_plain_fedavg():
+    import copy
+    from types import SimpleNamespace
+
+    import torch
+
+    from pocketlearn.apps.ids.federated import IdsFederation
+
+    base = torch.nn.Linear(4, 3)
+
+    def device(i, shift):
+        model = copy.deepcopy(base)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(shift)
+        return SimpleNamespace(model=model, samples_learned=10 * (i + 1), device_index=i, offer=lambda m: None)
+
+    results = []
+    for clip in (None, 1.0):
+        federation = IdsFederation(base, secagg_clip=clip)
+        federation.sync([device(i, 0.1 * (i + 1)) for i in range(4)])
+        results.append(dict(federation.global_model.named_parameters()))
+    for name, plain in results[0].items():
+        torch.testing.assert_close(results[1][name], plain, atol=1e-4, rtol=0)
+    assert not torch.equal(results[0]["weight"], base.weight)

@@ -134,6 +134,21 @@ def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
             for n, part in zip(names, total.split(sizes), strict=True)}
 
 
+def secure_mean(updates: RoundUpdates, *, threshold: float, clip: float, neighbours: int | None = None,
+                seed: int = 0) -> tuple[RoundUpdates, Ledger]:
+    """The sample-weighted mean delta by secure aggregation, as one row; the protocol's bytes in the ledger.
+
+    Weighting happens on the clients, before masking (``updates`` is scaled in place); ``threshold`` is the
+    share of the round's clients needed to unmask the sum.
+    """
+    updates.scale_clients(updates.num_samples / updates.num_samples.sum())
+    ledger = Ledger.empty(len(updates))
+    total = secure_sum_deltas(updates, threshold=max(1, int(np.ceil(threshold * len(updates)))), clip=clip,
+                              neighbours=neighbours, seed=seed, ledger=ledger)
+    mean = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
+    return mean, ledger
+
+
 @dataclass(frozen=True)
 class SecAggCost:
     """What one round costs each client, against sending its float32 vector in the clear."""
