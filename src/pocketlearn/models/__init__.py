@@ -14,6 +14,7 @@ from torch import nn
 
 from pocketlearn.errors import ConfigError
 from pocketlearn.methods.base import Batch
+from pocketlearn.models.cct import CCT, CCTConfig
 from pocketlearn.models.small import cnn, mlp
 from pocketlearn.models.tiny_gpt import GPTConfig, TinyGPT
 
@@ -59,6 +60,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp-wide", lambda: mlp(hidden=(1024, 1024)), "classification", (1, 28, 28), 10,
                   description="MLP 784-1024-1024-10 (Fashion-MNIST)"),
         ModelSpec("cnn", cnn, "classification", (1, 28, 28), 10, description="CNN 2 conv + 2 fc (Fashion-MNIST)"),
+        ModelSpec("cct", lambda: CCT(CCTConfig()), "classification", (1, 28, 28), 10,
+                  description="compact convolutional transformer: conv tokenizer, 2 blocks x 64 (Fashion-MNIST)"),
         ModelSpec("digits-mlp", lambda: mlp(64, (128,), 10), "classification", (64,), 10,
                   description="MLP 64-128-10 (sklearn digits)"),
         ModelSpec("hapt-mlp", lambda: mlp(6 * 128, (256,), 12), "classification", (6, 128), 12,
@@ -84,4 +87,5 @@ def build_model(name: str) -> nn.Module:
     return get_model_spec(name).build()
 
 
-__all__ = ["MODELS", "GPTConfig", "ModelSpec", "TinyGPT", "build_model", "cnn", "get_model_spec", "mlp"]
+__all__ = ["CCT", "MODELS", "CCTConfig", "GPTConfig", "ModelSpec", "TinyGPT", "build_model", "cnn", "get_model_spec",
+           "mlp"]
