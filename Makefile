@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
-	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick clean
+	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-apps bench-apps-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,16 @@ bench-llm: $(STAMP)
 
 bench-llm-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/llm.py --quick
+
+bench-apps: $(STAMP)
+	$(VENV)/bin/python benchmarks/ids.py
+	$(VENV)/bin/python benchmarks/har.py
+	$(VENV)/bin/python benchmarks/vision.py
+
+bench-apps-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/ids.py --quick
+	$(VENV)/bin/python benchmarks/har.py --quick
+	$(VENV)/bin/python benchmarks/vision.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

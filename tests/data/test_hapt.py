@@ -45,12 +45,12 @@ def test_each_training_user_is_a_client_and_test_users_are_unseen():
 def test_windows_keep_one_labelled_activity_unless_told_otherwise():
     signals = np.arange(60, dtype=np.float32).reshape(6, 10)
     labels = np.array([1, 1, 1, 1, 2, 2, 2, 2, -1, -1])
-    x, y = hapt._windows(signals, labels, window=4, step=2)
+    x, y = hapt.session_windows(signals, labels, window=4, step=2)
     assert y.tolist() == [0, 1]  # [1,1,1,1] and [2,2,2,2]; mixed and unlabelled windows dropped
     np.testing.assert_array_equal(x[1], signals[:, 4:8])
-    _, y = hapt._windows(signals, labels, window=4, step=2, min_purity=0.5)
+    _, y = hapt.session_windows(signals, labels, window=4, step=2, min_purity=0.5)
     assert y.tolist() == [0, 0, 1, 1]  # [1,1,2,2] counts as 1 (first of the tie); [2,2,-1,-1] as 2
-    assert hapt._windows(signals, labels, window=20, step=2)[0].shape == (0, 6, 20)
+    assert hapt.session_windows(signals, labels, window=20, step=2)[0].shape == (0, 6, 20)
 
 
 def test_bad_window_settings_are_refused():
