@@ -17,13 +17,15 @@ def ids_command(
     seed: Annotated[int, typer.Option(help="Seed of the split and the streams.")] = 0,
     secagg: Annotated[bool, typer.Option(help="Share updates by secure aggregation: the server sees only the sum."
                                          )] = False,
+    config_file: Annotated[str | None, typer.Option("--config", help="Settings from a TOML (examples/ids.toml); "
+                                                    "the options above are then ignored.")] = None,
 ) -> None:
     """Frozen cloud model vs. on-device updates on drift vs. federated sharing, on the same streams."""
     from dataclasses import replace
 
     from rich.table import Table
 
-    from pocketlearn.apps.ids.run import IdsConfig, LearnerConfig, run_ids
+    from pocketlearn.apps.ids.run import IdsConfig, LearnerConfig, load_ids_config, run_ids
     from pocketlearn.apps.ids.stream import ScenarioConfig
     from pocketlearn.devices import format_bytes
     from pocketlearn.errors import PocketlearnError
@@ -38,6 +40,10 @@ def ids_command(
         learner = replace(learner, window=120, min_window=40)
     config = IdsConfig(data=data, device=device, learner=learner, scenario=scenario,
                        strategy_options={"secagg_clip": 1.0} if secagg else {})
+    if config_file:
+        config = load_ids_config(config_file)
+        data, devices, detector = config.data, config.scenario.devices, config.learner.detector
+        method, device = config.learner.method, config.device
     try:
         result = run_ids(config)
     except PocketlearnError as err:

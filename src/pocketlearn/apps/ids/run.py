@@ -38,6 +38,30 @@ class IdsConfig:
     rolling: int = 50
 
 
+def load_ids_config(path: str | Path) -> IdsConfig:
+    """An :class:`IdsConfig` from TOML: top-level fields, and ``[scenario]``, ``[learner]``, ``[base]`` tables."""
+    import tomllib
+
+    from pocketlearn.errors import ConfigError
+
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"cannot read IDS config {path}: {err}") from None
+    sections = {"scenario": ScenarioConfig, "learner": LearnerConfig, "base": BaseModelConfig}
+    try:
+        parts = {k: cls(**{f: _frozen(v) for f, v in raw.pop(k, {}).items()}) for k, cls in sections.items()}
+        return IdsConfig(**raw, **parts)
+    except TypeError as err:
+        raise ConfigError(f"IDS config {path}: {err}; the fields are those of IdsConfig, ScenarioConfig, "
+                          "LearnerConfig and BaseModelConfig (see examples/ids.toml)") from None
+
+
+def _frozen(value: Any) -> Any:
+    """TOML arrays as the tuples the frozen configs hold (nested too: scenario phases)."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
+
+
 @dataclass
 class ModeResult:
     """Per-device 0/1 correctness in stream order, plus what the devices did."""
