@@ -51,3 +51,18 @@ def test_weights_for_another_model_are_a_clear_error(tmp_path):
     config = _config("full").run_config(tmp_path / "digits.pt")
     with pytest.raises(CheckpointError, match="model.init"):
         build_server(parse_config({**config.model_dump(), "data": {"name": "digits", "num_clients": 4}}), None)
+
+
+def test_a_crashed_run_resumes_and_reports_the_whole_run(tmp_path):
+    config = _config("bias")
+
+    def crash(record):
+        if record.round == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_keyboard(config, tmp_path / "run", on_round=crash)
+    resumed = run_keyboard(config, tmp_path / "run")
+    fresh = run_keyboard(config, tmp_path / "fresh")
+    assert [r["round"] for r in resumed.rounds] == [1, 2]
+    assert resumed.before == fresh.before and resumed.after == pytest.approx(fresh.after)
