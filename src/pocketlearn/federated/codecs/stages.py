@@ -21,10 +21,9 @@ def _values(frame: Frame) -> list[str]:
     return [n for n, a in frame.arrays.items() if a.dtype == np.float32]
 
 
-def _meta(frame: Frame, key: str) -> Any:
-    if key not in frame.meta:
-        raise PayloadError(f"payload lacks the metadata {key!r} its codec chain needs")
-    return frame.meta[key]
+def _pop_tagged(meta: dict[str, Any], tag: str) -> list[tuple[str, Any]]:
+    """(array name, metadata) of every ``tag:name`` entry, removed from ``meta``: what a stage left for its inverse."""
+    return [(k.split(":", 1)[1], meta.pop(k)) for k in [k for k in meta if k.startswith(f"{tag}:")]]
 
 
 class Stage:
@@ -137,9 +136,7 @@ class Quantize(Stage):
 
     def inverse(self, frame: Frame) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
-        for key in [k for k in frame.meta if k.startswith(f"{self.spec}:")]:
-            n = key.split(":", 1)[1]
-            lo, scale, shape = meta.pop(key)
+        for n, (lo, scale, shape) in _pop_tagged(meta, self.spec):
             count = int(np.prod(shape, dtype=np.int64))
             q = _unpack_bits(_array(frame, n, np.uint8), self.bits, count)
             out[n] = (lo + q.astype(np.float32) * np.float32(scale)).astype(np.float32).reshape(shape)
@@ -182,9 +179,7 @@ class TopK(Stage):
 
     def inverse(self, frame: Frame) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
-        for key in [k for k in frame.meta if k.startswith("topk:")]:
-            n = key.split(":", 1)[1]
-            shape = meta.pop(key)
+        for n, shape in _pop_tagged(meta, "topk"):
             size = int(np.prod(shape, dtype=np.int64))
             values = _array(frame, n, np.float32)
             idx = _positions(out.pop(f"{n}#idx", None), out.pop(f"{n}#mask", None), size)
@@ -221,9 +216,7 @@ class Sign(Stage):
 
     def inverse(self, frame: Frame) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
-        for key in [k for k in frame.meta if k.startswith("sign:")]:
-            n = key.split(":", 1)[1]
-            scale, shape = meta.pop(key)
+        for n, (scale, shape) in _pop_tagged(meta, "sign"):
             count = int(np.prod(shape, dtype=np.int64))
             bits = _unpack_bits(_array(frame, n, np.uint8), 1, count).astype(np.float32)
             out[n] = ((2 * bits - 1) * np.float32(scale)).reshape(shape)
@@ -249,22 +242,25 @@ def _blocks(size: int, cap: int = 1 << 16) -> list[int]:
     return out
 
 
-def _rotate(vec: np.ndarray, seed: int) -> np.ndarray:
-    signs = np.random.default_rng(seed).integers(0, 2, vec.size).astype(np.float32) * 2 - 1
-    x, out, start = (vec * signs).astype(np.float64), [], 0
-    for b in _blocks(vec.size):
+def _block_hadamard(x: np.ndarray) -> np.ndarray:
+    """The Walsh-Hadamard transform of each power-of-two block of ``x`` (float64): its own inverse."""
+    out, start = [], 0
+    for b in _blocks(x.size):
         out.append(_hadamard(x[start:start + b]))
         start += b
-    return np.concatenate(out).astype(np.float32) if out else vec
+    return np.concatenate(out) if out else x
+
+
+def _random_signs(seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 2, size).astype(np.float32) * 2 - 1
+
+
+def _rotate(vec: np.ndarray, seed: int) -> np.ndarray:
+    return _block_hadamard((vec * _random_signs(seed, vec.size)).astype(np.float64)).astype(np.float32)
 
 
 def _unrotate(vec: np.ndarray, seed: int) -> np.ndarray:
-    x, out, start = vec.astype(np.float64), [], 0
-    for b in _blocks(vec.size):
-        out.append(_hadamard(x[start:start + b]))
-        start += b
-    signs = np.random.default_rng(seed).integers(0, 2, vec.size).astype(np.float32) * 2 - 1
-    return (np.concatenate(out) * signs).astype(np.float32) if out else vec
+    return (_block_hadamard(vec.astype(np.float64)) * _random_signs(seed, vec.size)).astype(np.float32)
 
 
 def _seed(value: Any) -> int:
@@ -346,9 +342,7 @@ class RandomSubset(Stage):
 
     def inverse(self, frame: Frame) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
-        for key in [k for k in frame.meta if k.startswith("rand:")]:
-            n = key.split(":", 1)[1]
-            seed, shape = meta.pop(key)
+        for n, (seed, shape) in _pop_tagged(meta, "rand"):
             size = int(np.prod(shape, dtype=np.int64))
             idx = self._positions(_seed(seed), size)
             values = _array(frame, n, np.float32).reshape(-1)
@@ -387,9 +381,7 @@ class Rows(Stage):
 
     def inverse(self, frame: Frame) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
-        for key in [k for k in frame.meta if k.startswith("rows:")]:
-            n = key.split(":", 1)[1]
-            shape = meta.pop(key)
+        for n, shape in _pop_tagged(meta, "rows"):
             rows = out.pop(f"{n}#rows", None)
             if rows is None or rows.dtype not in (np.uint16, np.int32) or not isinstance(shape, list) or not shape:
                 raise PayloadError(f"sparse rows of {n!r} lack their indices or shape")
