@@ -104,11 +104,13 @@ def run_keyboard(config: KeyboardConfig, run_dir: Path | None, *, fresh: bool = 
             saved.write_text(json.dumps(before))
     else:
         before = json.loads(saved.read_text()) if saved and saved.exists() else {}
-    records = [r.to_json() for r in server.run(config.rounds, on_round)]
+    ran = server.run(config.rounds, on_round)
     if run_dir is not None:  # the whole run, also the rounds before a resume
         from pocketlearn.federated.metrics import read_metrics
 
         records = read_metrics(run_dir / "metrics.jsonl")
+    else:
+        records = [r.to_json() for r in ran]
     finished = sum(r["finished"] for r in records)
     result = KeyboardResult(
         before=before, after=server.evaluate(server.model), epsilon=records[-1]["epsilon"] if records else None,

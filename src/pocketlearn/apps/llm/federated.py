@@ -168,20 +168,15 @@ def build_llm_server(template: nn.Module, data: FederatedData, config: Federated
     policy = RoundPolicy(uplink=make_codec(None), downlink=make_codec(None), seed_exchange=seeds)
     test = batches_of(data.x_test, data.y_test, 8)
     return FederatedServer(method.model, method.trainable_parameters(), engine, make_strategy("fedavg"), sampler,
-                           clients, local, policy, lambda m: held_out(m, test), None,
+                           clients, local, policy, lambda m: evaluate(m, test), None,
                            fingerprint(asdict(config)), checkpoint=False)
-
-
-def held_out(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    return evaluate(model, batches)  # an LM's evaluation includes perplexity
 
 
 def run_federated(template: nn.Module, data: FederatedData, config: FederatedLLMConfig, *,
                   on_round: Callable[[RoundPoint], None] | None = None) -> tuple[FederatedServer, FederatedReport]:
     """Run ``config.rounds`` rounds; held-out perplexity and bytes up after each (round 0: before any)."""
     server = build_llm_server(template, data, config)
-    test = batches_of(data.x_test, data.y_test, 8)
-    points = [RoundPoint(0, held_out(server.model, test)["perplexity"], 0, 0.0, 0, 0.0)]
+    points = [RoundPoint(0, server.evaluate(server.model)["perplexity"], 0, 0.0, 0, 0.0)]  # LM eval: perplexity
     if on_round:
         on_round(points[0])
 
