@@ -7,7 +7,7 @@ import sys
 import typer
 from rich.console import Console
 
-from pocketlearn.cli import catalog, demo, fed, har, ids, keyboard, llm, plan, privacy, report, train
+from pocketlearn.cli import catalog, demo, export, fed, har, ids, keyboard, llm, plan, privacy, report, train
 from pocketlearn.errors import PocketlearnError
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
@@ -23,6 +23,8 @@ app.command("privacy")(privacy.privacy_command)
 app.command("keyboard")(keyboard.keyboard_command)
 app.command("ids")(ids.ids_command)
 app.command("har")(har.har_command)
+app.command("export")(export.export_command)
+app.command("device-train")(export.device_train_command)
 app.add_typer(fed.fed_app, name="fed")
 llm.register(app)  # generate, llm finetune, llm federated
 
