@@ -10,7 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-fed_app = typer.Typer(help="Federated learning: simulate many devices on this machine (or a Ray cluster).",
+fed_app = typer.Typer(help="Federated learning: simulate many devices on this machine (or a Ray cluster), or "
+                      "run on real devices over the network (serve, join, partition).",
                       no_args_is_help=True)
 
 
@@ -94,3 +95,103 @@ def _run_rounds(server: Any, rounds: int, console: Console) -> list[Any]:
             progress.update(task, completed=r.round, status=f"{status} finished {r.finished}/{r.sampled}")
 
         return server.run(rounds, on_round)
+
+
+@fed_app.command("serve")
+def serve_command(
+    config: Annotated[Path, typer.Argument(help="Run config (TOML), as for `fed simulate`.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set rounds=5.")] = None,
+    runs: Annotated[Path, typer.Option(help="Folder of run folders.")] = Path("runs"),
+    fresh: Annotated[bool, typer.Option(help="Discard a previous run of this name instead of resuming it.")] = False,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Port devices (and the flwr CLI) connect to.")] = 9092,
+    insecure: Annotated[bool, typer.Option(help="Plain HTTP and no node authentication (trusted networks, "
+                                           "tests).")] = False,
+    ssl_certfile: Annotated[Path | None, typer.Option(help="Server certificate (PEM); default: self-signed, in "
+                                                      "RUNS/<name>/tls.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    ssl_ca_certfile: Annotated[Path | None, typer.Option(help="The CA that signed it; devices need this file.")
+                               ] = None,
+    tls_name: Annotated[list[str] | None, typer.Option(help="Extra host name or IP the self-signed certificate "
+                                                       "covers (repeat).")] = None,
+    authorized_keys: Annotated[list[Path] | None, typer.Option(help="Device public key, or folder of *.pub "
+                                                               "(repeat); only these devices may join.")] = None,
+    node_auth: Annotated[bool, typer.Option(help="Require registered device keys.")] = True,
+    round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for devices; later ones are left "
+                                                 "out.")] = 600.0,
+    min_devices: Annotated[int, typer.Option(help="Devices to wait for before round 1 (0: one per client).")] = 0,
+    join_timeout: Annotated[float, typer.Option(help="Seconds to wait for those devices.")] = 600.0,
+    out: Annotated[Path | None, typer.Option(help="Also write the summary JSON here.")] = None,
+    verbose: Annotated[bool, typer.Option(help="Also show Flower's own log lines.")] = False,
+) -> None:
+    """Serve CONFIG to real devices through Flower: start a SuperLink, submit the run, follow it to the end.
+
+    Metrics and checkpoint go to RUNS/<name>/ as in `fed simulate`; after a crash, run it again to resume.
+    """
+    from pocketlearn.errors import ConfigError
+    from pocketlearn.federated.config import load_config
+    from pocketlearn.federated.flower.serve import ServeOptions, serve
+    from pocketlearn.federated.flower.tls import TlsFiles
+
+    cfg = load_config(config, list(set_ or []))
+    certificates = None
+    if ssl_certfile and ssl_keyfile and ssl_ca_certfile:
+        certificates = TlsFiles(ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    elif ssl_certfile or ssl_keyfile or ssl_ca_certfile:
+        raise ConfigError("pass all of --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile, or none (a self-signed "
+                          "CA is then made in the run folder)")
+    options = ServeOptions(host, port, insecure, certificates, tuple(tls_name or ()), node_auth,
+                           tuple(authorized_keys or ()), round_timeout, min_devices, join_timeout, verbose)
+    console = Console(highlight=False, soft_wrap=True)  # long paths stay on one line, as users copy them
+    summary = serve(cfg, runs / cfg.name, options, fresh=fresh, say=console.print)
+    console.print_json(json.dumps({k: v for k, v in summary.items() if k not in ("round_times", "traffic")}))
+    if out:
+        out.write_text(json.dumps(summary, indent=1))
+
+
+@fed_app.command("join")
+def join_command(
+    server: Annotated[str, typer.Option(help="The server's HOST:PORT.")],
+    data: Annotated[Path, typer.Option(help="This device's examples (a file from `fed partition`, or "
+                                       "pocketlearn.data.files.save_examples).")],
+    device: Annotated[str, typer.Option(help="Device preset (`pocketlearn devices`), or a name in --profiles.")],
+    profiles: Annotated[Path | None, typer.Option(help="TOML file of device profiles.")] = None,
+    root_certificates: Annotated[Path | None, typer.Option(help="The server's CA certificate (ca.pem).")] = None,
+    key: Annotated[Path | None, typer.Option(help="This device's private key; made (with KEY.pub) if missing. "
+                                             "Default: ~/.pocketlearn/device.key.")] = None,
+    insecure: Annotated[bool, typer.Option(help="Plain HTTP, for a server started with --insecure.")] = False,
+    home: Annotated[Path | None, typer.Option(help="Flower's working folder (default: a temporary one).")] = None,
+    local_port: Annotated[int, typer.Option(help="Port of the SuperNode's local API on 127.0.0.1 (0: any free "
+                                            "one).")] = 0,
+    max_wait: Annotated[float | None, typer.Option(help="Give up after this many seconds without reaching the "
+                                                   "server.")] = None,
+) -> None:
+    """Make this machine a device: a Flower SuperNode that trains on DATA with pocketlearn when sampled."""
+    from pocketlearn.federated.flower.device import describe_examples
+    from pocketlearn.federated.flower.join import JoinOptions, exec_join
+
+    setup = describe_examples(data, device, str(profiles) if profiles else "")
+    options = JoinOptions(server, insecure, root_certificates, key, home, local_port, max_wait)
+    exec_join(setup, options)  # a lean process (no torch) watches the SuperNode from here on
+
+
+@fed_app.command("partition")
+def partition_command(
+    config: Annotated[Path, typer.Argument(help="Run config (TOML).")],
+    out: Annotated[Path, typer.Option(help="Folder for the files (client-NNNNN.pt).")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: --set data.num_clients=20.")
+                    ] = None,
+    clients: Annotated[str | None, typer.Option(help="Only these clients, e.g. 0,1,5 (default: all).")] = None,
+) -> None:
+    """Write one examples file per client of CONFIG's partition (the simulator's), for `fed join --data`."""
+    from pocketlearn.errors import ConfigError
+    from pocketlearn.federated.config import load_config
+    from pocketlearn.federated.flower.partition import write_partition
+
+    cfg = load_config(config, list(set_ or []))
+    try:
+        chosen = [int(c) for c in clients.split(",")] if clients else None
+    except ValueError:
+        raise ConfigError(f"--clients {clients!r}: write client ids separated by commas, e.g. 0,1,5") from None
+    paths = write_partition(cfg, out, clients=chosen)
+    Console().print(f"wrote {len(paths)} client files to {out} ({paths[0].name} ... {paths[-1].name})")

@@ -1,0 +1,136 @@
+"""The device's half of a round: the simulator's own training code, run on one client's file of examples.
+
+A SuperNode started by ``pocketlearn fed join`` carries in its node config where its examples are and which
+device preset it is; each train message is one client's round of :class:`InProcessEngine` training from the
+decoded global weights, checked first against the preset's memory budget, and the update goes back encoded
+with the run's uplink codec (or as MeZO's seeds), drawn from the same random stream the simulator uses.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+
+from pocketlearn.devices import DeviceProfile, get_device
+from pocketlearn.errors import ConfigError, DataError
+from pocketlearn.federated.config import RunConfig
+from pocketlearn.federated.flower.messages import SEEDS, DeviceInfo, TrainReply, TrainRequest
+
+# Keys of a SuperNode's node config (``--node-config``), written by ``fed join``.
+DATA_PATH, DEVICE, PROFILES, CLIENT_ID, NUM_EXAMPLES = "data-path", "device", "profiles", "client-id", "num-examples"
+
+
+@dataclass(frozen=True)
+class DeviceSetup:
+    """What ``fed join`` tells its SuperNode: the examples file, its client id and size, the device preset."""
+
+    data_path: Path
+    device: str
+    client_id: int
+    num_examples: int
+    profiles: str = ""  # a TOML file of device profiles, when ``device`` is not a preset
+
+    def node_config(self) -> dict[str, str | int]:
+        return {DATA_PATH: str(self.data_path), DEVICE: self.device, PROFILES: self.profiles,
+                CLIENT_ID: self.client_id, NUM_EXAMPLES: self.num_examples}
+
+    @classmethod
+    def from_node_config(cls, config: Mapping[str, Any]) -> DeviceSetup:
+        missing = [k for k in (DATA_PATH, DEVICE, CLIENT_ID, NUM_EXAMPLES) if k not in config]
+        if missing:
+            raise ConfigError(f"this SuperNode's node config lacks {missing}; start devices with "
+                              "`pocketlearn fed join`, which sets them")
+        return cls(Path(str(config[DATA_PATH])), str(config[DEVICE]), int(config[CLIENT_ID]),
+                   int(config[NUM_EXAMPLES]), str(config.get(PROFILES, "")))
+
+    def profile(self) -> DeviceProfile:
+        return get_device(self.device, self.profiles or None)
+
+    def info(self) -> DeviceInfo:
+        return DeviceInfo(self.client_id, self.num_examples, self.device)
+
+
+def describe_examples(data_path: Path, device: str, profiles: str = "") -> DeviceSetup:
+    """Check an examples file and a device name before a SuperNode starts; errors name the fix."""
+    from pocketlearn.data.files import load_examples
+
+    x, _, meta = load_examples(data_path)
+    if "client_id" not in meta:
+        raise DataError(f"{data_path} does not say which client it is (no client_id in its meta); write it with "
+                        "`pocketlearn fed partition CONFIG --out DIR`, or save_examples(..., client_id=N)")
+    setup = DeviceSetup(data_path.resolve(), device, int(meta["client_id"]), len(x), profiles)
+    setup.profile()  # an unknown device is an error now, not in the first round
+    return setup
+
+
+class _OwnSamples(Sequence[np.ndarray]):
+    """Index lists as the simulator's engine reads them, for a population of which this device knows one client.
+
+    The engine draws client ``c``'s visiting order from ``default_rng([seed, round, c])`` over ``indices[c]``;
+    the device's file holds that client's samples in partition order, so positions 0..n-1 give the same order.
+    """
+
+    def __init__(self, client_id: int, n: int):
+        self.client_id, self.positions = client_id, np.arange(n)
+
+    @overload
+    def __getitem__(self, c: int) -> np.ndarray: ...
+
+    @overload
+    def __getitem__(self, c: slice) -> Sequence[np.ndarray]: ...
+
+    def __getitem__(self, c: int | slice) -> np.ndarray | Sequence[np.ndarray]:
+        if isinstance(c, slice) or c != self.client_id:
+            raise IndexError(f"this device holds client {self.client_id}'s examples only, not {c}")
+        return self.positions
+
+    def __len__(self) -> int:
+        return self.client_id + 1
+
+
+def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) -> TrainReply:
+    """Run one client's round on this device and encode what it sends back."""
+    from pocketlearn.data.files import load_examples
+    from pocketlearn.federated.codecs import encode_dense, make_codec
+    from pocketlearn.federated.codecs.seeds import encode_history
+    from pocketlearn.federated.experiment import build_template
+    from pocketlearn.federated.server import uplink_stream
+    from pocketlearn.federated.simulate import InProcessEngine
+
+    t0 = time.perf_counter()
+    if request.client_id != setup.client_id:
+        raise ConfigError(f"the server asked for client {request.client_id}, this device holds client "
+                          f"{setup.client_id} ({setup.data_path})")
+    x, y, _ = load_examples(setup.data_path)
+    template = build_template(config)
+    start = make_codec(request.down_codec).decode(request.weights)
+    check_budget(template, request, setup.profile(), (x[: request.local.batch_size], y[: request.local.batch_size]))
+    engine = InProcessEngine(template, x, y, _OwnSamples(setup.client_id, len(x)), vectorize=config.vectorize)
+    result = engine.train(start, [setup.client_id], request.rnd, request.local)
+    if request.up_codec == SEEDS:
+        if result.histories is None:
+            raise ConfigError(f"seed exchange needs a MeZO client; method {request.local.method!r} has no seeds")
+        payload = encode_history(result.histories[0])
+    else:
+        delta = result.updates.client_delta(0)
+        codec = make_codec(request.up_codec)
+        payload = codec.encode(delta, uplink_stream(request.codec_seed, request.rnd, setup.client_id)) \
+            if codec.stages else encode_dense(delta)
+    return TrainReply(setup.client_id, int(result.updates.num_samples[0]), float(result.train_loss[0]), payload,
+                      time.perf_counter() - t0)
+
+
+def check_budget(template: Any, request: TrainRequest, device: DeviceProfile, batch: Any) -> int:
+    """The method's estimated peak on this device; a BudgetError (naming the fix) when it does not fit."""
+    from pocketlearn.methods import make_method
+    from pocketlearn.trainer import LocalTrainer
+
+    options: dict[str, Any] = request.local.method_options()
+    method = make_method(request.local.method, copy.deepcopy(template), **options)
+    return LocalTrainer(method, device=device).check_budget(batch)

@@ -1,0 +1,220 @@
+"""An :class:`~pocketlearn.federated.server.Engine` whose clients are real devices behind a Flower SuperLink.
+
+The server loop stays the simulator's: it samples, calls ``train(params, client_ids, rnd, local)`` once per
+method group, aggregates, evaluates and checkpoints. This engine turns that call into one Flower ``train``
+message per sampled client, sent to the SuperNode that holds the client's examples (learned once per node
+with a ``query`` message), and waits for replies until the round's timeout: a device that dies or is late is
+left out of the round, the others' updates are aggregated. What travels are our codec payloads, so the bytes
+counted are ``len(payload)`` of what crossed the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pocketlearn.federated.flower.messages import QUERY, SEEDS, TRAIN, DeviceInfo, TrainReply, TrainRequest
+from pocketlearn.federated.simulate import LocalTraining, RoundResult
+from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+
+
+@dataclass
+class Traffic:
+    """Payload bytes per client over the run (what our codecs produced and Flower carried)."""
+
+    down: dict[int, int] = field(default_factory=dict)
+    up: dict[int, int] = field(default_factory=dict)
+    device_s: dict[int, float] = field(default_factory=dict)  # wall-clock the devices reported (their handler)
+    reply_s: dict[int, float] = field(default_factory=dict)  # from sending the round to its reply, per client
+
+    def add(self, client: int, *, down: int = 0, up: int = 0, seconds: float = 0.0, reply_s: float = 0.0) -> None:
+        self.down[client] = self.down.get(client, 0) + down
+        self.up[client] = self.up.get(client, 0) + up
+        self.device_s[client] = self.device_s.get(client, 0.0) + seconds
+        self.reply_s[client] = self.reply_s.get(client, 0.0) + reply_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"bytes_down": {str(c): b for c, b in sorted(self.down.items())},
+                "bytes_up": {str(c): b for c, b in sorted(self.up.items())},
+                "device_s": {str(c): round(s, 3) for c, s in sorted(self.device_s.items())},
+                "reply_s": {str(c): round(s, 3) for c, s in sorted(self.reply_s.items())}}
+
+
+class FlowerEngine:
+    """Trains a round's clients on the SuperNodes that hold them, through a Flower ``Grid``."""
+
+    def __init__(self, grid: Any, *, round_timeout_s: float, query_timeout_s: float = 60.0, poll_s: float = 0.2,
+                 say: Callable[[str], None] = print):
+        self.grid, self.round_timeout_s, self.query_timeout_s, self.poll_s = grid, round_timeout_s, query_timeout_s, \
+            poll_s
+        self.say = say
+        self.devices: dict[int, DeviceInfo] = {}  # node id -> what it holds
+        self.node_of: dict[int, int] = {}  # client id -> node id
+        self.silent: dict[int, float] = {}  # node id -> when to ask again (it did not answer a query)
+        self.traffic = Traffic()
+        self.server: Any = None
+        self._weights: tuple[int, bytes] | None = None  # (round, payload) sent to every client of the round
+
+    def bind(self, server: Any) -> None:
+        """The server whose global weights and codecs this engine sends (set once, after it is built)."""
+        self.server = server
+
+    # --- which device holds which client ----------------------------------------------------------------------
+    def discover(self, timeout_s: float | None = None) -> list[DeviceInfo]:
+        """Ask SuperNodes not seen before which client they hold; forget nodes Flower no longer lists.
+
+        A node that does not answer within the timeout is asked again only after ``5 * query_timeout_s``, so a
+        dead node Flower still lists does not hold up every round.
+        """
+        now = time.monotonic()
+        online = set(self.grid.get_node_ids())
+        for node in set(self.devices) - online:
+            self._forget(node)
+        unknown = sorted(n for n in online - set(self.devices) if self.silent.get(n, 0.0) <= now)
+        if not unknown:
+            return []
+        from flwr.app import Message, RecordDict
+
+        timeout_s = self.query_timeout_s if timeout_s is None else timeout_s
+        messages = [Message(RecordDict(), dst_node_id=n, message_type=QUERY, ttl=self.query_timeout_s)
+                    for n in unknown]
+        found = []
+        for message, reply, _ in self._exchange(messages, timeout_s):
+            node = message.metadata.dst_node_id
+            if reply is None or reply.has_error():
+                reason = "no reply" if reply is None else reply.error.reason
+                self.say(f"SuperNode {node} did not say which client it holds ({reason}); asking again later")
+                self.silent[node] = time.monotonic() + 5 * self.query_timeout_s
+                continue
+            self.silent.pop(node, None)
+            info = DeviceInfo.from_records(reply.content)
+            if info.client_id in self.node_of:
+                self.say(f"client {info.client_id} is now on SuperNode {node} (was {self.node_of[info.client_id]})")
+                self._forget(self.node_of[info.client_id])
+            self.devices[node], self.node_of[info.client_id] = info, node
+            found.append(info)
+        return found
+
+    def wait_for_devices(self, min_devices: int, timeout_s: float) -> int:
+        """Discover until ``min_devices`` clients have a device (or the timeout); returns how many have."""
+        deadline = time.monotonic() + timeout_s
+        shown = -1
+        while True:
+            for info in self.discover(max(1.0, min(self.query_timeout_s, deadline - time.monotonic()))):
+                self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
+            if len(self.node_of) != shown:
+                shown = len(self.node_of)
+                self.say(f"{shown}/{min_devices} devices connected")
+            if shown >= min_devices or time.monotonic() >= deadline:
+                return shown
+            time.sleep(max(self.poll_s, 0.5))
+
+    def _forget(self, node: int) -> None:
+        info = self.devices.pop(node, None)
+        if info is not None and self.node_of.get(info.client_id) == node:
+            del self.node_of[info.client_id]
+
+    # --- one round ----------------------------------------------------------------------------------------------
+    def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
+              ) -> RoundResult:
+        """Send each client its round; collect the updates of those that answer before the timeout."""
+        from flwr.app import Message
+
+        for info in self.discover():  # devices that joined (or came back) since the last round
+            self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
+        weights = self._round_weights(params, rnd)
+        policy = self.server.policy
+        seeds = policy.seed_exchange and local.method == "mezo"
+        up_codec = SEEDS if seeds else policy.uplink.spec
+        sent: list[tuple[int, Any]] = []
+        for c in client_ids:
+            if c not in self.node_of:
+                self.say(f"round {rnd}: no device holds client {c}; it is left out")
+                continue
+            request = TrainRequest(rnd, c, local, weights, policy.downlink.spec, up_codec, policy.codec_seed)
+            sent.append((c, Message(request.to_records(), dst_node_id=self.node_of[c], message_type=TRAIN,
+                                    group_id=str(rnd), ttl=self.round_timeout_s)))
+            self.traffic.add(c, down=len(weights))
+        replies = self._exchange([m for _, m in sent], self.round_timeout_s)
+        accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
+                    if (r := self._accept(c, msg, rnd, after)) is not None]
+        return self._round_result(accepted, params, seeds, rnd)
+
+    def _round_weights(self, params: dict[str, Tensor], rnd: int) -> bytes:
+        from pocketlearn.federated.server import downlink_payload
+
+        if self._weights is None or self._weights[0] != rnd:
+            policy = self.server.policy
+            source = self.server.params if policy.downlink.stages else params
+            self._weights = (rnd, downlink_payload(source, policy.downlink, policy.codec_seed, rnd))
+        return self._weights[1]
+
+    def _accept(self, c: int, reply: Any, rnd: int, after_s: float) -> TrainReply | None:
+        """A client's reply if it is a well-formed update from that client; else say why and leave it out."""
+        if reply is None:
+            self.say(f"round {rnd}: client {c} did not answer within {self.round_timeout_s:g} s; left out")
+            return None  # (restarted, it comes back as a new node, which discover() maps to the client again)
+        if reply.has_error():
+            self.say(f"round {rnd}: client {c} failed: {reply.error.reason}")
+            return None
+        try:
+            answer = TrainReply.from_records(reply.content)
+        except (KeyError, TypeError, ValueError) as err:
+            self.say(f"round {rnd}: client {c} sent a malformed reply ({err}); left out")
+            return None
+        if answer.client_id != c:
+            self.say(f"round {rnd}: asked client {c}, got an update of client {answer.client_id}; left out")
+            return None
+        self.traffic.add(c, up=len(answer.payload), seconds=answer.seconds, reply_s=after_s)
+        return answer
+
+    def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor], seeds: bool,
+                      rnd: int) -> RoundResult:
+        """The replies as the server loop takes them: decoded updates (or seed histories) stacked by client."""
+        from pocketlearn.federated.codecs import PayloadError
+        from pocketlearn.federated.codecs.seeds import decode_history
+
+        expected = {n: p.shape for n, p in params.items()}
+        updates, losses, histories, sizes = [], [], [], []
+        for c, answer in accepted:
+            try:
+                if seeds:
+                    histories.append(decode_history(answer.payload))
+                    delta = {n: torch.zeros_like(p) for n, p in params.items()}  # the server replays the seeds
+                else:
+                    delta = self.server.policy.uplink.decode(answer.payload, expected)
+            except PayloadError as err:
+                self.say(f"round {rnd}: client {c} sent an update that does not decode ({err}); left out")
+                continue
+            updates.append(ClientUpdate(c, answer.num_samples, delta))
+            losses.append(answer.loss)
+            sizes.append(len(answer.payload))
+        if not updates:
+            empty = RoundUpdates([], torch.zeros(0), {n: p.new_zeros((0, *p.shape)) for n, p in params.items()})
+            return RoundResult(empty, torch.zeros(0), [] if seeds else None, [])
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None, sizes)
+
+    def _exchange(self, messages: Sequence[Any], timeout_s: float) -> list[tuple[Any, Any, float]]:
+        """Push ``messages``, pull replies until all arrived or ``timeout_s`` passed.
+
+        Returns (message, reply or None, seconds from the push to the reply) in the order of ``messages``.
+        """
+        if not messages:
+            return []
+        start = time.monotonic()
+        ids = list(self.grid.push_messages(messages))
+        pending = {i for i in ids if i}
+        replies: dict[str, tuple[Any, float]] = {}
+        while pending:
+            for reply in self.grid.pull_messages(sorted(pending)):
+                replies[reply.metadata.reply_to_message_id] = (reply, time.monotonic() - start)
+                pending.discard(reply.metadata.reply_to_message_id)
+            if not pending or time.monotonic() - start >= timeout_s:
+                break
+            time.sleep(self.poll_s)
+        return [(m, *replies.get(i, (None, 0.0))) for m, i in zip(messages, ids, strict=True)]
