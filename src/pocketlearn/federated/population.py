@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -40,10 +40,13 @@ def assign_devices(num_clients: int, mix: dict[str, float], seed: int, profiles_
 
 
 def fit_method(build: Callable[[], nn.Module], method: str, options: dict, device: DeviceProfile, batch: Batch,
-               *, allow_plan: bool) -> DeviceFit:
-    """Check the method's estimated peak against the device; if it does not fit, ask the planner (estimates)."""
+               *, allow_plan: bool, candidates: Sequence[str] | None = None,
+               candidate_options: dict[str, dict] | None = None) -> DeviceFit:
+    """Check the method's estimated peak against the device; if it does not fit, ask the planner (estimates).
+
+    ``candidates`` (with their options) limits what the planner may pick instead.
+    """
     from pocketlearn.memory.estimate import estimate
-    from pocketlearn.memory.planner import plan
     from pocketlearn.methods import make_method
 
     need = estimate(make_method(method, build(), **options), batch).total
@@ -52,12 +55,22 @@ def fit_method(build: Callable[[], nn.Module], method: str, options: dict, devic
     too_big = f"{method} needs ~{format_bytes(need)}, {device.name} has {format_bytes(device.memory_budget_bytes)}"
     if not allow_plan:
         return DeviceFit(device, None, need, f"{too_big}; its clients are left out (client.fit = 'report')")
+    fit = plan_method(build, device, batch, candidates, candidate_options)
+    return replace(fit, estimated_bytes=need if fit.method is None else fit.estimated_bytes,
+                   note=f"{too_big}; {fit.note}")
+
+
+def plan_method(build: Callable[[], nn.Module], device: DeviceProfile, batch: Batch,
+                candidates: Sequence[str] | None = None, options: dict[str, dict] | None = None) -> DeviceFit:
+    """The planner's pick (estimates) among ``candidates`` for ``device``, or None with the reason."""
+    from pocketlearn.memory.planner import plan
+
     try:
-        chosen = plan(build, device, batch, measure_memory=False)
+        chosen = plan(build, device, batch, methods=candidates, options=options, measure_memory=False)
     except BudgetError as err:
-        return DeviceFit(device, None, need, f"{too_big}; no method fits: {err}")
+        return DeviceFit(device, None, None, f"no method fits: {err}")
     row = next(r for r in chosen.rows if r.method == chosen.recommended)
-    return DeviceFit(device, chosen.recommended, row.peak_bytes, f"{too_big}; the planner picked {chosen.recommended}")
+    return DeviceFit(device, chosen.recommended, row.peak_bytes, f"the planner picked {chosen.recommended}")
 
 
 def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:

@@ -38,7 +38,28 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
         "dropped": sum(r.dropped for r in records), "stragglers": sum(r.stragglers for r in records),
         "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
         "bytes_down": sum(r.bytes_down for r in records), "round_times": times,
+        **({"methods": methods} if len(methods := method_summary(server.clients, records)) > 1 else {}),
     }
+
+
+def method_summary(clients: Any, records: list[Any]) -> dict[str, dict[str, Any]]:
+    """Per training method: client updates, uplink bytes, and the estimated peak against the devices' budgets."""
+    out: dict[str, dict[str, Any]] = {}
+    for fit in clients.fits:
+        if fit.method is None:
+            continue
+        row = out.setdefault(fit.method, {"updates": 0, "bytes_up": 0, "devices": [], "max_peak_over_budget": 0.0})
+        row["devices"].append(fit.device.name)
+        row["max_peak_over_budget"] = max(row["max_peak_over_budget"],
+                                          (fit.estimated_bytes or 0) / fit.device.memory_budget_bytes)
+    for r in records:
+        for method, n in r.by_method.items():
+            if method in out:
+                out[method]["updates"] += n
+                out[method]["bytes_up"] += r.bytes_by_method.get(method, 0)
+    for row in out.values():
+        row["bytes_per_update"] = row["bytes_up"] / row["updates"] if row["updates"] else None
+    return out
 
 
 def plot_run(run_dir: Path, out_dir: Path | None = None) -> list[Path]:

@@ -64,6 +64,7 @@ class RoundPolicy:
     attack: Attack | None = None
     seed_exchange: bool = False  # MeZO clients send (seed, g) pairs; the server replays them
     secagg: Any = None  # a SecAggSection: aggregate through secure aggregation
+    mixed: Any = None  # a MixedMethods: devices train with different methods, combined by federated.mixed's rule
 
 
 @dataclass
@@ -80,12 +81,15 @@ class RoundRecord:
     train_loss: float | None
     eval: dict[str, float] = field(default_factory=dict)
     by_method: dict[str, int] = field(default_factory=dict)
+    bytes_by_method: dict[str, int] = field(default_factory=dict)  # uplink bytes of the clients that made it
     epsilon: float | None = None  # privacy spent so far (differentially private strategies)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method")}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method", "bytes_by_method")}
         out.update({f"test_{k}": v for k, v in self.eval.items()})
         out["by_method"] = self.by_method
+        if len(self.bytes_by_method) > 1:
+            out["bytes_by_method"] = self.bytes_by_method
         return out
 
 
@@ -105,6 +109,7 @@ class FederatedServer:
         self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+        self._bytes_by_method: dict[str, int] = {}  # this round's uplink bytes per training method
 
     def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
         """Allocate (and fault in) the round's send buffer during setup rather than in round 1."""
@@ -161,13 +166,27 @@ class FederatedServer:
         by_method: dict[str, list[int]] = {}
         for c in training:  # the sampler only offers clients whose device can train
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
-        results = [self.engine.train(start_params, ids, rnd, self._local(m)) for m, ids in by_method.items()]
-        finished, up, times, losses = self._finish(results, down, rnd, start_params)
+        mixed = self.policy.mixed
+        expansion = mixed.expansion(self.params, rnd) if mixed else None
+        results = [self.engine.train(start_params, ids, rnd, self._local(m, rnd)) for m, ids in by_method.items()]
+        finished, up, times, losses, wire = self._finish(results, list(by_method), down, rnd, start_params, expansion)
         n_finished, secagg_received = 0 if finished is None else len(finished), 0
         if finished is not None:
-            if self.policy.secagg is not None:
+            if expansion is not None and self.policy.secagg is not None:
+                from pocketlearn.federated.mixed import secure_combine
+
+                cfg = self.policy.secagg
+                finished, up, secagg_received = secure_combine(wire, expansion, threshold=cfg.threshold,
+                                                               clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd)
+            elif self.policy.secagg is not None:
                 finished, up, secagg_received = self._secure_mean(finished, rnd)
-            self.strategy.apply(self.params, finished)
+            if expansion is not None and hasattr(self.strategy, "mechanism"):
+                from pocketlearn.federated.mixed import private_combine
+
+                self.strategy.apply_means(self.params, private_combine(wire, expansion, mixed,
+                                                                       self.strategy.mechanism))
+            else:
+                self.strategy.apply(self.params, finished)
         round_time = time.perf_counter() - start
         self.round = rnd
         record = RoundRecord(
@@ -175,7 +194,7 @@ class FederatedServer:
             down * len(sampled) + secagg_received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
-            by_method={m: len(ids) for m, ids in by_method.items()})
+            by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method)
         if hasattr(self.strategy, "epsilon_so_far"):
             record.epsilon = self.strategy.epsilon_so_far()
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
@@ -185,11 +204,8 @@ class FederatedServer:
     def _download(self, rnd: int) -> tuple[int, dict[str, Tensor]]:
         """(bytes of the global-model payload, the weights clients start from: decoded from that payload)."""
         codec = self.policy.downlink
-        if not codec.stages:
-            return len(encode_dense(self.params)), self.params
-        server_stream = np.random.default_rng([self.policy.codec_seed, rnd, 2**32])  # 2**32: not a client id
-        payload = codec.encode(self.params, server_stream)
-        return len(payload), codec.decode(payload)
+        payload = downlink_payload(self.params, codec, self.policy.codec_seed, rnd)
+        return len(payload), codec.decode(payload) if codec.stages else self.params
 
     def _upload(self, u: RoundUpdates, rnd: int) -> list[int]:
         """Encode each client's update for real; its row becomes what the server decodes. Returns byte counts."""
@@ -201,7 +217,7 @@ class FederatedServer:
         expected = {n: d.shape[1:] for n, d in u.deltas.items()}
         for k, c in enumerate(u.client_ids):
             delta = u.client_delta(k)
-            rng = np.random.default_rng([self.policy.codec_seed, rnd, c])
+            rng = uplink_stream(self.policy.codec_seed, rnd, c)
             if self.feedback:
                 payload, sent = self.feedback.encode(codec, c, delta, rng)
             else:
@@ -215,7 +231,7 @@ class FederatedServer:
     def _upload_seeds(self, u: RoundUpdates, histories: list[list[tuple[int, float]]], start: dict[str, Tensor]
                       ) -> list[int]:
         """Seed exchange: each MeZO client's pairs travel; its row becomes the server's replay of them."""
-        options = self._local("mezo").method_options()
+        options = self._local("mezo", 0).method_options()
         sizes = []
         for k, history in enumerate(histories):
             payload = encode_history(history)
@@ -237,23 +253,52 @@ class FederatedServer:
                                    seed=rnd)
         return mean, int(ledger.sent.sum()), int(ledger.received.sum())
 
-    def _local(self, method: str) -> LocalTraining:
-        return replace(self.local, method=method)
+    def _upload_coefficients(self, u: RoundUpdates, histories: list[list[tuple[int, float]]], method: str,
+                             rnd: int) -> tuple[RoundUpdates, list[int]]:
+        """Mixed runs: a ZO client's wire update is one coefficient per seed of the round's pool."""
+        from pocketlearn.federated.mixed import ZO_WIRE
+        from pocketlearn.methods.mezo import MezoConfig, pool_coefficients, pool_seeds
 
-    def _finish(self, results: list[RoundResult], down: int, rnd: int, start: dict[str, Tensor]
-                ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None]:
-        """Encode each update, time each client on its device, drop stragglers past the deadline."""
-        keep_rows, up_total, times, losses = [], 0, [], []
+        config = MezoConfig.from_dict(self._local(method, rnd).method_options())
+        pool = pool_seeds(config.pool_seed, config.seed_pool)
+        coefficients = torch.stack([pool_coefficients(h, pool, config.n_perturbations) for h in histories])
+        wire = RoundUpdates(u.client_ids, u.num_samples, {ZO_WIRE: coefficients})
+        return wire, self._upload(wire, rnd)
+
+    def _local(self, method: str, rnd: int) -> LocalTraining:
+        if self.policy.mixed is None:
+            return replace(self.local, method=method)
+        options = self.policy.mixed.round_options(rnd)[method]
+        return replace(self.local, method=method, options=tuple(sorted(options.items())))
+
+    def _finish(self, results: list[RoundResult], methods: list[str], down: int, rnd: int, start: dict[str, Tensor],
+                expansion: Any = None
+                ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None, list[tuple[str, RoundUpdates]]]:
+        """Encode each update, time each client on its device, drop stragglers past the deadline.
+
+        Mixed runs also return each method's wire updates of the clients that made it (for secure or private
+        aggregation); the updates returned first are the same, expanded to deltas of the global parameters.
+        """
+        keep_rows, up_total, times, losses, wire_groups = [], 0, [], [], []
+        self._bytes_by_method = {}
         deadline = self.policy.deadline_s
-        for result in results:
+        for result, method in zip(results, methods, strict=True):
             u = result.updates
             if self.policy.attack:
                 self.policy.attack.poison(u, rnd)
-            if self.policy.seed_exchange and result.histories is not None:
+            if expansion is not None and method in expansion.wire and result.histories is not None:
+                u, sizes = self._upload_coefficients(u, result.histories, method, rnd)
+            elif self.policy.seed_exchange and result.histories is not None:
                 sizes = self._upload_seeds(u, result.histories, start)
+            elif result.payload_bytes is not None:  # encoded on the devices, decoded by the engine
+                sizes = result.payload_bytes
             else:
                 sizes = self._upload(u, rnd)
+            if expansion is not None:
+                wire = u
+                result.updates = u = expansion.expand(method, wire)
             samples = u.num_samples.tolist()
+            kept = []
             for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
                 device = self.clients.fits[self.clients.device_index[c]].device
                 t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
@@ -263,11 +308,14 @@ class FederatedServer:
                 if on_time:
                     up_total += up
                     keep_rows.append((result, k))
+                    kept.append(k)
+                    self._bytes_by_method[method] = self._bytes_by_method.get(method, 0) + up
             losses.append(result.train_loss)
+            if expansion is not None and kept:
+                wire_groups.append((method, _rows(wire, kept)))
         if not keep_rows:
-            return None, up_total, times, None
-        kept = _select(results, keep_rows)
-        return kept, up_total, times, torch.cat(losses)
+            return None, up_total, times, None, wire_groups
+        return _select(results, keep_rows), up_total, times, torch.cat(losses), wire_groups
 
     def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
         records = []
@@ -283,6 +331,18 @@ class FederatedServer:
         return records
 
 
+def downlink_payload(params: dict[str, Tensor], codec: Codec, codec_seed: int, rnd: int) -> bytes:
+    """The global model as round ``rnd`` sends it: the codec's random stream is fixed by seed and round."""
+    if not codec.stages:
+        return encode_dense(params)
+    return codec.encode(params, np.random.default_rng([codec_seed, rnd, 2**32]))  # 2**32: not a client id
+
+
+def uplink_stream(codec_seed: int, rnd: int, client: int) -> np.random.Generator:
+    """The random stream client ``client`` encodes its round-``rnd`` update with (wherever it is encoded)."""
+    return np.random.default_rng([codec_seed, rnd, client])
+
+
 def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> RoundUpdates:
     """The updates of the clients that made the deadline, across the method groups of the round."""
     if len(results) == 1 and len(rows) == len(results[0].updates):
@@ -292,6 +352,12 @@ def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> 
         u = result.updates
         picked.append(ClientUpdate(u.client_ids[k], int(u.num_samples[k]), u.client_delta(k)))
     return RoundUpdates.stack(picked)
+
+
+def _rows(u: RoundUpdates, rows: list[int]) -> RoundUpdates:
+    if len(rows) == len(u):
+        return u
+    return RoundUpdates.stack([ClientUpdate(u.client_ids[k], int(u.num_samples[k]), u.client_delta(k)) for k in rows])
 
 
 def fingerprint(config: dict[str, Any]) -> str:

@@ -83,6 +83,8 @@ class RoundResult:
     updates: RoundUpdates
     train_loss: Tensor  # (K,) each client's mean training loss
     histories: list[list[tuple[int, float]]] | None = None  # MeZO clients' (seed, g) pairs, for seed exchange
+    payload_bytes: list[int] | None = None  # each client's uplink payload as it crossed a real network (the
+    # updates are then already decoded); None: the server encodes them itself, as in simulation
 
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
@@ -185,41 +187,49 @@ class InProcessEngine:
         options = local.method_options()
         if local.method == "mezo":
             options.setdefault("seed", seed)  # each client and round perturbs along its own directions
-        method = make_method(local.method, model, loss_fn=_proximal_loss(params, local.proximal_mu), **options)
+        method = make_method(local.method, model, loss_fn=_proximal_loss(local.proximal_mu), **options)
         trained = method.trainable_parameters()
         with torch.no_grad():
             for n, p in method.model.named_parameters():
-                if n in params:
-                    p.copy_(params[n])
+                source = params.get(n, params.get(base_name(n)))  # adapters wrap a layer's weights in base_layer
+                if source is not None:
+                    p.copy_(source)
+            start = {n: p.detach().clone() for n, p in trained.items()}
         if hasattr(method.loss_fn, "bind"):
-            method.loss_fn.bind(trained)
+            method.loss_fn.bind(trained, start)
         data = pad_batches(self.x, self.y, [order], local.batch_size)
         total = 0.0
         for s in range(int(data.steps[0])):
             real = data.w[0, s] > 0
             loss = method.step((data.x[0, s][real], data.y[0, s][real]))
             total += getattr(method.loss_fn, "task_loss", loss)
-        delta = {n: (p.detach() - params[n]) for n, p in trained.items() if n in params}
+        delta = {base_name(n): p.detach() - start[n] for n, p in trained.items()}
         return delta, total / max(int(data.steps[0]), 1), list(getattr(method, "history", []))
+
+
+def base_name(name: str) -> str:
+    """A parameter's name in the plain model: PEFT moves an adapted layer's own weights under ``base_layer``."""
+    return name.replace(".base_layer.", ".")
 
 
 class _ProximalLoss:
     """Cross-entropy plus FedProx's (mu/2)·||w - w_global||² over the trained parameters."""
 
-    def __init__(self, global_params: dict[str, Tensor], mu: float):
-        self.global_params, self.mu = global_params, mu
+    def __init__(self, mu: float):
+        self.mu = mu
         self.trained: dict[str, Tensor] = {}
+        self.start: dict[str, Tensor] = {}  # the trained tensors' values at the start of the round
         self.task_loss = 0.0  # the last cross-entropy alone: training losses are reported without the pull
 
-    def bind(self, trained: dict[str, Tensor]) -> None:
-        self.trained = trained
+    def bind(self, trained: dict[str, Tensor], start: dict[str, Tensor]) -> None:
+        self.trained, self.start = trained, start
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
         loss = cross_entropy(logits, targets)
         self.task_loss = loss.item()
-        prox = sum(((p - self.global_params[n]) ** 2).sum() for n, p in self.trained.items())
+        prox = sum(((p - self.start[n]) ** 2).sum() for n, p in self.trained.items())
         return loss + 0.5 * self.mu * prox
 
 
-def _proximal_loss(params: dict[str, Tensor], mu: float) -> Callable[[Tensor, Tensor], Tensor]:
-    return _ProximalLoss(params, mu) if mu > 0 else cross_entropy
+def _proximal_loss(mu: float) -> Callable[[Tensor, Tensor], Tensor]:
+    return _ProximalLoss(mu) if mu > 0 else cross_entropy

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import peft
+import torch
 from peft.tuners.lora import LoraLayer
 from torch import Tensor, nn
 
@@ -38,6 +39,8 @@ class LoraConfig(GradientConfig):
     train_head: bool = False  # also train the output layer fully (a new label set needs it)
     train_biases: bool = False  # also train every bias of the frozen layers
     checkpointing: bool = False  # recompute activations in backward: an LLM's activations dwarf its adapters
+    train_a: bool = True  # False freezes A at its random init (FFA-LoRA): the update B A is then linear in B
+    init_seed: int | None = None  # draw A from this seed (devices sharing it share A), else from torch's RNG
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list | str):  # from TOML / the CLI
@@ -84,8 +87,15 @@ class LoRA(GradientMethod):
                     p.requires_grad_(True)
         keep = [p for p in model.parameters() if p.requires_grad]  # PEFT freezes all but the adapters
         c = self.config
-        self.targets = inject_lora(model, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
-                                   target_modules=c.target_modules)
+        with torch.random.fork_rng(devices=[], enabled=c.init_seed is not None):
+            if c.init_seed is not None:
+                torch.manual_seed(c.init_seed)
+            self.targets = inject_lora(model, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
+                                       target_modules=c.target_modules)
+        if not c.train_a:
+            for name, p in lora_parameters(model).items():
+                if ".lora_A." in name:
+                    p.requires_grad_(False)
         for p in keep:
             p.requires_grad_(True)
         if c.checkpointing:

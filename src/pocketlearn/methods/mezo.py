@@ -48,6 +48,10 @@ class MezoConfig(MethodConfig):
     alpha: float = 16.0  # LoRA scale numerator for subset="lora" (adapters scaled by alpha / rank)
     seed: int = 0  # step seeds derive from (seed, step, perturbation); also seeds the LoRA init
     n_perturbations: int = 1  # SPSA estimates averaged per step (n-SPSA)
+    # > 0: every step's seed is one of this many seeds drawn from pool_seed (FedKSeed's shared candidate seeds),
+    # so a client's whole update is one coefficient per pool seed (see pool_coefficients)
+    seed_pool: int = 0
+    pool_seed: int = 0
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -61,6 +65,8 @@ class MezoConfig(MethodConfig):
             out.append(f"seed should be >= 0, got {self.seed}")
         if self.n_perturbations < 1:
             out.append(f"n_perturbations should be >= 1, got {self.n_perturbations}")
+        if self.seed_pool < 0 or self.pool_seed < 0:
+            out.append(f"seed_pool and pool_seed should be >= 0, got {self.seed_pool} and {self.pool_seed}")
         return out + lora_problems(self.rank, self.alpha)
 
 
@@ -97,7 +103,8 @@ class MeZO(TrainingMethod):
                             temporary_param_copies=1)
 
     def _update(self, batch: Batch) -> float:
-        seeds = step_seeds(self.config.seed, self.steps_done, self.config.n_perturbations)
+        c = self.config
+        seeds = step_seeds(c.seed, self.steps_done, c.n_perturbations, pool_seeds(c.pool_seed, c.seed_pool))
         with torch.no_grad(), _eval_mode(self.model):
             estimates = [self.estimate(batch, s) for s in seeds]
             for _, loss in estimates:
@@ -148,9 +155,52 @@ def select_parameters(model: nn.Module, subset: Subset) -> dict[str, Tensor]:
     return dict(sorted(chosen.items()))
 
 
-def step_seeds(seed: int, step: int, n: int) -> list[int]:
-    """Return the ``n`` 32-bit seeds of step ``step`` (a pure function: a resumed run draws the same)."""
-    return [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(n)]
+def step_seeds(seed: int, step: int, n: int, pool: Sequence[int] = ()) -> list[int]:
+    """Return the ``n`` 32-bit seeds of step ``step`` (a pure function: a resumed run draws the same).
+
+    With a ``pool``, each is one of the pool's seeds, picked by the same draw.
+    """
+    draws = [int(np.random.SeedSequence([seed, step, k]).generate_state(1)[0]) for k in range(n)]
+    return [pool[d % len(pool)] for d in draws] if pool else draws
+
+
+def pool_seeds(pool_seed: int, size: int) -> list[int]:
+    """The ``size`` candidate step seeds of a pool (empty for size 0)."""
+    return [int(s) for s in np.random.SeedSequence([pool_seed, 2**32]).generate_state(size)] if size else []
+
+
+def pool_coefficients(history: Sequence[tuple[int, float]], pool: Sequence[int], n_perturbations: int = 1
+                      ) -> Tensor:
+    """A pooled history as one coefficient per pool seed: Σ g/n over the steps that used it.
+
+    Without weight decay the update is -lr Σ_j c_j z(pool_j), linear in c: the sum of many clients' c is the
+    sum of their updates (FedKSeed, Qin et al., ICML 2024).
+    """
+    index = {s: j for j, s in enumerate(pool)}
+    c = torch.zeros(len(pool), dtype=torch.float64)
+    for seed, g in history:
+        if seed not in index:
+            raise ConfigError(f"mezo: step seed {seed} is not in the seed pool; train with the same seed_pool "
+                              "and pool_seed")
+        c[index[seed]] += g / n_perturbations
+    return c.float()
+
+
+def expand_coefficients(like: Mapping[str, Tensor], c: Tensor, pool: Sequence[int], lr: float) -> dict[str, Tensor]:
+    """The update -lr Σ_j c_j z(pool_j) of the tensors ``like`` (the perturbed ones, any order).
+
+    ``c`` is (K,) for one client or (n, K) for n clients at once: each z is then drawn once for all of them.
+    """
+    names = sorted(like)
+    rows = c.view(-1, len(pool)).to(torch.float32)  # (n, K)
+    out = {n: torch.zeros(len(rows), *like[n].shape, dtype=like[n].dtype) for n in names}
+    for j, seed in enumerate(pool):
+        if not rows[:, j].any():
+            continue
+        for i, n in enumerate(names):
+            z = noise(like[n], seed, i).flatten()
+            out[n].view(len(rows), -1).addr_(rows[:, j].to(z), z, alpha=-lr)
+    return out if c.dim() == 2 else {n: t[0] for n, t in out.items()}
 
 
 def noise(like: Tensor, seed: int, index: int) -> Tensor:

@@ -34,6 +34,8 @@ class DPConfig:
     delta: float = field(default=1e-5, metadata={"help": "The delta of (epsilon, delta)-DP; below 1/num_clients."})
     target_epsilon: float | None = field(default=None, metadata={"help": "Refuse rounds that would exceed it."})
     seed: int = field(default=0, metadata={"help": "Seed of the noise; a round's noise comes from (seed, round)."})
+    kind_scale: dict[str, float] = field(default_factory=dict, metadata={
+        "help": "Mixed-method runs: each update kind's unit relative to clip (dense, lora, zo; default 1)."})
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -54,6 +56,10 @@ class DPConfig:
             out += num("clipped_count_stddev", self.clipped_count_stddev, lambda x: x > 0, "> 0")
         if self.target_epsilon is not None:
             out += num("target_epsilon", self.target_epsilon, lambda x: x > 0, "> 0")
+        for kind, scale in self.kind_scale.items():
+            if kind not in ("dense", "lora", "zo"):
+                out.append(f"kind_scale: unknown kind {kind!r}; use dense, lora or zo")
+            out += num(f"kind_scale.{kind}", scale, lambda x: x > 0, "> 0")
         if self.mode not in MODES:
             out.append(f"mode should be one of {list(MODES)}, got {self.mode!r}")
         if self.accountant not in ACCOUNTANTS:

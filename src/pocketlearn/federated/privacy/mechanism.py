@@ -8,6 +8,7 @@ estimator). Each client counts once (uniform weights): sample-count weights woul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -79,9 +80,12 @@ class PrivacyMechanism:
         return self.accountant.epsilon()
 
     # --- one round -------------------------------------------------------------------------------------------
-    def privatize(self, updates: RoundUpdates, rnd: int) -> dict[str, Tensor]:
+    def privatize(self, updates: RoundUpdates, rnd: int, always: Mapping[str, torch.Size] | None = None
+                  ) -> dict[str, Tensor]:
         """The private mean delta (*shape) of each parameter some client trained; clips ``updates`` in place.
 
+        ``always``: tensors released (noised) every round even when no client of the round trained them, so
+        that which ones appear says nothing about who took part (mixed-method runs).
         Raises PrivacyBudgetError, before anything is released, if this round would exceed target_epsilon.
         """
         local = self.config.mode == "local"
@@ -95,6 +99,8 @@ class PrivacyMechanism:
             add_local_noise_(updates, std, seed=self.config.seed, rnd=rnd)
         with torch.no_grad():
             sums = {name: d.sum(0) for name, d in updates.deltas.items() if _trained(updates, name)}  # (*shape)
+            for name, shape in (always or {}).items():
+                sums.setdefault(name, torch.zeros(shape))
             if not local:
                 add_central_noise_(sums, std, generator)
             means = {name: s.div_(self.expected_clients) for name, s in sums.items()}

@@ -58,7 +58,10 @@ class DPFedAvg(Checked, Strategy):
         return self._mechanism
 
     def apply(self, params: dict[str, Tensor], updates: RoundUpdates) -> None:
-        means = self._mechanism.privatize(updates, self._mechanism.rounds + 1)
+        self.apply_means(params, self._mechanism.privatize(updates, self._mechanism.rounds + 1))
+
+    def apply_means(self, params: dict[str, Tensor], means: dict[str, Tensor]) -> None:
+        """The server step from already private means (mixed-method runs privatize in their wire space)."""
         with torch.no_grad():
             for name, mean in means.items():
                 params[name].add_(mean, alpha=self.server_lr)
