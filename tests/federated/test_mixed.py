@@ -1,17 +1,16 @@
-import json
 
 import pytest
 import torch
 from torch import nn
 
 from pocketlearn.errors import ConfigError
-from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.mixed import ZO_WIRE, Expansion, private_combine, round_options, secure_combine
 from pocketlearn.federated.strategies import make_strategy
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.methods import make_method
 from pocketlearn.methods.mezo import noise, pool_seeds
+from tests.federated.configs import config_with
 
 LR = {"backprop": 0.1, "bias": 0.1, "lora": 0.1, "mezo": 0.01}
 PINS = {"laptop-16g": "backprop", "phone-4g": "lora", "phone-1g": "mezo"}
@@ -23,14 +22,7 @@ MIXED = {"name": "m", "rounds": 3, "clients_per_round": 9, "checkpoint": False,
 
 
 def _config(**changes):
-    raw = json.loads(json.dumps(MIXED))
-    for key, value in changes.items():
-        *parents, leaf = key.split("__")
-        node = raw
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_config(raw)
+    return config_with(MIXED, **changes)
 
 
 def _tiny() -> nn.Module:

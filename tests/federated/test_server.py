@@ -12,6 +12,7 @@ from pocketlearn.errors import ConfigError
 from pocketlearn.federated.config import load_config, parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.metrics import read_metrics
+from tests.federated.configs import config_with
 
 ANCHORS = Path(__file__).resolve().parents[3] / "shared" / "anchors"
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
@@ -22,14 +23,7 @@ SMALL = {"name": "t", "rounds": 4, "clients_per_round": 5,
 
 
 def _config(**changes):
-    raw = json.loads(json.dumps(SMALL))
-    for key, value in changes.items():
-        *parents, leaf = key.split("__")
-        node = raw
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return parse_config(raw)
+    return config_with(SMALL, **changes)
 
 
 @pytest.mark.skipif(not ANCHORS.exists(), reason="needs ../shared/anchors")
