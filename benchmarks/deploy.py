@@ -212,7 +212,7 @@ def main() -> None:
     with console.status(f"deploying to {devices} device processes (minutes: Flower starts a process per message)"):
         dep = deploy(raw, work, devices)
     dep["load_average"] = os.getloadavg()
-    max_diff = max(float((dep["params"][n] - sim["params"][n]).abs().max()) for n in sim["params"])
+    max_diff = max(float((dep["params"][n] - sim["params"][n]).detach().abs().max()) for n in sim["params"])
     text = table(sim, dep, rounds, devices, max_diff)
     out = {k: v for k, v in dep.items() if k != "params"} | {
         "simulator": {k: v for k, v in sim.items() if k != "params"}, "rounds": rounds, "devices": devices,
