@@ -160,7 +160,7 @@ def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], d
     if not methods:
         raise ConfigError("no device of this run can train with any method; see `pocketlearn plan` for budgets")
     shares = {m: methods.count(m) / len(methods) for m in set(methods)}
-    return MixedMethods(copy.deepcopy(template), {m: mixed_method_options(config, m) for m in shares},
+    return MixedMethods(template, {m: mixed_method_options(config, m) for m in shares},
                         c.shuffle_seed, shares)
 
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -48,6 +49,16 @@ from torch import Tensor, nn
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.simulate import base_name
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+
+
+class ZeroOrder(NamedTuple):
+    """What the server needs to read a round's ZO updates: the pooled seeds and the clients' MeZO settings."""
+
+    pool: list[int]
+    lr: float
+    names: list[str]  # the perturbed parameters, sorted (the order z is drawn in)
+    n_perturbations: int
+
 
 KINDS = {"backprop": "dense", "bias": "dense", "sparse": "dense", "lora": "lora", "mezo": "zo"}
 MIXED_METHODS = tuple(KINDS)
@@ -89,7 +100,7 @@ class Expansion:
     params: dict[str, Tensor]  # the global parameters (base names)
     updated: dict[str, set[str]] = field(default_factory=dict)  # method -> global names its clients update
     lora: dict[str, tuple[str, Tensor, float]] = field(default_factory=dict)  # B name -> (weight, A, α/r)
-    zo: tuple[list[int], float, list[str]] | None = None  # the ZO clients' seed pool, lr and perturbed names
+    zo: ZeroOrder | None = None  # the ZO clients' seed pool and settings
     wire: dict[str, dict[str, torch.Size]] = field(default_factory=dict)  # method -> its wire tensors' shapes
 
     @classmethod
@@ -114,7 +125,8 @@ class Expansion:
                 trained = [out.lora[n][0] if n in out.lora else n for n in trained if ".lora_A." not in n]
             elif kind == "zo":
                 cfg = m.config
-                out.zo = (pool_seeds(cfg.pool_seed, cfg.seed_pool), cfg.lr, sorted(trained))
+                out.zo = ZeroOrder(pool_seeds(cfg.pool_seed, cfg.seed_pool), cfg.lr, sorted(trained),
+                                   cfg.n_perturbations)
                 wire = {ZO_WIRE: torch.Size([cfg.seed_pool])}
             out.wire[method] = wire
             unknown = set(trained) - set(params)
@@ -131,8 +143,8 @@ class Expansion:
                 from pocketlearn.methods.mezo import expand_coefficients
 
                 assert self.zo is not None, "coefficients arrived, but no method of this run trains zeroth-order"
-                pool, lr, names = self.zo
-                delta = expand_coefficients({n: self.params[n] for n in names}, t, pool, lr)
+                zo = self.zo
+                delta = expand_coefficients({n: self.params[n] for n in zo.names}, t, zo.pool, zo.lr)
             elif name in self.lora:
                 weight, a, scale = self.lora[name]
                 delta = {weight: (scale * (t.flatten(1) @ a.flatten(1))).view(self.params[weight].shape)}
@@ -141,6 +153,14 @@ class Expansion:
             for n, d in delta.items():
                 out[n] = out[n] + d if n in out else d
         return out
+
+    def zo_wire(self, updates: RoundUpdates, histories: list[list[tuple[int, float]]]) -> RoundUpdates:
+        """ZO clients' wire form: each client's (seed, g) history as one coefficient per pooled seed."""
+        from pocketlearn.methods.mezo import pool_coefficients
+
+        assert self.zo is not None, "a ZO history arrived, but no method of this run trains zeroth-order"
+        coefficients = torch.stack([pool_coefficients(h, self.zo.pool, self.zo.n_perturbations) for h in histories])
+        return RoundUpdates(updates.client_ids, updates.num_samples, {ZO_WIRE: coefficients})
 
     def expand(self, method: str, updates: RoundUpdates) -> RoundUpdates:
         """Every client's wire update in ``updates`` as rows of global-parameter deltas."""

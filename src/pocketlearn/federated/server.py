@@ -253,18 +253,6 @@ class FederatedServer:
                                    seed=rnd)
         return mean, int(ledger.sent.sum()), int(ledger.received.sum())
 
-    def _upload_coefficients(self, u: RoundUpdates, histories: list[list[tuple[int, float]]], method: str,
-                             rnd: int) -> tuple[RoundUpdates, list[int]]:
-        """Mixed runs: a ZO client's wire update is one coefficient per seed of the round's pool."""
-        from pocketlearn.federated.mixed import ZO_WIRE
-        from pocketlearn.methods.mezo import MezoConfig, pool_coefficients, pool_seeds
-
-        config = MezoConfig.from_dict(self._local(method, rnd).method_options())
-        pool = pool_seeds(config.pool_seed, config.seed_pool)
-        coefficients = torch.stack([pool_coefficients(h, pool, config.n_perturbations) for h in histories])
-        wire = RoundUpdates(u.client_ids, u.num_samples, {ZO_WIRE: coefficients})
-        return wire, self._upload(wire, rnd)
-
     def _local(self, method: str, rnd: int) -> LocalTraining:
         if self.policy.mixed is None:
             return replace(self.local, method=method)
@@ -287,7 +275,8 @@ class FederatedServer:
             if self.policy.attack:
                 self.policy.attack.poison(u, rnd)
             if expansion is not None and method in expansion.wire and result.histories is not None:
-                u, sizes = self._upload_coefficients(u, result.histories, method, rnd)
+                u = expansion.zo_wire(u, result.histories)  # one coefficient per seed of the round's pool
+                sizes = self._upload(u, rnd)
             elif self.policy.seed_exchange and result.histories is not None:
                 sizes = self._upload_seeds(u, result.histories, start)
             elif result.payload_bytes is not None:  # encoded on the devices, decoded by the engine
