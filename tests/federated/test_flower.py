@@ -51,12 +51,12 @@ def _assert_same_params(a, b, atol=1e-5):
 class LocalGrid:
     """A Flower Grid whose nodes are ClientApp calls in this process (``dead`` nodes never answer)."""
 
-    def __init__(self, node_configs, run_config, dead=()):
+    def __init__(self, node_configs, run_config, dead=(), garbled=()):
         from flwr.supercore.task_identity import TaskIdentity
 
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a ServerApp process has
         self.nodes = {1000 + i: nc for i, nc in enumerate(node_configs)}
-        self.run_config, self.dead, self.replies = run_config, set(dead), {}
+        self.run_config, self.dead, self.garbled, self.replies = run_config, set(dead), set(garbled), {}
 
     def get_node_ids(self):
         return list(self.nodes)
@@ -73,19 +73,22 @@ class LocalGrid:
             node = m.metadata.dst_node_id
             if node not in self.dead:
                 context = Context(1, node, self.nodes[node], RecordDict(), self.run_config)
-                self.replies[m.metadata.message_id] = client_app(m, context)
+                reply = client_app(m, context)
+                if node in self.garbled:  # a device (or something posing as one) that answers nonsense
+                    reply.content = RecordDict()
+                self.replies[m.metadata.message_id] = reply
         return ids
 
     def pull_messages(self, ids):
         return [self.replies.pop(i) for i in list(ids) if i in self.replies]
 
 
-def _deploy_in_process(cfg, tmp_path, dead=(), round_timeout_s=5.0):
+def _deploy_in_process(cfg, tmp_path, dead=(), round_timeout_s=5.0, garbled=()):
     files = write_partition(cfg, tmp_path / "data")
     nodes = [describe_examples(f, "laptop-16g").node_config() for f in files]
     settings = ServeSettings(cfg, tmp_path / "run", round_timeout_s=round_timeout_s, min_devices=len(files),
                              join_timeout_s=1.0)
-    grid = LocalGrid(nodes, settings.run_config(), [1000 + d for d in dead])
+    grid = LocalGrid(nodes, settings.run_config(), [1000 + d for d in dead], [1000 + g for g in garbled])
     return run_rounds(grid, settings.run_config(), say=lambda line: None), tmp_path / "run"
 
 
@@ -116,6 +119,11 @@ def test_a_silent_device_is_left_out_and_the_round_completes(tmp_path):
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["finished"] for r in records] == [4, 4, 4]
     assert summary["stragglers"] == 3 and summary["rounds"] == 3
+
+
+def test_a_device_that_answers_nonsense_is_left_out_and_the_rounds_complete(tmp_path):
+    summary, run_dir = _deploy_in_process(_config(), tmp_path, garbled=[1], round_timeout_s=0.5)
+    assert [r["finished"] for r in read_metrics(run_dir / "metrics.jsonl")] == [4, 4, 4]
 
 
 def test_simulation_only_settings_are_refused_all_at_once():

@@ -86,13 +86,17 @@ class FlowerEngine:
         found = []
         for message, reply, _ in self._exchange(messages, timeout_s):
             node = message.metadata.dst_node_id
-            if reply is None or reply.has_error():
-                reason = "no reply" if reply is None else reply.error.reason
+            info, reason = None, "no reply" if reply is None else reply.error.reason if reply.has_error() else ""
+            if not reason:
+                try:
+                    info = DeviceInfo.from_records(reply.content)
+                except (KeyError, TypeError, ValueError) as err:
+                    reason = f"a malformed answer: {err}"
+            if info is None:
                 self.say(f"SuperNode {node} did not say which client it holds ({reason}); asking again later")
                 self.silent[node] = time.monotonic() + 5 * self.query_timeout_s
                 continue
             self.silent.pop(node, None)
-            info = DeviceInfo.from_records(reply.content)
             if info.client_id in self.node_of:
                 self.say(f"client {info.client_id} is now on SuperNode {node} (was {self.node_of[info.client_id]})")
                 self._forget(self.node_of[info.client_id])
