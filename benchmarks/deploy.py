@@ -3,13 +3,15 @@
     python benchmarks/deploy.py           # full: writes results/deploy.{json,md}
     python benchmarks/deploy.py --quick   # fewer rounds (CI); results/deploy-quick.*
 
-Workload: digits, MLP 64-128-10, 5 clients (Dirichlet 0.5), all 5 every round, FedAvg, 1 local epoch of SGD.
-The same config runs twice: ``fed simulate``'s engine in this process, then ``fed serve`` with 5 ``fed join``
-device processes on loopback, TLS and node authentication on (the default). Each device reaches the server
+Workload: digits, MLP 64-128-10, 5 clients (Dirichlet 0.5), all 5 every round, FedAvg, 1 local epoch of SGD;
+once as is and once with secure aggregation (four more exchanges per round: keys, shares, masked inputs,
+unmasking). Each config runs twice: ``fed simulate``'s engine in this process, then ``fed serve`` with 5
+``fed join`` device processes on loopback, TLS and node authentication on (the default). Each device reaches the server
 through a byte-counting TCP proxy, so besides our payload bytes (``len(payload)`` of the codec output, what
 both runs count) the table shows what crossed the socket: TLS records of Flower's HTTP API, its polling,
-heartbeats and the app bundle included. All processes share this machine's cores (one each on a 2-core
-box), so a deployed round here measures Flower's per-message process start and polling as much as training.
+heartbeats and the app bundle included. Each device keeps one ClientApp process for all its messages (``fed
+join``'s worker); all processes share this machine's cores, so a deployed round here measures Flower's polling
+(an idle SuperNode asks for messages every 3 s) and HTTP/TLS transfers as much as training.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ POCKETLEARN = str(Path(sys.executable).parent / "pocketlearn")
 console = Console()
 
 
-def config(rounds: int, devices: int) -> dict[str, Any]:
-    return {"name": "deploy-bench", "rounds": rounds, "clients_per_round": devices, "model": {"name": "digits-mlp"},
-            "data": {"name": "digits", "partition": "dirichlet", "num_clients": devices},
-            "devices": {"availability": False}, "eval": {"every": rounds}}
+def config(rounds: int, devices: int, secagg: bool = False) -> dict[str, Any]:
+    raw = {"name": "deploy-bench", "rounds": rounds, "clients_per_round": devices, "model": {"name": "digits-mlp"},
+           "data": {"name": "digits", "partition": "dirichlet", "num_clients": devices},
+           "devices": {"availability": False}, "eval": {"every": rounds}}
+    if secagg:
+        raw |= {"name": "deploy-bench-secagg", "secagg": {"enabled": True, "clip": 0.5, "threshold": 0.6}}
+    return raw
 
 
 class CountingProxy:
@@ -171,30 +176,42 @@ def wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: flo
         time.sleep(0.2)
 
 
-def table(sim: dict[str, Any], dep: dict[str, Any], rounds: int, devices: int, max_diff: float) -> str:
-    per_round_tcp_up = sum(dep["tcp_bytes_up"]) / devices / rounds
-    per_round_tcp_down = sum(dep["tcp_bytes_down"]) / devices / rounds
-    load = ", ".join(f"{x:.1f}" for x in dep["load_average"])
+def table(runs: dict[str, tuple[dict[str, Any], dict[str, Any], float]], rounds: int, devices: int) -> str:
+    """One column pair (simulator, deployment) per variant."""
+    load = ", ".join(f"{x:.1f}" for x in next(iter(runs.values()))[1]["load_average"])
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, sim: Any, dep: Any) -> None:
+        rows.append((label, [c for pair in zip(sim, dep, strict=True) for c in pair]))
+
+    cols = list(runs.values())
+    tcp = {way: [sum(d[f"tcp_bytes_{way}"]) / devices / rounds for _, d, _ in cols] for way in ("down", "up")}
+    row("rounds per minute (training rounds only)", [f"{s['rounds_per_min']:.0f}" for s, _, _ in cols],
+        [f"{d['rounds_per_min']:.2f}" for _, d, _ in cols])
+    row("seconds per round", [f"{60 / s['rounds_per_min']:.3f}" for s, _, _ in cols],
+        [f"{60 / d['rounds_per_min']:.1f}" for _, d, _ in cols])
+    row("setup (s)", [f"{s['setup_s']:.1f}" for s, _, _ in cols],
+        [f"{d['setup_s']:.1f} ({d['wall_s']:.0f} s wall)" for _, d, _ in cols])
+    row("a device's train message: from the server's send to its reply (s)", ["-"] * len(cols),
+        [f"{d['reply_s_per_round']:.1f}" for _, d, _ in cols])
+    row("... of which pocketlearn's train handler on the device (s)", ["-"] * len(cols),
+        [f"{d['device_s_per_round']:.2f}" for _, d, _ in cols])
+    for way in ("down", "up"):
+        key = f"bytes_{way}_per_client_round"
+        row(f"payload bytes {way} per device per round", [f"{s[key]:,}" for s, _, _ in cols],
+            [f"{d[key]:,}" for _, d, _ in cols])
+    for way in ("down", "up"):
+        row(f"TCP bytes {way} per device per round (TLS, all Flower traffic)", ["-"] * len(cols),
+            [f"{t:,.0f} ({t / d[f'bytes_{way}_per_client_round']:.1f}x payload)"
+             for t, (_, d, _) in zip(tcp[way], cols, strict=True)])
+    row("final accuracy", [f"{s['accuracy']:.4f}" for s, _, _ in cols], [f"{d['accuracy']:.4f}" for _, d, _ in cols])
+    row("largest weight difference, deployed vs simulated", [""] * len(cols), [f"{m:.1e}" for _, _, m in cols])
+    head = " | ".join(f"{name}: simulator | {name}: Flower" for name in runs)
     lines = [f"{devices} devices, {rounds} rounds, digits MLP (38.6 kB of weights); TLS + node auth on loopback; "
-             f"{os.cpu_count()} cores, load average {load} (1, 5, 15 min) at the end.", "",
-             "| | simulator | Flower deployment |", "|---|---:|---:|",
-             f"| rounds per minute (training rounds only) | {sim['rounds_per_min']:.0f} | "
-             f"{dep['rounds_per_min']:.2f} |",
-             f"| seconds per round | {60 / sim['rounds_per_min']:.3f} | {60 / dep['rounds_per_min']:.1f} |",
-             f"| setup (s) | {sim['setup_s']:.1f} | {dep['setup_s']:.1f} (ServerApp; {dep['wall_s']:.0f} s wall "
-             "for the whole command) |",
-             f"| a device's round: from the server's send to its reply (s) | - | {dep['reply_s_per_round']:.1f} |",
-             f"| ... of which pocketlearn's train handler on the device (s) | - | {dep['device_s_per_round']:.2f} |",
-             f"| payload bytes down per device per round | {sim['bytes_down_per_client_round']:,} | "
-             f"{dep['bytes_down_per_client_round']:,} |",
-             f"| payload bytes up per device per round | {sim['bytes_up_per_client_round']:,} | "
-             f"{dep['bytes_up_per_client_round']:,} |",
-             f"| TCP bytes down per device per round (TLS, all Flower traffic) | - | {per_round_tcp_down:,.0f} "
-             f"({per_round_tcp_down / dep['bytes_down_per_client_round']:.1f}x payload) |",
-             f"| TCP bytes up per device per round (TLS, all Flower traffic) | - | {per_round_tcp_up:,.0f} "
-             f"({per_round_tcp_up / dep['bytes_up_per_client_round']:.1f}x payload) |",
-             f"| final accuracy | {sim['accuracy']:.4f} | {dep['accuracy']:.4f} |",
-             f"| largest weight difference, deployed vs simulated | | {max_diff:.1e} |"]
+             f"{os.cpu_count()} cores, load average {load} (1, 5, 15 min) at the end. Secure aggregation's payload "
+             "bytes are its protocol messages (keys, sealed shares, masked input, unmasking).", "",
+             f"| | {head} |", "|---|" + "---:|" * (2 * len(cols))]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -203,20 +220,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5 (CI)")
     args = parser.parse_args()
     rounds, devices = (2, 5) if args.quick else (5, 5)
-    raw = config(rounds, devices)
     stem = "deploy-quick" if args.quick else "deploy"
-    work = RESULTS / f"{stem}-runs"
-    work.mkdir(parents=True, exist_ok=True)
-    with console.status("simulating"):
-        sim = simulate(raw)
-    with console.status(f"deploying to {devices} device processes (minutes: Flower starts a process per message)"):
-        dep = deploy(raw, work, devices)
-    dep["load_average"] = os.getloadavg()
-    max_diff = max(float((dep["params"][n] - sim["params"][n]).detach().abs().max()) for n in sim["params"])
-    text = table(sim, dep, rounds, devices, max_diff)
-    out = {k: v for k, v in dep.items() if k != "params"} | {
-        "simulator": {k: v for k, v in sim.items() if k != "params"}, "rounds": rounds, "devices": devices,
-        "max_weight_diff": max_diff}
+    runs: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {}
+    for name, secagg in (("plain", False), ("secure aggregation", True)):
+        raw = config(rounds, devices, secagg)
+        work = RESULTS / f"{stem}-runs" / raw["name"]
+        work.mkdir(parents=True, exist_ok=True)
+        with console.status(f"{name}: simulating"):
+            sim = simulate(raw)
+        with console.status(f"{name}: deploying to {devices} device processes (a minute or two)"):
+            dep = deploy(raw, work, devices)
+        dep["load_average"] = os.getloadavg()
+        max_diff = max(float((dep["params"][n] - sim["params"][n]).detach().abs().max()) for n in sim["params"])
+        runs[name] = (sim, dep, max_diff)
+    text = table(runs, rounds, devices)
+    out = {name: {k: v for k, v in dep.items() if k != "params"} | {
+        "simulator": {k: v for k, v in sim.items() if k != "params"}, "max_weight_diff": max_diff}
+        for name, (sim, dep, max_diff) in runs.items()} | {"rounds": rounds, "devices": devices}
     (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     (RESULTS / f"{stem}.md").write_text(text)
     if not args.quick:

@@ -4,7 +4,6 @@ The first tests route Flower messages in this process (no network), the others s
 and SuperNodes as processes on loopback; every process a test starts, its fixture stops (process trees).
 """
 
-import json
 import os
 import socket
 import subprocess
@@ -18,78 +17,14 @@ import torch
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
-from pocketlearn.federated.flower.deploy import ServeSettings, deployment_problems, run_rounds
-from pocketlearn.federated.flower.device import describe_examples
+from pocketlearn.federated.flower.deploy import deployment_problems
 from pocketlearn.federated.flower.launch import Endpoint, SuperLink, stop_trees, tail
 from pocketlearn.federated.flower.partition import write_partition
 from pocketlearn.federated.flower.tls import default_names, device_key, self_signed
 from pocketlearn.federated.metrics import read_metrics
+from tests.federated.flower_local import assert_same_params, config, deploy_in_process, simulated_params
 
 POCKETLEARN = str(Path(sys.executable).parent / "pocketlearn")
-CONFIG = {"name": "dep", "rounds": 3, "clients_per_round": 5, "model": {"name": "digits-mlp"},
-          "data": {"name": "digits", "partition": "dirichlet", "num_clients": 5},
-          "devices": {"availability": False}, "eval": {"every": 1}}
-
-
-def _config(**sections):
-    return parse_config({**json.loads(json.dumps(CONFIG)), **sections})
-
-
-def _simulated_params(cfg):
-    server, _ = build_server(cfg, None)
-    server.run(cfg.rounds)
-    return server.params
-
-
-def _assert_same_params(a, b, atol=1e-5):
-    assert set(a) == set(b)
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=atol), (name, (a[name] - b[name]).abs().max().item())
-
-
-# --- in process: Flower messages routed to the ClientApp without a network ---------------------------------------
-class LocalGrid:
-    """A Flower Grid whose nodes are ClientApp calls in this process (``dead`` nodes never answer)."""
-
-    def __init__(self, node_configs, run_config, dead=(), garbled=()):
-        from flwr.supercore.task_identity import TaskIdentity
-
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1  # what a ServerApp process has
-        self.nodes = {1000 + i: nc for i, nc in enumerate(node_configs)}
-        self.run_config, self.dead, self.garbled, self.replies = run_config, set(dead), set(garbled), {}
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-    def push_messages(self, messages):
-        from flwr.app import Context, RecordDict
-
-        from pocketlearn.federated.flower.app import client_app
-
-        ids = []
-        for m in messages:
-            m.metadata.__dict__["_message_id"] = m.object_id
-            ids.append(m.metadata.message_id)
-            node = m.metadata.dst_node_id
-            if node not in self.dead:
-                context = Context(1, node, self.nodes[node], RecordDict(), self.run_config)
-                reply = client_app(m, context)
-                if node in self.garbled:  # a device (or something posing as one) that answers nonsense
-                    reply.content = RecordDict()
-                self.replies[m.metadata.message_id] = reply
-        return ids
-
-    def pull_messages(self, ids):
-        return [self.replies.pop(i) for i in list(ids) if i in self.replies]
-
-
-def _deploy_in_process(cfg, tmp_path, dead=(), round_timeout_s=5.0, garbled=()):
-    files = write_partition(cfg, tmp_path / "data")
-    nodes = [describe_examples(f, "laptop-16g").node_config() for f in files]
-    settings = ServeSettings(cfg, tmp_path / "run", round_timeout_s=round_timeout_s, min_devices=len(files),
-                             join_timeout_s=1.0)
-    grid = LocalGrid(nodes, settings.run_config(), [1000 + d for d in dead], [1000 + g for g in garbled])
-    return run_rounds(grid, settings.run_config(), say=lambda line: None), tmp_path / "run"
 
 
 MEZO = {"method": "mezo", "lr": 1e-3, "options": {"eps": 1e-3}}
@@ -101,11 +36,11 @@ DP = {"name": "dp-fedavg", "options": {"dp": {"noise_multiplier": 0.5}}}
                                       {"strategy": DP}],
                          ids=["float32", "q8-fp16", "mezo-seeds", "bias", "dp-fedavg"])
 def test_flower_messages_reach_the_simulators_weights_and_bytes(tmp_path, sections):
-    cfg = _config(**sections)
+    cfg = config(**sections)
     server, _ = build_server(cfg, None)
     simulated = server.run(cfg.rounds)
-    summary, run_dir = _deploy_in_process(cfg, tmp_path)
-    _assert_same_params(torch.load(run_dir / "state.pt")["params"], server.params, atol=1e-6)
+    summary, run_dir = deploy_in_process(cfg, tmp_path)
+    assert_same_params(torch.load(run_dir / "state.pt")["params"], server.params, atol=1e-6)
     deployed = read_metrics(run_dir / "metrics.jsonl")
     assert [r["bytes_up"] for r in deployed] == [r.bytes_up for r in simulated]
     assert [r["bytes_down"] for r in deployed] == [r.bytes_down for r in simulated]
@@ -115,28 +50,35 @@ def test_flower_messages_reach_the_simulators_weights_and_bytes(tmp_path, sectio
 
 
 def test_a_silent_device_is_left_out_and_the_round_completes(tmp_path):
-    summary, run_dir = _deploy_in_process(_config(), tmp_path, dead=[2], round_timeout_s=0.5)
+    summary, run_dir = deploy_in_process(config(), tmp_path, dead=[2], round_timeout_s=0.5)
     records = read_metrics(run_dir / "metrics.jsonl")
     assert [r["finished"] for r in records] == [4, 4, 4]
     assert summary["stragglers"] == 3 and summary["rounds"] == 3
 
 
 def test_a_device_that_answers_nonsense_is_left_out_and_the_rounds_complete(tmp_path):
-    summary, run_dir = _deploy_in_process(_config(), tmp_path, garbled=[1], round_timeout_s=0.5)
+    summary, run_dir = deploy_in_process(config(), tmp_path, garbled=[1], round_timeout_s=0.5)
     assert [r["finished"] for r in read_metrics(run_dir / "metrics.jsonl")] == [4, 4, 4]
 
 
 def test_simulation_only_settings_are_refused_all_at_once():
-    cfg = _config(secagg={"enabled": True}, attack={"fraction": 0.2}, devices={"dropout": 0.1},
-                  codec={"up": "topk0.1"})
+    mixed = {"method": "backprop", "methods": {"phone-1g": "mezo"}}
+    cfg = config(secagg={"enabled": True}, attack={"fraction": 0.2}, client=mixed,
+                 devices={"dropout": 0.1, "mix": {"laptop-16g": 0.5, "phone-1g": 0.5}})
     problems = deployment_problems(cfg)
-    assert len(problems) == 4
-    assert any("secagg" in p for p in problems) and any("error_feedback" in p for p in problems)
-    assert deployment_problems(_config()) == []
+    assert len(problems) == 3
+    assert problems[0].startswith("attack.fraction") and problems[1].startswith("devices.dropout")
+    assert problems[2].startswith("secagg.enabled with mixed methods")
+    assert deployment_problems(config()) == []
+    # what devices now do themselves: error feedback, local DP, mixed methods, secure aggregation of one method
+    local_dp = {"name": "dp-fedavg", "options": {"dp": {"mode": "local"}}}
+    assert deployment_problems(config(codec={"up": "topk0.1"}, strategy=local_dp, client=mixed,
+                                      devices={"mix": {"laptop-16g": 0.5, "phone-1g": 0.5}})) == []
+    assert deployment_problems(config(secagg={"enabled": True})) == []
 
 
 def test_partition_files_hold_the_simulators_clients(tmp_path):
-    cfg = _config()
+    cfg = config()
     from pocketlearn.data.files import load_examples
     from pocketlearn.federated.experiment import load_federated_data
 
@@ -208,17 +150,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _write_config(tmp_path, name):
+SECAGG = {"enabled": True, "clip": 0.5, "threshold": 0.6}
+
+
+def _write_config(tmp_path, name, secagg=False):
     lines = [f'name = "{name}"', "rounds = 3", "clients_per_round = 5", "[model]", 'name = "digits-mlp"', "[data]",
              'name = "digits"', 'partition = "dirichlet"', "num_clients = 5", "[devices]", "availability = false"]
+    if secagg:
+        lines += ["[secagg]", "enabled = true", "clip = 0.5", "threshold = 0.6"]
     path = tmp_path / f"{name}.toml"
     path.write_text("\n".join(lines) + "\n")
-    assert parse_config(__import__("tomllib").loads(path.read_text())) == _config(name=name)
+    expected = config(name=name, secagg=SECAGG) if secagg else config(name=name)
+    assert parse_config(__import__("tomllib").loads(path.read_text())) == expected
     return path
 
 
 def _devices(processes, tmp_path, port, *, secure=None, skip=()):
-    files = write_partition(_config(), tmp_path / "data")
+    files = write_partition(config(), tmp_path / "data")
     for c, f in enumerate(files):
         if c in skip:
             continue
@@ -231,8 +179,9 @@ def _devices(processes, tmp_path, port, *, secure=None, skip=()):
 
 
 @pytest.mark.timeout(900)
-def test_five_devices_over_flower_with_tls_and_node_auth_match_the_simulator(tmp_path, processes):
-    cfg_path, port = _write_config(tmp_path, "secure"), _free_port()
+def test_five_devices_over_flower_with_tls_node_auth_and_secure_aggregation_match_the_simulator(tmp_path, processes):
+    """Each device keeps its secure-aggregation secrets in its SuperNode's state across the protocol's messages."""
+    cfg_path, port = _write_config(tmp_path, "secure", secagg=True), _free_port()
     tls = self_signed(tmp_path / "runs" / "secure" / "tls", default_names("127.0.0.1"))  # serve reuses it
     keys = tmp_path / "keys"
     for c in range(5):
@@ -244,7 +193,7 @@ def test_five_devices_over_flower_with_tls_and_node_auth_match_the_simulator(tmp
     _devices(processes, tmp_path, port, secure={"ca": tls.ca, "keys": keys})
     assert processes.wait("server", 800) == 0, processes.logs()
     deployed = torch.load(tmp_path / "runs" / "secure" / "state.pt")["params"]
-    _assert_same_params(deployed, _simulated_params(_config(name="secure")))
+    assert_same_params(deployed, simulated_params(config(name="secure", secagg=SECAGG)))
     records = read_metrics(tmp_path / "runs" / "secure" / "metrics.jsonl")
     assert [r["finished"] for r in records] == [5, 5, 5], processes.logs()
 
@@ -257,7 +206,7 @@ def test_an_unregistered_device_is_refused(tmp_path, processes):
         link.start()
         link.register([device_key(tmp_path / "known.key")])
         device_key(tmp_path / "stranger.key")
-        data = write_partition(_config(), tmp_path / "data", clients=[0])[0]
+        data = write_partition(config(), tmp_path / "data", clients=[0])[0]
         for who in ("known", "stranger"):
             processes.start(who, "fed", "join", "--server", f"127.0.0.1:{port}", "--data", data, "--device",
                             "laptop-16g", "--root-certificates", tls.ca, "--key", tmp_path / f"{who}.key")
@@ -328,4 +277,4 @@ def test_a_restarted_server_resumes_from_its_checkpoint(tmp_path, processes):
     assert processes.wait("server-again", 600) == 0, processes.logs()
     assert "resuming" in (tmp_path / "server-again.log").read_text()
     assert [r["round"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
-    _assert_same_params(torch.load(run_dir / "state.pt")["params"], _simulated_params(_config(name="restart")))
+    assert_same_params(torch.load(run_dir / "state.pt")["params"], simulated_params(config(name="restart")))

@@ -167,6 +167,9 @@ class Expansion:
         kind = kind_of(method)
         if kind == "dense":
             return updates
+        if not len(updates):  # a group of real devices none of which answered
+            empty = {n: self.params[n].new_zeros((0, *self.params[n].shape)) for n in sorted(self.updated[method])}
+            return RoundUpdates([], updates.num_samples.clone(), empty)
         if kind == "zo":  # all clients at once: each pooled z is drawn once
             deltas = self.to_params({ZO_WIRE: updates.deltas[ZO_WIRE]})
         else:
@@ -205,6 +208,10 @@ class MixedMethods:
 
     def expansion(self, params: dict[str, Tensor], rnd: int) -> Expansion:
         return Expansion.build(self.template, params, self.round_options(rnd))
+
+    def wire_shapes(self, params: dict[str, Tensor], rnd: int, method: str) -> dict[str, torch.Size]:
+        """The tensors a ``method`` client sends in round ``rnd``, with their shapes (what its payload decodes to)."""
+        return Expansion.build(self.template, params, {method: self.round_options(rnd)[method]}).wire[method]
 
     def updater_share(self, expansion: Expansion) -> dict[str, float]:
         """Per global parameter, the share of eligible clients whose method updates it."""
@@ -256,11 +263,16 @@ def _protocol_groups(groups: list[tuple[str, RoundUpdates]]) -> list[tuple[list[
     return out
 
 
+def kind_unit(kind_scale: Mapping[str, float], method: str) -> float:
+    """The unit a ``method`` client's wire update is divided by before clipping (``dp.kind_scale``, default 1)."""
+    return float(kind_scale.get(kind_of(method), 1.0))
+
+
 def private_combine(groups: list[tuple[str, RoundUpdates]], expansion: Expansion, mixed: MixedMethods,
                     mechanism: object) -> dict[str, Tensor]:
     """DP-FedAvg in the wire space (see the module docstring): each global parameter's private mean delta."""
     config = mechanism.config  # type: ignore[attr-defined]
-    unit = {n: config.kind_scale.get(kind_of(m), 1.0) for m, shapes in expansion.wire.items() for n in shapes}
+    unit = {n: kind_unit(config.kind_scale, m) for m, shapes in expansion.wire.items() for n in shapes}
     clients = [ClientUpdate(u.client_ids[k], 1, {n: t / unit[n] for n, t in u.client_delta(k).items()})
                for _, u in groups for k in range(len(u))]
     always = {n: shape for shapes in expansion.wire.values() for n, shape in shapes.items()}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -105,6 +106,7 @@ class FederatedServer:
         self.evaluate, self.run_dir, self.fingerprint = evaluate, run_dir, fingerprint
         self.checkpoint = checkpoint
         self.round = 0
+        self.run_id = secrets.token_hex(8)  # new for a fresh run, restored on resume (devices key state by it)
         self.last_round = 0  # evaluated whatever eval_every says
         self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
@@ -127,7 +129,7 @@ class FederatedServer:
         if self.state_path is None:
             return
         save_checkpoint(self.state_path, {
-            "fingerprint": self.fingerprint, "round": self.round,
+            "fingerprint": self.fingerprint, "round": self.round, "run_id": self.run_id,
             "params": {n: p.detach().clone() for n, p in self.params.items()},
             "strategy": self.strategy.state_dict(), "sampler": json.dumps(self.sampler.state_dict()),
             "feedback": self.feedback.state_dict() if self.feedback else {},
@@ -149,6 +151,7 @@ class FederatedServer:
         if self.feedback:
             self.feedback.load_state_dict(state.get("feedback", {}))
         self.round = int(state["round"])
+        self.run_id = str(state.get("run_id", self.run_id))
         if self.log:
             self.log.truncate(self.round)
         return True
@@ -179,7 +182,9 @@ class FederatedServer:
                 finished, up, secagg_received = secure_combine(wire, expansion, threshold=cfg.threshold,
                                                                clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd)
             elif self.policy.secagg is not None:
-                finished, up, secagg_received = self._secure_mean(finished, rnd)
+                secured = results[0].secure if len(results) == 1 else None  # the devices ran the protocol
+                finished, up, secagg_received = (secured.mean, secured.sent, secured.received) if secured \
+                    else self._secure_mean(finished, rnd)
             if expansion is not None and hasattr(self.strategy, "mechanism"):
                 from pocketlearn.federated.mixed import private_combine
 

@@ -79,12 +79,23 @@ class LocalTraining:
 
 
 @dataclass
+class SecureMean:
+    """A round the clients aggregated securely among themselves: the server holds only the mean (one row)."""
+
+    mean: RoundUpdates
+    sent: int  # the protocol's bytes, all clients together
+    received: int
+
+
+@dataclass
 class RoundResult:
     updates: RoundUpdates
     train_loss: Tensor  # (K,) each client's mean training loss
     histories: list[list[tuple[int, float]]] | None = None  # MeZO clients' (seed, g) pairs, for seed exchange
     payload_bytes: list[int] | None = None  # each client's uplink payload as it crossed a real network (the
     # updates are then already decoded); None: the server encodes them itself, as in simulation
+    secure: SecureMean | None = None  # set by engines whose clients ran secure aggregation (updates are then
+    # placeholders that say who finished)
 
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int

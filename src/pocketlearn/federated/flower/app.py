@@ -49,6 +49,40 @@ def _train(message: Message, context: Context) -> Message:
     return _reply(message, work)
 
 
+@client_app.train("secagg")
+def _secure_train(message: Message, context: Context) -> Message:
+    def work() -> Any:
+        from pocketlearn.federated.flower.deploy import run_config_of
+        from pocketlearn.federated.flower.device import DeviceSetup, train_request
+        from pocketlearn.federated.flower.secure import device_train
+
+        setup, config = DeviceSetup.from_node_config(context.node_config), run_config_of(context.run_config)
+        return device_train(message.content, context.state, lambda request: train_request(request, config, setup))
+
+    return _reply(message, work)
+
+
+@client_app.query("secagg_share")
+def _secure_share(message: Message, context: Context) -> Message:
+    from pocketlearn.federated.flower.secure import device_share
+
+    return _reply(message, lambda: device_share(message.content, context.state))
+
+
+@client_app.query("secagg_mask")
+def _secure_mask(message: Message, context: Context) -> Message:
+    from pocketlearn.federated.flower.secure import device_mask
+
+    return _reply(message, lambda: device_mask(message.content, context.state))
+
+
+@client_app.query("secagg_unmask")
+def _secure_unmask(message: Message, context: Context) -> Message:
+    from pocketlearn.federated.flower.secure import device_unmask
+
+    return _reply(message, lambda: device_unmask(message.content, context.state))
+
+
 def _reply(message: Message, work: Any) -> Message:
     """The handler's records as the reply; a pocketlearn error becomes an error reply naming the fix."""
     try:

@@ -53,27 +53,23 @@ def run_config_of(run_config: Any) -> RunConfig:
 
 def deployment_problems(config: RunConfig) -> list[str]:
     """Everything in ``config`` that only a simulation can do, each with the way out (empty: deployable)."""
-    from pocketlearn.federated.codecs import make_codec
+    from pocketlearn.federated.experiment import is_mixed
 
     problems = []
-    if config.secagg.enabled:
-        problems.append("secagg.enabled: secure aggregation needs rounds of key exchange and unmasking between "
-                        "devices, which one train message per client does not carry yet; set "
-                        "secagg.enabled = false (or run it in `fed simulate`)")
     if config.attack.fraction:
         problems.append("attack.fraction: malicious clients are a simulation of poisoned updates; set it to 0")
     if config.devices.dropout:
         problems.append("devices.dropout: real devices drop out by themselves (a round waits --round-timeout "
                         "seconds for them); set it to 0")
-    if config.codec.up not in ("seeds", "float32") and config.codec.error_feedback and \
-            make_codec(config.codec.up).biased:
-        problems.append(f"codec.error_feedback with codec.up = {config.codec.up!r}: the residuals would have to "
-                        "live on each device across rounds and server restarts; set codec.error_feedback = false "
-                        "or use an unbiased codec (q8, rand0.3, ...)")
     dp = config.strategy.options.get("dp", {})
-    if config.strategy.name == "dp-fedavg" and isinstance(dp, dict) and dp.get("mode") == "local":
-        problems.append("strategy dp mode 'local': the noise would be added by the server after it saw each "
-                        "update; use mode = 'central' with real devices")
+    if config.codec.up == "seeds" and config.strategy.name == "dp-fedavg" and isinstance(dp, dict) and \
+            dp.get("mode") == "local":
+        problems.append("codec.up = 'seeds' with dp mode 'local': a device cannot noise MeZO's (seed, g) pairs, "
+                        "only an update; use codec.up = 'float32' (or another codec) with local DP")
+    if config.secagg.enabled and is_mixed(config):
+        problems.append("secagg.enabled with mixed methods (client.method = 'auto' or client.methods): secure "
+                        "aggregation per method group runs in `fed simulate` only; pin one client.method for "
+                        "real devices, or set secagg.enabled = false")
     return problems
 
 
@@ -95,9 +91,6 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
     check_deployable(cfg)
     engine = FlowerEngine(grid, round_timeout_s=settings.round_timeout_s, say=say)
     server, data = build_server(cfg, settings.run_dir, engine=engine)
-    if getattr(server.policy, "mixed", None) is not None:
-        raise ConfigError("mixed-method rounds (client.method = 'auto' or client.methods) run in `fed simulate` "
-                          "only for now; pin one client.method for real devices")
     if cfg.devices.deadline_s is not None:
         say(f"devices.deadline_s = {cfg.devices.deadline_s:g} simulated seconds does not apply to real devices; "
             f"a round waits up to {settings.round_timeout_s:g} s (--round-timeout)")

@@ -4,6 +4,8 @@ A SuperNode started by ``pocketlearn fed join`` carries in its node config where
 device preset it is; each train message is one client's round of :class:`InProcessEngine` training from the
 decoded global weights, checked first against the preset's memory budget, and the update goes back encoded
 with the run's uplink codec (or as MeZO's seeds), drawn from the same random stream the simulator uses.
+What travels is the method's wire form (mixed-method runs), clipped and noised here in local DP, with error
+feedback's residual kept in a file next to the examples.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 
@@ -21,6 +23,9 @@ from pocketlearn.devices import DeviceProfile, get_device
 from pocketlearn.errors import ConfigError, DataError
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.flower.messages import SEEDS, DeviceInfo, TrainReply, TrainRequest
+
+if TYPE_CHECKING:  # the query handler answers without loading torch
+    from torch import Tensor
 
 # Keys of a SuperNode's node config (``--node-config``), written by ``fed join``.
 DATA_PATH, DEVICE, PROFILES, CLIENT_ID, NUM_EXAMPLES = "data-path", "device", "profiles", "client-id", "num-examples"
@@ -97,10 +102,8 @@ class _OwnSamples(Sequence[np.ndarray]):
 def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) -> TrainReply:
     """Run one client's round on this device and encode what it sends back."""
     from pocketlearn.data.files import load_examples
-    from pocketlearn.federated.codecs import encode_dense, make_codec
-    from pocketlearn.federated.codecs.seeds import encode_history
+    from pocketlearn.federated.codecs import make_codec
     from pocketlearn.federated.experiment import build_template
-    from pocketlearn.federated.server import uplink_stream
     from pocketlearn.federated.simulate import InProcessEngine
 
     t0 = time.perf_counter()
@@ -113,17 +116,101 @@ def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) 
     check_budget(template, request, setup.profile(), (x[: request.local.batch_size], y[: request.local.batch_size]))
     engine = InProcessEngine(template, x, y, _OwnSamples(setup.client_id, len(x)), vectorize=config.vectorize)
     result = engine.train(start, [setup.client_id], request.rnd, request.local)
+    payload = uplink_payload(request, config, setup, wire_update(request, config, template, start, result))
+    return TrainReply(setup.client_id, int(result.updates.num_samples[0]), float(result.train_loss[0]), payload,
+                      time.perf_counter() - t0)
+
+
+def wire_update(request: TrainRequest, config: RunConfig, template: Any, start: dict[str, Tensor], result: Any
+                ) -> dict[str, Tensor] | list[tuple[int, float]]:
+    """The update in the form it travels, as the simulator's server would have turned it into its wire form.
+
+    MeZO's (seed, g) pairs (seed exchange), or its coefficients on the round's seed pool (mixed runs:
+    ``Expansion.zo_wire``, computed here so the bytes that travel are the ones the simulator counts), or the
+    change of the trained tensors (LoRA's B factors under their wire names).
+    """
+    from pocketlearn.federated.experiment import is_mixed
+    from pocketlearn.federated.mixed import Expansion
+
     if request.up_codec == SEEDS:
         if result.histories is None:
             raise ConfigError(f"seed exchange needs a MeZO client; method {request.local.method!r} has no seeds")
-        payload = encode_history(result.histories[0])
-    else:
-        delta = result.updates.client_delta(0)
-        codec = make_codec(request.up_codec)
-        payload = codec.encode(delta, uplink_stream(request.codec_seed, request.rnd, setup.client_id)) \
-            if codec.stages else encode_dense(delta)
-    return TrainReply(setup.client_id, int(result.updates.num_samples[0]), float(result.train_loss[0]), payload,
-                      time.perf_counter() - t0)
+        return list(result.histories[0])
+    if result.histories is not None and is_mixed(config):
+        expansion = Expansion.build(template, start, {request.local.method: request.local.method_options()})
+        return expansion.zo_wire(result.updates, result.histories).client_delta(0)
+    return result.updates.client_delta(0)
+
+
+def uplink_payload(request: TrainRequest, config: RunConfig, setup: DeviceSetup,
+                   update: dict[str, Tensor] | list[tuple[int, float]]) -> bytes:
+    """The bytes that leave the device, in the order clip → noise (local DP) → add residual → encode.
+
+    The simulator encodes first and privatizes on the server; with the float32 codec and no error feedback
+    both orders give the same bits. With a lossy codec or error feedback a deployed run differs from its
+    simulation (same distribution, other draws): the device must noise before anything leaves it.
+    """
+    from pocketlearn.federated.codecs import encode_dense, make_codec
+    from pocketlearn.federated.codecs.seeds import encode_history
+    from pocketlearn.federated.server import uplink_stream
+
+    if isinstance(update, list):
+        if request.local_dp is not None:  # the server would replay them un-noised
+            raise ConfigError("local DP cannot noise MeZO's (seed, g) pairs; run it with codec.up = 'float32'")
+        return encode_history(update)
+    if request.local_dp is not None:
+        update = request.local_dp.apply(setup.client_id, update)
+    codec = make_codec(request.up_codec)
+    rng = uplink_stream(request.codec_seed, request.rnd, setup.client_id)
+    if request.error_feedback and codec.stages:
+        return Residuals(setup, config, request.run_id).encode(codec, request.rnd, update, rng)
+    return codec.encode(update, rng) if codec.stages else encode_dense(update)
+
+
+class Residuals:
+    """Error feedback's residual of this device's client, in a file next to its examples (one per server run).
+
+    Kept by round: a round the server sends again after a crash (it resumes from the round before) starts from
+    the residual left by this client's latest round before it, not from the lost attempt's; the file keeps
+    those two. Written atomically, so a device killed mid-write keeps the previous file.
+    """
+
+    def __init__(self, setup: DeviceSetup, config: RunConfig, run_id: str):
+        from pocketlearn.federated.server import fingerprint
+
+        self.folder, self.config = setup.data_path.with_name(setup.data_path.name + ".feedback"), \
+            fingerprint(config.model_dump())
+        self.path, self.client = self.folder / f"{self.config}-{run_id}.pt", setup.client_id
+
+    def load(self) -> dict[int, dict[str, Tensor]]:
+        """Residuals by the round that left them (empty before this client's first round of the run)."""
+        from pocketlearn.checkpoint import load_checkpoint
+
+        if not self.path.exists():
+            return {}
+        state = load_checkpoint(self.path)
+        if state.get("client") != self.client:
+            raise ConfigError(f"{self.path} holds client {state.get('client')}'s residuals, this device is client "
+                              f"{self.client}; delete the file (error feedback then starts from zero)")
+        return {int(r): dict(t) for r, t in state["residuals"].items()}
+
+    def encode(self, codec: Any, rnd: int, update: dict[str, Tensor], rng: np.random.Generator) -> bytes:
+        """The payload of ``update`` plus the residual from before round ``rnd``; stores round ``rnd``'s."""
+        from pocketlearn.checkpoint import save_checkpoint
+        from pocketlearn.federated.codecs import ErrorFeedback
+
+        kept = self.load()
+        before = max((r for r in kept if r < rnd), default=None)
+        feedback = ErrorFeedback()
+        if before is not None:
+            feedback.load_state_dict({self.client: kept[before]})
+        payload, _ = feedback.encode(codec, self.client, update, rng)
+        residuals = {rnd: feedback.residuals[self.client]} | ({before: kept[before]} if before is not None else {})
+        save_checkpoint(self.path, {"client": self.client, "residuals": residuals})
+        for stale in self.folder.glob(f"{self.config}-*.pt"):  # the same config's earlier runs (--fresh)
+            if stale != self.path:
+                stale.unlink(missing_ok=True)
+        return payload
 
 
 def check_budget(template: Any, request: TrainRequest, device: DeviceProfile, batch: Any) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from torch import Tensor
 from pocketlearn.federated.flower.messages import QUERY, SEEDS, TRAIN, DeviceInfo, TrainReply, TrainRequest
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+
+if TYPE_CHECKING:
+    from pocketlearn.federated.privacy.report import LocalNoise
 
 
 @dataclass
@@ -127,27 +130,39 @@ class FlowerEngine:
     def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
               ) -> RoundResult:
         """Send each client its round; collect the updates of those that answer before the timeout."""
-        from flwr.app import Message
-
         for info in self.discover():  # devices that joined (or came back) since the last round
             self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
-        weights = self._round_weights(params, rnd)
+        if self.server.policy.secagg is not None:
+            from pocketlearn.federated.flower.secure import SecureRound
+
+            return SecureRound(self, rnd).run(params, client_ids, local)
         policy = self.server.policy
         seeds = policy.seed_exchange and local.method == "mezo"
-        up_codec = SEEDS if seeds else policy.uplink.spec
+        sent = self.train_messages(params, client_ids, rnd, local, SEEDS if seeds else policy.uplink.spec)
+        expected = self._wire_shapes(params, rnd, local)
+        replies = self._exchange([m for _, m in sent], self.round_timeout_s)
+        accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
+                    if (r := self._accept(c, msg, rnd, after)) is not None]
+        return self._round_result(accepted, params, expected, seeds, rnd)
+
+    def train_messages(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining,
+                       up_codec: str, message_type: str = TRAIN) -> list[tuple[int, Any]]:
+        """(client, message) of each client a device holds: the global weights and how to train and send back."""
+        from flwr.app import Message
+
+        weights, policy = self._round_weights(params, rnd), self.server.policy
+        noise = self._device_noise(local)
         sent: list[tuple[int, Any]] = []
         for c in client_ids:
             if c not in self.node_of:
                 self.say(f"round {rnd}: no device holds client {c}; it is left out")
                 continue
-            request = TrainRequest(rnd, c, local, weights, policy.downlink.spec, up_codec, policy.codec_seed)
-            sent.append((c, Message(request.to_records(), dst_node_id=self.node_of[c], message_type=TRAIN,
+            request = TrainRequest(rnd, c, local, weights, policy.downlink.spec, up_codec, policy.codec_seed, noise,
+                                   self.server.feedback is not None, self.server.run_id)
+            sent.append((c, Message(request.to_records(), dst_node_id=self.node_of[c], message_type=message_type,
                                     group_id=str(rnd), ttl=self.round_timeout_s)))
             self.traffic.add(c, down=len(weights))
-        replies = self._exchange([m for _, m in sent], self.round_timeout_s)
-        accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
-                    if (r := self._accept(c, msg, rnd, after)) is not None]
-        return self._round_result(accepted, params, seeds, rnd)
+        return sent
 
     def _round_weights(self, params: dict[str, Tensor], rnd: int) -> bytes:
         from pocketlearn.federated.server import downlink_payload
@@ -177,13 +192,36 @@ class FlowerEngine:
         self.traffic.add(c, up=len(answer.payload), seconds=answer.seconds, reply_s=after_s)
         return answer
 
-    def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor], seeds: bool,
-                      rnd: int) -> RoundResult:
-        """The replies as the server loop takes them: decoded updates (or seed histories) stacked by client."""
+    def _device_noise(self, local: LocalTraining) -> LocalNoise | None:
+        """Local DP: what each device does to its own update; the server's mechanism then only sums and charges."""
+        mechanism = getattr(self.server.strategy, "mechanism", None)
+        if mechanism is None or mechanism.config.mode != "local":
+            return None
+        mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
+        unit = 1.0
+        if self.server.policy.mixed is not None:
+            from pocketlearn.federated.mixed import kind_unit
+
+            unit = kind_unit(mechanism.config.kind_scale, local.method)
+        return mechanism.local_noise(mechanism.rounds + 1, unit)  # the round the strategy will privatize
+
+    def _wire_shapes(self, params: dict[str, Tensor], rnd: int, local: LocalTraining) -> dict[str, torch.Size]:
+        """What a method group's payloads decode to: the global tensors, or in a mixed run the method's wire form."""
+        mixed = self.server.policy.mixed
+        if mixed is None:
+            return {n: p.shape for n, p in params.items()}
+        return dict(mixed.wire_shapes(params, rnd, local.method))
+
+    def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor],
+                      expected: dict[str, torch.Size], seeds: bool, rnd: int) -> RoundResult:
+        """The replies as the server loop takes them: decoded updates (or seed histories) stacked by client.
+
+        Updates decode to ``expected`` (:meth:`_wire_shapes`); in a mixed run these are the method's wire tensors,
+        which the server expands to global deltas.
+        """
         from pocketlearn.federated.codecs import PayloadError
         from pocketlearn.federated.codecs.seeds import decode_history
 
-        expected = {n: p.shape for n, p in params.items()}
         updates, losses, histories, sizes = [], [], [], []
         for c, answer in accepted:
             try:
@@ -199,7 +237,7 @@ class FlowerEngine:
             losses.append(answer.loss)
             sizes.append(len(answer.payload))
         if not updates:
-            empty = RoundUpdates([], torch.zeros(0), {n: p.new_zeros((0, *p.shape)) for n, p in params.items()})
+            empty = RoundUpdates([], torch.zeros(0), {n: torch.zeros((0, *shape)) for n, shape in expected.items()})
             return RoundResult(empty, torch.zeros(0), [] if seeds else None, [])
         return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None, sizes)
 

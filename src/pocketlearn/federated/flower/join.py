@@ -1,8 +1,10 @@
 """``fed join``: this machine becomes a device of a deployment — a Flower SuperNode that trains with pocketlearn.
 
-The SuperNode's node config says where the examples are and which device preset this is; Flower starts a
-ClientApp process (``pocketlearn.federated.flower.app:client_app``) for each message the server sends. The
-SuperNode never installs anything at run time (Flower's default for SuperNodes; we do not opt in).
+The SuperNode's node config says where the examples are and which device preset this is. The SuperNode runs
+with ``--isolation process``: instead of Flower's fresh ClientApp process per message (torch imported again
+each time), ``fed join`` starts one long-lived ClientApp worker (:mod:`pocketlearn.federated.flower.worker`)
+that runs every message, restarts it if it dies, and stops it with the SuperNode. Nothing is installed at
+run time (Flower's default for SuperNodes; we do not opt in, and the worker cannot).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,7 +27,14 @@ from typing import Any
 
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.flower.device import DeviceSetup
-from pocketlearn.federated.flower.launch import Family, die_with_parent, flower_command, flower_env
+from pocketlearn.federated.flower.launch import (
+    Family,
+    LaunchError,
+    die_with_parent,
+    flower_command,
+    flower_env,
+    stop_tree,
+)
 from pocketlearn.federated.flower.tls import device_key
 
 # Flower's exit codes a user can act on (flwr.supercore.exit.ExitCode); the process itself exits with 1.
@@ -64,13 +74,13 @@ class JoinOptions:
         return self.key or Path.home() / ".pocketlearn" / "device.key"
 
 
-def supernode_command(setup: DeviceSetup, options: JoinOptions, home: Path) -> list[str]:
+def supernode_command(setup: DeviceSetup, options: JoinOptions, home: Path, port: int) -> list[str]:
+    """``flower-supernode`` without a SuperExec of its own (``--isolation process``): our worker runs its tasks."""
     node_config = home / "node-config.toml"
     node_config.write_text("".join(f"{k} = {json.dumps(v, ensure_ascii=False)}\n"
                                    for k, v in setup.node_config().items()))
-    port = options.local_port or _free_port()
     cmd = [flower_command("flower-supernode"), "--superlink", options.server, "--node-config", str(node_config),
-           "--host", "127.0.0.1", "--port", str(port)]
+           "--host", "127.0.0.1", "--port", str(port), "--isolation", "process"]
     if options.max_wait_s is not None:
         cmd += ["--max-wait-time", str(options.max_wait_s)]
     if options.insecure:
@@ -79,18 +89,65 @@ def supernode_command(setup: DeviceSetup, options: JoinOptions, home: Path) -> l
             "--auth-supernode-private-key", str(options.key_path())]
 
 
+def worker_command(port: int) -> list[str]:
+    """The long-lived ClientApp process for the SuperNode whose Runtime API is on 127.0.0.1:``port``."""
+    return [sys.executable, "-m", "pocketlearn.federated.flower.worker", "--runtime-api-address", f"127.0.0.1:{port}"]
+
+
+class Worker:
+    """The ClientApp worker, started again when it dies while the SuperNode runs (else the device goes silent).
+
+    A worker that keeps dying soon after it starts (a broken installation, say) stops ``fed join`` instead.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str], say: Callable[[str], None],
+                 settle_s: float = 60.0, max_quick_exits: int = 3):
+        self.command, self.env, self.say = command, env, say
+        self.settle_s, self.max_quick_exits = settle_s, max_quick_exits
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at, self.quick_exits = 0.0, 0
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.command, env=self.env, preexec_fn=die_with_parent())
+        self.started_at = time.monotonic()
+
+    def check(self) -> None:
+        """Start the worker again if it exited; a LaunchError when it exited soon after starting too often."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        quick = time.monotonic() - self.started_at < self.settle_s
+        self.quick_exits = self.quick_exits + 1 if quick else 0
+        if self.quick_exits >= self.max_quick_exits:
+            raise LaunchError(f"the ClientApp worker exited {self.quick_exits} times in a row within "
+                              f"{self.settle_s:g} s of starting (last exit code {self.proc.returncode}); its log "
+                              "above says why (an import that fails: reinstall pocketlearn and flwr into "
+                              f"{sys.prefix})")
+        self.say(f"the ClientApp worker exited with code {self.proc.returncode}; starting it again")
+        self.start()
+
+    def stop(self) -> None:
+        stop_tree(self.proc, grace_s=5.0)
+
+
 def join(setup: DeviceSetup, options: JoinOptions, *, say: Callable[[str], None] = print) -> int:
-    """Run the SuperNode until it stops (or this process is told to); returns its exit code."""
+    """Run the SuperNode and its ClientApp worker until the SuperNode stops (or this process is told to).
+
+    Returns the SuperNode's exit code (1 when the worker could not be kept running).
+    """
     if not options.insecure:
         public = device_key(options.key_path())
         say(f"device key: {options.key_path()} (public key {public}: the server registers it with "
             "--authorized-keys)")
+    failure = None
     with tempfile.TemporaryDirectory(prefix="pocketlearn-join-") as scratch:
         home = options.home or Path(scratch)
-        env = flower_env(home, FLWR_SUPEREXEC_TASK_POLL_INTERVAL="0.2")
-        proc = subprocess.Popen(supernode_command(setup, options, home), env=env, stdout=subprocess.PIPE,
+        env = flower_env(home)
+        port = options.local_port or _free_port()
+        proc = subprocess.Popen(supernode_command(setup, options, home, port), env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace", preexec_fn=die_with_parent())
         family = Family(proc)
+        worker = Worker(worker_command(port), env, say)
+        worker.start()
         say(f"client {setup.client_id} ({setup.num_examples} examples, device {setup.device}) joining "
             f"{options.server}")
         flower_code: list[int] = []
@@ -102,16 +159,29 @@ def join(setup: DeviceSetup, options: JoinOptions, *, say: Callable[[str], None]
 
         previous = signal.signal(signal.SIGTERM, stop)
         try:
-            code = proc.wait()
+            code = _watch(proc, worker)
         except KeyboardInterrupt:
             code = 130
+        except LaunchError as err:
+            code, failure = 1, str(err)
         finally:
             signal.signal(signal.SIGTERM, previous)
-            family.stop()  # the SuperNode's SuperExec (and a ClientApp mid-message) outlive it otherwise
+            worker.stop()  # first, while the SuperNode can still take its last word on a task
+            family.stop()  # the SuperNode's own children outlive it otherwise
             echo.join(timeout=5)
-    if code not in (0, 130):
+    if failure is not None:
+        say(failure)
+    elif code not in (0, 130):
         known = flower_code[-1] if flower_code else None
         say(f"the SuperNode stopped (Flower exit code {known}): {_EXIT_HINTS.get(known or 0, 'see its log above')}")
+    return code
+
+
+def _watch(proc: subprocess.Popen[str], worker: Worker, every_s: float = 0.5) -> int:
+    """Wait for the SuperNode to exit, keeping its worker running meanwhile; the SuperNode's exit code."""
+    while (code := proc.poll()) is None:
+        worker.check()
+        time.sleep(every_s)
     return code
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # a device's supervisor and its query handler never load torch
+    from pocketlearn.federated.privacy.report import LocalNoise
     from pocketlearn.federated.simulate import LocalTraining
 
 TRAIN = "train"
@@ -22,7 +23,11 @@ SEEDS = "seeds"  # the uplink carries MeZO's (seed, projected gradient) pairs, n
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """One client's round: start from ``weights`` (decoded with ``down_codec``), train with ``local``."""
+    """One client's round: start from ``weights`` (decoded with ``down_codec``), train with ``local``.
+
+    Before it encodes its update the device clips and noises it when ``local_dp`` is set (local differential
+    privacy), and adds the residual it kept of its earlier rounds when ``error_feedback`` is set.
+    """
 
     rnd: int
     client_id: int
@@ -31,12 +36,17 @@ class TrainRequest:
     down_codec: str = "float32"
     up_codec: str = "float32"  # a codec spec, or SEEDS
     codec_seed: int = 4
+    local_dp: LocalNoise | None = None
+    error_feedback: bool = False  # the uplink codec is biased: carry what it drops into the next round
+    run_id: str = ""  # the server's run (a fresh start gets a new one): what device-side state is kept for
 
     def to_records(self) -> Any:
         from flwr.app import ConfigRecord, RecordDict
 
         meta: dict[str, Any] = {"round": self.rnd, "client-id": self.client_id, "local": _local_to_json(self.local),
-                "down-codec": self.down_codec, "up-codec": self.up_codec, "codec-seed": self.codec_seed}
+                "down-codec": self.down_codec, "up-codec": self.up_codec, "codec-seed": self.codec_seed,
+                "local-dp": json.dumps(self.local_dp.to_dict() if self.local_dp else None),
+                "error-feedback": self.error_feedback, "run-id": self.run_id}
         return RecordDict({"meta": ConfigRecord(meta), "payload": _payload_record(self.weights)})
 
     @classmethod
@@ -44,7 +54,8 @@ class TrainRequest:
         m = content["meta"]
         return cls(int(m["round"]), int(m["client-id"]), _local_from_json(str(m["local"])),
                    _payload_bytes(content["payload"]), str(m["down-codec"]), str(m["up-codec"]),
-                   int(m["codec-seed"]))
+                   int(m["codec-seed"]), _local_dp_from_json(str(m.get("local-dp", "null"))),
+                   bool(m.get("error-feedback", False)), str(m.get("run-id", "")))
 
 
 @dataclass(frozen=True)
@@ -103,6 +114,15 @@ def _payload_bytes(record: Any) -> bytes:
 
 def _local_to_json(local: LocalTraining) -> str:
     return json.dumps(asdict(local))
+
+
+def _local_dp_from_json(text: str) -> LocalNoise | None:
+    fields = json.loads(text)
+    if fields is None:  # (the privacy package loads dp-accounting: a second per message, so only when needed)
+        return None
+    from pocketlearn.federated.privacy.report import LocalNoise
+
+    return LocalNoise.from_dict(fields)
 
 
 def _local_from_json(text: str) -> LocalTraining:

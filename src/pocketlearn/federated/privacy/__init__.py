@@ -8,25 +8,29 @@ The pieces, each usable alone::
     mech.epsilon_so_far()
 
 or all at once as the ``dp-fedavg`` strategy (:mod:`pocketlearn.federated.strategies.dp_fedavg`, not imported here
-so that the strategies registry can import it without a cycle).
+so that the strategies registry can import it without a cycle). Names load on first use: a device that only
+needs :class:`LocalNoise` does not load dp-accounting and scipy (seconds, and memory a small device lacks).
 """
 
-from pocketlearn.federated.privacy.accountant import (
-    PrivacyAccountant,
-    PrivacyBudgetError,
-    calibrate_noise,
-    central_round_event,
-    epsilon,
-    local_report_event,
-    rounds_within,
-)
-from pocketlearn.federated.privacy.clipping import AdaptiveClip, FixedClip, clip_to_norm_
-from pocketlearn.federated.privacy.config import DPConfig
-from pocketlearn.federated.privacy.mechanism import PrivacyMechanism
-from pocketlearn.federated.privacy.noise import add_central_noise_, add_local_noise_, derived_generator
+from __future__ import annotations
 
-__all__ = [
-    "AdaptiveClip", "DPConfig", "FixedClip", "PrivacyAccountant", "PrivacyBudgetError", "PrivacyMechanism",
-    "add_central_noise_", "add_local_noise_", "calibrate_noise", "central_round_event", "clip_to_norm_",
-    "derived_generator", "epsilon", "local_report_event", "rounds_within",
-]
+from importlib import import_module
+from typing import Any
+
+_HOMES = {
+    "accountant": ("PrivacyAccountant", "PrivacyBudgetError", "calibrate_noise", "central_round_event", "epsilon",
+                   "local_report_event", "rounds_within"),
+    "clipping": ("AdaptiveClip", "FixedClip", "clip_to_norm_"),
+    "config": ("DPConfig",),
+    "mechanism": ("PrivacyMechanism",),
+    "noise": ("add_central_noise_", "add_local_noise_", "derived_generator"),
+    "report": ("LocalNoise",),
+}
+_HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
+__all__ = sorted(_HOME_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_HOME_OF[name]}"), name)

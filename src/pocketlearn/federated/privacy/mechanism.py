@@ -23,6 +23,7 @@ from pocketlearn.federated.privacy.accountant import (
 from pocketlearn.federated.privacy.clipping import AdaptiveClip, FixedClip
 from pocketlearn.federated.privacy.config import DPConfig
 from pocketlearn.federated.privacy.noise import add_central_noise_, add_local_noise_, derived_generator
+from pocketlearn.federated.privacy.report import LocalNoise
 from pocketlearn.federated.updates import RoundUpdates
 
 
@@ -49,6 +50,7 @@ class PrivacyMechanism:
         self.accountant = PrivacyAccountant(event, config.accountant, config.delta, config.target_epsilon)
         self.rounds = 0
         self.reports: dict[int, int] = {}  # local mode: client id -> rounds it reported in
+        self.noised_by_devices = False  # local mode on real devices: reports arrive clipped and noised
 
     def _clipper(self) -> FixedClip:
         c = self.config
@@ -92,11 +94,14 @@ class PrivacyMechanism:
         after = max(self.reports.get(c, 0) for c in updates.client_ids) + 1 if local else self.accountant.count + 1
         self.accountant.check(after, what=f"round {rnd}")
         bound = self.clipper.bound
-        norms = self.clipper.clip_(updates)  # (K,)
         std = self.update_noise_multiplier * bound
         generator = derived_generator(self.config.seed, rnd)
-        if local:
-            add_local_noise_(updates, std, seed=self.config.seed, rnd=rnd)
+        if local and self.noised_by_devices:  # each device did both with local_noise(rnd): never again here
+            norms = updates.client_norms()  # (K,) of the noisy reports; a fixed bound does not learn from them
+        else:
+            norms = self.clipper.clip_(updates)  # (K,)
+            if local:
+                add_local_noise_(updates, std, seed=self.config.seed, rnd=rnd)
         with torch.no_grad():
             sums = {name: d.sum(0) for name, d in updates.deltas.items() if _trained(updates, name)}  # (*shape)
             for name, shape in (always or {}).items():
@@ -107,6 +112,14 @@ class PrivacyMechanism:
         self.clipper.update(norms, expected_clients=self.expected_clients, generator=generator)
         self._charge(updates, after)
         return means
+
+    def local_noise(self, rnd: int, unit: float = 1.0) -> LocalNoise:
+        """What a device does to its own report of round ``rnd`` in local mode (the server's noise, drawn there)."""
+        if self.config.mode != "local":
+            raise ConfigError(f"local_noise is local mode's device step; this mechanism's mode is "
+                              f"{self.config.mode!r}")
+        bound = self.clipper.bound
+        return LocalNoise(bound, self.update_noise_multiplier * bound, self.config.seed, rnd, unit)
 
     def _charge(self, updates: RoundUpdates, after: int) -> None:
         self.rounds += 1

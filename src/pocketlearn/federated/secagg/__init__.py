@@ -3,9 +3,9 @@
 from .errors import SecAggError
 from .field import FieldSpec
 from .graph import neighbour_graph
-from .protocol import SecAggClient, SecAggConfig, SecAggServer
+from .protocol import ClientSecrets, SecAggClient, SecAggConfig, SecAggServer
 from .run import SecAggCost, measure_cost, run_round, secure_mean, secure_sum, secure_sum_deltas
 
-__all__ = ["FieldSpec", "SecAggClient", "SecAggConfig", "SecAggCost", "SecAggError", "SecAggServer",
+__all__ = ["ClientSecrets", "FieldSpec", "SecAggClient", "SecAggConfig", "SecAggCost", "SecAggError", "SecAggServer",
            "measure_cost", "neighbour_graph", "run_round", "secure_sum",
            "secure_mean", "secure_sum_deltas"]

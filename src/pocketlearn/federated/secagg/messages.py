@@ -1,7 +1,8 @@
 """What crosses the network in a secure-aggregation round, each with the bytes it would be sent as.
 
 Sizes are counted from ``to_bytes()``: 4-byte big-endian client ids, raw 32-byte X25519 public keys,
-AES-GCM blobs (nonce + ciphertext + tag), raw ring elements.
+AES-GCM blobs (nonce + ciphertext + tag), raw ring elements. ``from_bytes`` reads them back where they really
+travel (a deployment over Flower); anything that does not parse is a :class:`SecAggError` naming the message.
 """
 
 from __future__ import annotations
@@ -11,11 +12,48 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .shamir import Share
+from .crypto import NONCE_BYTES, SEED_BYTES
+from .errors import SecAggError
+from .shamir import SHARE_BYTES, Share
+
+_TAG_BYTES = 16  # AES-GCM's tag
+ADVERT_BYTES = 4 + 2 * SEED_BYTES
+SHARE_MESSAGE_BYTES = 8 + NONCE_BYTES + (8 + 2 * SHARE_BYTES) + _TAG_BYTES  # ids + sealed (pair ids, b, s_sk)
 
 
 def _ids(ids: frozenset[int]) -> bytes:
     return struct.pack(f">I{len(ids)}I", len(ids), *sorted(ids))
+
+
+class _Reader:
+    """Reads a message front to back; running short or leaving bytes over is a SecAggError."""
+
+    def __init__(self, raw: bytes, what: str):
+        self.raw, self.at, self.what = bytes(raw), 0, what
+
+    def take(self, n: int) -> bytes:
+        if n < 0 or self.at + n > len(self.raw):
+            raise SecAggError(f"a {self.what} message is truncated ({len(self.raw)} bytes)")
+        self.at += n
+        return self.raw[self.at - n:self.at]
+
+    def ints(self, n: int) -> tuple[int, ...]:
+        return struct.unpack(f">{n}I", self.take(4 * n))
+
+    def ids(self) -> frozenset[int]:
+        (n,) = self.ints(1)
+        return frozenset(self.ints(n))
+
+    def done(self) -> None:
+        if self.at != len(self.raw):
+            raise SecAggError(f"a {self.what} message has {len(self.raw) - self.at} bytes too many")
+
+
+def split_records(raw: bytes, size: int, what: str) -> list[bytes]:
+    """Fixed-size messages sent back to back (a client's neighbours' adverts, its inbox of shares)."""
+    if len(raw) % size:
+        raise SecAggError(f"{what}: {len(raw)} bytes is not a whole number of {size}-byte messages")
+    return [raw[i:i + size] for i in range(0, len(raw), size)]
 
 
 @dataclass(frozen=True)
@@ -29,6 +67,13 @@ class KeyAdvert:
     def to_bytes(self) -> bytes:
         return struct.pack(">I", self.client) + self.cipher_public + self.mask_public
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> KeyAdvert:
+        r = _Reader(raw, "key advert")
+        advert = cls(r.ints(1)[0], r.take(SEED_BYTES), r.take(SEED_BYTES))
+        r.done()
+        return advert
+
 
 @dataclass(frozen=True)
 class EncryptedShare:
@@ -40,6 +85,13 @@ class EncryptedShare:
 
     def to_bytes(self) -> bytes:
         return struct.pack(">II", self.sender, self.receiver) + self.blob
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> EncryptedShare:
+        if len(raw) != SHARE_MESSAGE_BYTES:
+            raise SecAggError(f"an encrypted share is {SHARE_MESSAGE_BYTES} bytes, got {len(raw)}")
+        sender, receiver = struct.unpack(">II", raw[:8])
+        return cls(sender, receiver, bytes(raw[8:]))
 
 
 @dataclass(frozen=True)
@@ -54,6 +106,15 @@ class KeyShares:
         return (struct.pack(">II", self.client, len(self.shares)) + self.commitment
                 + b"".join(s.to_bytes() for s in self.shares))
 
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> KeyShares:
+        r = _Reader(raw, "key shares")
+        client, n = r.ints(2)
+        commitment = r.take(SEED_BYTES)
+        shares = tuple(EncryptedShare.from_bytes(r.take(SHARE_MESSAGE_BYTES)) for _ in range(n))
+        r.done()
+        return cls(client, commitment, shares)
+
 
 @dataclass(frozen=True)
 class MaskedInput:
@@ -65,6 +126,14 @@ class MaskedInput:
     def to_bytes(self) -> bytes:
         return struct.pack(">I", self.client) + self.vector.tobytes()
 
+    @classmethod
+    def from_bytes(cls, raw: bytes, dtype: np.dtype, size: int) -> MaskedInput:
+        r = _Reader(raw, "masked input")
+        client = r.ints(1)[0]
+        vector = np.frombuffer(r.take(size * np.dtype(dtype).itemsize), dtype=dtype).copy()
+        r.done()
+        return cls(client, vector)
+
 
 @dataclass(frozen=True)
 class UnmaskRequest:
@@ -75,6 +144,13 @@ class UnmaskRequest:
 
     def to_bytes(self) -> bytes:
         return _ids(self.survivors) + _ids(self.dropped)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UnmaskRequest:
+        r = _Reader(raw, "unmask request")
+        request = cls(r.ids(), r.ids())
+        r.done()
+        return request
 
 
 @dataclass(frozen=True)
@@ -90,3 +166,17 @@ class UnmaskResponse:
         for shares in (self.self_mask_shares, self.key_shares):
             parts += [struct.pack(">I", owner) + s.to_bytes() for owner, s in sorted(shares.items())]
         return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> UnmaskResponse:
+        r = _Reader(raw, "unmask response")
+        client, n_b, n_s = r.ints(3)
+        tables: list[dict[int, Share]] = []
+        for n in (n_b, n_s):
+            table = {}
+            for _ in range(n):
+                owner = r.ints(1)[0]
+                table[owner] = Share.from_bytes(r.take(SHARE_BYTES))
+            tables.append(table)
+        r.done()
+        return cls(client, tables[0], tables[1])

@@ -8,6 +8,7 @@ unmasked. Signatures and the consistency round of the actively-secure variant ar
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,37 @@ class SecAggConfig:
         return self.graph[u] | {u}
 
 
+@dataclass(frozen=True)
+class ClientSecrets:
+    """A client's secrets for one round: two X25519 key pairs and the self-mask seed.
+
+    They are made before the client is told who else takes part or which number it has in the round; a deployed
+    device keeps them in its own state between the protocol's messages.
+    """
+
+    cipher: crypto.KeyPair
+    mask: crypto.KeyPair
+    self_seed: bytes
+
+    @classmethod
+    def generate(cls) -> ClientSecrets:
+        return cls(crypto.KeyPair.generate(), crypto.KeyPair.generate(), crypto.random_seed())
+
+    def advert(self, client: int) -> KeyAdvert:
+        return KeyAdvert(client, self.cipher.public, self.mask.public)
+
+    def to_bytes(self) -> bytes:
+        return self.cipher.private_bytes() + self.mask.private_bytes() + self.self_seed
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ClientSecrets:
+        n = crypto.SEED_BYTES
+        if len(raw) != 3 * n:
+            raise SecAggError(f"stored secure-aggregation secrets are {3 * n} bytes, got {len(raw)}")
+        return cls(crypto.KeyPair.from_private_bytes(raw[:n]), crypto.KeyPair.from_private_bytes(raw[n:2 * n]),
+                   raw[2 * n:])
+
+
 def _aad(sender: int, receiver: int) -> bytes:
     return b"pocketlearn-secagg" + struct.pack(">II", sender, receiver)
 
@@ -64,12 +96,12 @@ def _aad(sender: int, receiver: int) -> bytes:
 class SecAggClient:
     """One device's side: it keeps its keys and self-mask seed, and decides which shares to reveal."""
 
-    def __init__(self, client_id: int, config: SecAggConfig) -> None:
+    def __init__(self, client_id: int, config: SecAggConfig, secrets: ClientSecrets | None = None) -> None:
         self.id = client_id
         self.config = config
-        self._cipher_keys = crypto.KeyPair.generate()
-        self._mask_keys = crypto.KeyPair.generate()
-        self._self_seed = crypto.random_seed()
+        self._secrets = secrets or ClientSecrets.generate()
+        self._cipher_keys, self._mask_keys = self._secrets.cipher, self._secrets.mask
+        self._self_seed = self._secrets.self_seed
         self._peers: dict[int, KeyAdvert] = {}
         self._channel: dict[int, bytes] = {}  # AES-GCM key shared with each peer
         self._own: tuple[Share, Share] | None = None  # this client's own shares of (b, s_sk)
@@ -77,7 +109,30 @@ class SecAggClient:
         self._answered = False
 
     def advertise(self) -> KeyAdvert:
-        return KeyAdvert(self.id, self._cipher_keys.public, self._mask_keys.public)
+        return self._secrets.advert(self.id)
+
+    def export_state(self) -> bytes:
+        """Everything this client holds between rounds of the protocol, secrets included (keep it on the device)."""
+        own = [s.to_bytes().hex() for s in self._own] if self._own else None
+        return json.dumps({"id": self.id, "secrets": self._secrets.to_bytes().hex(),
+                           "peers": {v: a.to_bytes().hex() for v, a in self._peers.items()},
+                           "channel": {v: k.hex() for v, k in self._channel.items()}, "own": own,
+                           "inbox": {v: e.to_bytes().hex() for v, e in self._inbox.items()},
+                           "answered": self._answered}).encode()
+
+    @classmethod
+    def restore(cls, raw: bytes, config: SecAggConfig) -> SecAggClient:
+        """The client :meth:`export_state` saved, under the round's ``config``."""
+        state = json.loads(raw)
+        client = cls(int(state["id"]), config, ClientSecrets.from_bytes(bytes.fromhex(state["secrets"])))
+        client._peers = {int(v): KeyAdvert.from_bytes(bytes.fromhex(a)) for v, a in state["peers"].items()}
+        client._channel = {int(v): bytes.fromhex(k) for v, k in state["channel"].items()}
+        if state["own"]:
+            b, s = (Share.from_bytes(bytes.fromhex(x)) for x in state["own"])
+            client._own = (b, s)
+        client._inbox = {int(v): EncryptedShare.from_bytes(bytes.fromhex(e)) for v, e in state["inbox"].items()}
+        client._answered = bool(state["answered"])
+        return client
 
     def share_keys(self, adverts: Mapping[int, KeyAdvert]) -> KeyShares:
         """Split b_u and s_sk_u among the neighbours that advertised, encrypting each one's shares."""
