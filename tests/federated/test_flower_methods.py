@@ -175,11 +175,18 @@ def test_a_fresh_run_never_reads_an_earlier_runs_residuals(tmp_path):
         assert [f.name.split("-")[-1] for f in folder.iterdir()] == [f"{run_id}.pt"]
 
 
-def test_secure_aggregation_of_mixed_methods_is_refused_over_flower():
-    cfg = config(client=MIXED, devices=MIX, secagg={"enabled": True})
-    with pytest.raises(ConfigError, match="mixed methods"):
-        check_deployable(cfg)
-    check_deployable(config(client=MIXED, devices=MIX, strategy=LOCAL_DP, codec={"up": "topk0.1"}))
+@pytest.mark.parametrize("mix", [MIX, {**MIX, "mix": {"laptop-16g": 0.2, "phone-4g": 0.6, "phone-1g": 0.2}}],
+                         ids=["three-groups", "a-lone-device-joins-another-group"])
+def test_secure_aggregation_of_mixed_methods_over_flower_matches_the_simulator(tmp_path, mix):
+    """One protocol per method among the devices themselves; a method's lone device masks inside another group."""
+    cfg = config(client=MIXED, devices=mix, secagg={"enabled": True, "clip": 0.5, "threshold": 0.6}, rounds=2)
+    server, simulated = _simulate(cfg)
+    counts = [r.by_method for r in simulated]
+    assert all(len(c) == 3 for c in counts)
+    if mix is not MIX:
+        assert any(min(c.values()) == 1 for c in counts)  # the case that merges groups happens
+    _, run_dir = deploy_in_process(cfg, tmp_path, devices=_presets(server))
+    _assert_same_run(run_dir, server, simulated)
 
 
 def test_local_dp_with_seed_exchange_is_refused_over_flower():

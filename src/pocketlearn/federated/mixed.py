@@ -241,7 +241,7 @@ def secure_combine(groups: list[tuple[str, RoundUpdates]], expansion: Expansion,
     weights = {m: float(u.num_samples.sum()) / total for m, u in groups}
     sums: dict[str, dict[str, Tensor]] = {m: {} for m, _ in groups}
     sent = received = 0
-    for i, (methods, u) in enumerate(_protocol_groups(groups)):
+    for i, (methods, u) in enumerate(protocol_groups(groups)):
         u.scale_clients(u.num_samples / total)
         ledger = Ledger.empty(len(u))
         k = neighbours if neighbours is not None and neighbours < len(u) else None
@@ -251,7 +251,7 @@ def secure_combine(groups: list[tuple[str, RoundUpdates]], expansion: Expansion,
     return one_row(expansion.combine(sums, weights), total), sent, received
 
 
-def _protocol_groups(groups: list[tuple[str, RoundUpdates]]) -> list[tuple[list[str], RoundUpdates]]:
+def protocol_groups(groups: list[tuple[str, RoundUpdates]]) -> list[tuple[list[str], RoundUpdates]]:
     """Methods' client groups for secure aggregation, a lone client merged into the smallest other group."""
     out = [([m], u) for m, u in groups]
     while len(out) > 1 and min(len(u) for _, u in out) < 2:

@@ -179,8 +179,9 @@ class FederatedServer:
                 from pocketlearn.federated.mixed import secure_combine
 
                 cfg = self.policy.secagg
-                finished, up, secagg_received = secure_combine(wire, expansion, threshold=cfg.threshold,
-                                                               clip=cfg.clip, neighbours=cfg.neighbours, seed=rnd)
+                combine = getattr(self.engine, "secure_combine", secure_combine)  # devices that run the protocol
+                finished, up, secagg_received = combine(wire, expansion, threshold=cfg.threshold, clip=cfg.clip,
+                                                        neighbours=cfg.neighbours, seed=rnd)
             elif self.policy.secagg is not None:
                 secured = results[0].secure if len(results) == 1 else None  # the devices ran the protocol
                 finished, up, secagg_received = (secured.mean, secured.sent, secured.received) if secured \

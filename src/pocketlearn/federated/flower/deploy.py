@@ -53,8 +53,6 @@ def run_config_of(run_config: Any) -> RunConfig:
 
 def deployment_problems(config: RunConfig) -> list[str]:
     """Everything in ``config`` that only a simulation can do, each with the way out (empty: deployable)."""
-    from pocketlearn.federated.experiment import is_mixed
-
     problems = []
     if config.attack.fraction:
         problems.append("attack.fraction: malicious clients are a simulation of poisoned updates; set it to 0")
@@ -66,10 +64,6 @@ def deployment_problems(config: RunConfig) -> list[str]:
             dp.get("mode") == "local":
         problems.append("codec.up = 'seeds' with dp mode 'local': a device cannot noise MeZO's (seed, g) pairs, "
                         "only an update; use codec.up = 'float32' (or another codec) with local DP")
-    if config.secagg.enabled and is_mixed(config):
-        problems.append("secagg.enabled with mixed methods (client.method = 'auto' or client.methods): secure "
-                        "aggregation per method group runs in `fed simulate` only; pin one client.method for "
-                        "real devices, or set secagg.enabled = false")
     return problems
 
 

@@ -62,6 +62,7 @@ class FlowerEngine:
         self.traffic = Traffic()
         self.server: Any = None
         self._weights: tuple[int, bytes] | None = None  # (round, payload) sent to every client of the round
+        self._pending: tuple[int, dict[int, Any]] = (0, {})  # (round, its trained secure-aggregation devices)
 
     def bind(self, server: Any) -> None:
         """The server whose global weights and codecs this engine sends (set once, after it is built)."""
@@ -133,9 +134,7 @@ class FlowerEngine:
         for info in self.discover():  # devices that joined (or came back) since the last round
             self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
         if self.server.policy.secagg is not None:
-            from pocketlearn.federated.flower.secure import SecureRound
-
-            return SecureRound(self, rnd).run(params, client_ids, local)
+            return self._secure_train(params, client_ids, rnd, local)
         policy = self.server.policy
         seeds = policy.seed_exchange and local.method == "mezo"
         sent = self.train_messages(params, client_ids, rnd, local, SEEDS if seeds else policy.uplink.spec)
@@ -144,6 +143,33 @@ class FlowerEngine:
         accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
                     if (r := self._accept(c, msg, rnd, after)) is not None]
         return self._round_result(accepted, params, expected, seeds, rnd)
+
+    def _secure_train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
+                      ) -> RoundResult:
+        """Secure aggregation: the whole protocol for one method, or in a mixed round its first step.
+
+        A mixed round trains and collects keys per method here; the protocol groups run in :meth:`secure_combine`
+        once every method's devices have trained (a method's lone device joins another group).
+        """
+        from pocketlearn.federated.flower import secure
+
+        if self.server.policy.mixed is None:
+            return secure.secure_round(self, params, client_ids, rnd, local)
+        devices = secure.train_devices(self, params, client_ids, rnd, local)
+        if self._pending[0] != rnd:
+            self._pending = (rnd, {})
+        self._pending[1].update((d.client, d) for d in devices)
+        return secure.placeholders(self._wire_shapes(params, rnd, local), devices, devices, None)
+
+    def secure_combine(self, groups: list[tuple[str, RoundUpdates]], expansion: Any, *, threshold: float,
+                       clip: float, neighbours: int | None, seed: int) -> tuple[RoundUpdates, int, int]:
+        """:func:`federated.mixed.secure_combine`, with the devices running the protocol.
+
+        The settings come from the run's ``secagg`` section (the same values the server loop passes).
+        """
+        from pocketlearn.federated.flower import secure
+
+        return secure.secure_combine(self, groups, expansion, self._pending[1], seed=seed)
 
     def train_messages(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining,
                        up_codec: str, message_type: str = TRAIN) -> list[tuple[int, Any]]:

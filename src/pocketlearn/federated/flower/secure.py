@@ -4,23 +4,26 @@ The round runs the same protocol objects as ``fed simulate`` (:mod:`pocketlearn.
 party is where it would be in production:
 
 1. ``train.secagg``: the device trains, keeps its update and fresh secrets in its ``Context.state`` (on the
-   device), and answers with its public keys only.
-2. ``query.secagg_share``: the server numbers the devices that answered, sends each the round's parameters and
-   its neighbours' keys; the device answers with its secrets' shares, sealed per neighbour.
+   device), and answers with its public keys and which tensors it trained (their names and shapes) only.
+2. ``query.secagg_share``: the server numbers the devices of a protocol group, sends each the group's
+   parameters and its neighbours' keys; the device answers with its secrets' shares, sealed per neighbour.
 3. ``query.secagg_mask``: each device gets its inbox of sealed shares and its sample weight, and answers with its
    weighted update masked; the server only adds these up.
 4. ``query.secagg_unmask``: survivors reveal the shares that remove the masks; the server learns the sum.
 
 A device that stops answering at any step is left out as the protocol allows (its masks are removed with the
-others' shares); a reply that does not parse is treated the same, and if too few remain the round applies no
-update. The bytes counted are those of the protocol's messages, as the simulator counts them.
+others' shares); a reply that does not parse is treated the same, and if too few remain the group's sum is
+lost (the round applies no update from it). In a mixed-method round the devices of each method form one group
+(a method with a lone device joins another group, as in ``federated.mixed.secure_combine``) and each device
+places its wire tensors in the group's layout, zeros elsewhere. The bytes counted are those of the protocol's
+messages, as the simulator counts them.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -50,31 +53,43 @@ from pocketlearn.federated.secagg.messages import (
 
 SECURE_TRAIN, SHARE, MASK, UNMASK = "train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask"
 STATE = "pocketlearn-secagg"  # the device's Context.state record between the four messages
+Layout = list[tuple[str, tuple[int, ...]]]  # the tensors of a vector, in order, with their shapes
 
 
 @dataclass(frozen=True)
 class RoundSpec:
-    """What every party of one secure round agrees on; a device rebuilds the protocol's config from it."""
+    """What every party of one protocol group agrees on; a device rebuilds the protocol's config from it."""
 
     rnd: int
     num_clients: int
     threshold: int
     clip: float
-    vector_size: int
+    layout: Layout
     neighbours: int | None = None
+    graph_seed: int = 0
     bits: int = 32
 
+    @property
+    def vector_size(self) -> int:
+        return sum(math.prod(shape) for _, shape in self.layout)
+
     def config(self) -> SecAggConfig:
-        """The graph is drawn from the round number, as in the simulator, so every party derives the same one."""
+        """The graph is drawn from ``graph_seed``, as in the simulator, so every party derives the same one."""
         return SecAggConfig(self.threshold, FieldSpec(self.clip, self.num_clients, self.bits), self.vector_size,
-                            neighbour_graph(self.num_clients, self.neighbours, self.rnd))
+                            neighbour_graph(self.num_clients, self.neighbours, self.graph_seed))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> RoundSpec:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        fields["layout"] = _layout(fields["layout"])
+        return cls(**fields)
+
+
+def _layout(raw: Any) -> Layout:
+    return [(str(name), tuple(int(x) for x in shape)) for name, shape in raw]
 
 
 # --- the device's side -------------------------------------------------------------------------------------------
@@ -112,14 +127,35 @@ def device_train(content: Any, state: Any, train: Callable[[Any], Any]) -> Any:
 
     request = TrainRequest.from_records(content)
     reply = train(request)
-    delta = make_codec(request.up_codec).decode(reply.payload)
+    delta = make_codec(request.up_codec).decode(reply.payload)  # what the simulator's server would decode
     names = sorted(delta)
     vector = np.concatenate([delta[n].detach().reshape(-1).float().numpy() for n in names])
+    layout = json.dumps([[n, list(delta[n].shape)] for n in names])
     secrets = ClientSecrets.generate()
-    state[STATE] = ConfigRecord({"round": request.rnd, "secrets": secrets.to_bytes(), "vector": vector.tobytes()})
+    state[STATE] = ConfigRecord({"round": request.rnd, "secrets": secrets.to_bytes(), "vector": vector.tobytes(),
+                                 "layout": layout})
     records = replace(reply, payload=secrets.advert(request.client_id).to_bytes()).to_records()
-    records["layout"] = ConfigRecord({"layout": json.dumps([[n, list(delta[n].shape)] for n in names])})
+    records["layout"] = ConfigRecord({"layout": layout})
     return records
+
+
+def _embedded(own: bytes, own_layout: Layout, layout: Layout) -> np.ndarray:
+    """The device's update placed in the group's layout (zeros for tensors it did not train)."""
+    mine = dict(own_layout)
+    if missing := sorted(set(mine) - {n for n, _ in layout}):
+        raise SecAggError(f"the group's layout leaves out tensors this device trained: {missing}")
+    values = np.frombuffer(own, np.float32)
+    offsets = dict(zip(mine, np.cumsum([0, *(math.prod(s) for s in mine.values())]).tolist(), strict=False))
+    parts = []
+    for name, shape in layout:
+        size = math.prod(shape)
+        if name not in mine:
+            parts.append(np.zeros(size, np.float32))
+        elif mine[name] != shape:
+            raise SecAggError(f"the group's layout gives {name} the shape {shape}; this device trained {mine[name]}")
+        else:
+            parts.append(values[offsets[name]:offsets[name] + size])
+    return np.concatenate(parts)
 
 
 def device_share(content: Any, state: Any) -> Any:
@@ -127,9 +163,7 @@ def device_share(content: Any, state: Any) -> Any:
     meta = content["meta"]
     spec = RoundSpec.from_json(str(meta["spec"]))
     stored = _stored(state, spec.rnd)
-    size = len(stored["vector"]) // 4
-    if size != spec.vector_size:
-        raise SecAggError(f"the round aggregates {spec.vector_size} values, this device's update has {size}")
+    stored["vector"] = _embedded(stored["vector"], _layout(json.loads(str(stored["layout"]))), spec.layout).tobytes()
     adverts = [KeyAdvert.from_bytes(r) for r in split_records(_payload(content), ADVERT_BYTES, "neighbours' keys")]
     client = SecAggClient(int(meta["position"]), spec.config(), ClientSecrets.from_bytes(stored["secrets"]))
     shares = client.share_keys({a.client: a for a in adverts})
@@ -163,80 +197,71 @@ def device_unmask(content: Any, state: Any) -> Any:
 
 # --- the server's side -------------------------------------------------------------------------------------------
 @dataclass
-class _Device:
+class TrainedDevice:
+    """A device that trained this round and advertised keys: what the server knows of it (no update)."""
+
     client: int
     node: int
-    position: int
     reply: Any  # its TrainReply (payload: its key advert)
     advert: KeyAdvert
+    layout: Layout
     sent: int = 0
     received: int = 0
 
 
-class SecureRound:
-    """One round of secure aggregation driven through a :class:`FlowerEngine` (its grid, timeouts, bookkeeping)."""
-
-    def __init__(self, engine: Any, rnd: int):
-        self.engine, self.rnd = engine, rnd
-        self.cfg = engine.server.policy.secagg
-        self.devices: dict[int, _Device] = {}  # by position in the round
-
-    def run(self, params: Mapping[str, Any], client_ids: list[int], local: Any) -> Any:
-        """Train, then aggregate securely; the result holds the mean as one row (or nothing if it failed)."""
-        layout = self._train(params, client_ids, local)
+def train_devices(engine: Any, params: Mapping[str, Any], client_ids: list[int], rnd: int, local: Any
+                  ) -> list[TrainedDevice]:
+    """Phase 1 for one method group: the devices that trained and sent usable keys and a layout."""
+    expected = {n: tuple(s) for n, s in engine._wire_shapes(params, rnd, local).items()}
+    sent = engine.train_messages(params, client_ids, rnd, local, engine.server.policy.uplink.spec, SECURE_TRAIN)
+    devices = []
+    for (c, message), (_, reply, after) in zip(sent, engine._exchange([m for _, m in sent], engine.round_timeout_s),
+                                               strict=True):
+        answer = engine._accept(c, reply, rnd, after)
+        if answer is None:
+            continue
         try:
-            if len(self.devices) < 2:
-                raise SecAggError(f"{len(self.devices)} device(s) trained; secure aggregation needs at least 2")
-            total, survivors = self._aggregate(layout)
-        except (SecAggError, ConfigError) as err:
-            self._say(f"secure aggregation failed ({err}); this round applies no update")
-            return self._result(params, [], None)
-        return self._result(params, survivors, self._mean(total, layout, survivors))
+            advert = KeyAdvert.from_bytes(answer.payload)
+            layout = _layout(json.loads(str(reply.content["layout"]["layout"])))
+        except (PocketlearnError, KeyError, TypeError, ValueError) as err:
+            engine.say(f"round {rnd}: client {c} sent no usable public keys ({err}); left out")
+            continue
+        if not layout or any(expected.get(n) != shape for n, shape in layout):
+            engine.say(f"round {rnd}: client {c} says it trained tensors this round does not train; left out")
+            continue
+        devices.append(TrainedDevice(c, message.metadata.dst_node_id, answer, advert, layout,
+                                     sent=len(answer.payload)))
+    return devices
 
-    def _say(self, line: str) -> None:
-        self.engine.say(f"round {self.rnd}: {line}")
 
-    # --- phase 1 ----------------------------------------------------------------------------------------------
-    def _train(self, params: Mapping[str, Any], client_ids: list[int], local: Any) -> list[tuple[str, tuple]]:
-        engine = self.engine
-        sent = engine.train_messages(params, client_ids, self.rnd, local, engine.server.policy.uplink.spec,
-                                     SECURE_TRAIN)
-        layouts: dict[str, list[tuple[int, Any, KeyAdvert, Any]]] = {}
-        for (c, message), (_, reply, after) in zip(sent, engine._exchange([m for _, m in sent],
-                                                                             engine.round_timeout_s), strict=True):
-            answer = engine._accept(c, reply, self.rnd, after)
-            if answer is None:
-                continue
-            try:
-                advert = KeyAdvert.from_bytes(answer.payload)
-                layout = str(reply.content["layout"]["layout"])
-            except (SecAggError, KeyError, TypeError) as err:
-                self._say(f"client {c} sent no usable public keys ({err}); left out")
-                continue
-            layouts.setdefault(layout, []).append((c, message.metadata.dst_node_id, advert, answer))
-        if not layouts:
-            return []
-        agreed = max(layouts, key=lambda k: len(layouts[k]))  # every honest device reports the model's layout
-        for other in set(layouts) - {agreed}:
-            self._say(f"clients {[c for c, *_ in layouts[other]]} trained other parameters than the rest; left out")
-        for position, (c, node, advert, answer) in enumerate(sorted(layouts[agreed], key=lambda t: t[0])):
-            self.devices[position] = _Device(c, node, position, answer, advert, sent=len(answer.payload))
-        return [(name, tuple(shape)) for name, shape in json.loads(agreed)]
+class SecureSum:
+    """Phases 2-4 over one group of devices: the sum of their weighted updates, and nothing else of them.
 
-    # --- phases 2-4 -------------------------------------------------------------------------------------------
-    def _aggregate(self, layout: list[tuple[str, tuple]]) -> tuple[np.ndarray, list[int]]:
+    Client u's weight is n_u / ``total`` (float32, as the simulator weights), so sums of several groups add up
+    to a round's weighted total. Raises SecAggError if the group cannot be completed safely.
+    """
+
+    def __init__(self, engine: Any, rnd: int, devices: Sequence[TrainedDevice], *, total: float, graph_seed: int):
+        self.engine, self.rnd, self.total, self.graph_seed = engine, rnd, total, graph_seed
+        self.cfg = engine.server.policy.secagg
+        self.devices = dict(enumerate(sorted(devices, key=lambda d: d.client)))  # by position in the protocol
+
+    def run(self) -> tuple[dict[str, Any], list[TrainedDevice]]:
+        """The weighted sum per tensor of the group's layout (float64), and the devices in it."""
         n = len(self.devices)
-        spec = RoundSpec(self.rnd, n, max(1, math.ceil(self.cfg.threshold * n)), self.cfg.clip,
-                         sum(math.prod(shape) for _, shape in layout), self.cfg.neighbours)
+        if n < 2:
+            raise SecAggError(f"{n} device(s) in a protocol group; secure aggregation needs at least 2")
+        layout = sorted({t for d in self.devices.values() for t in d.layout})
+        spec = RoundSpec(self.rnd, n, max(1, math.ceil(self.cfg.threshold * n)), self.cfg.clip, layout,
+                         self.cfg.neighbours, self.graph_seed)
         config = spec.config()
         server = SecAggServer(config)
         routed = server.receive_adverts([replace(d.advert, client=u) for u, d in self.devices.items()])
         replies = self._phase(SHARE, {u: ({"spec": spec.to_json(), "position": u},
                                           b"".join(a.to_bytes() for a in routed[u].values())) for u in routed})
-        shares = [m for u, raw in replies.items() if (m := self._parse(u, raw, KeyShares.from_bytes, config))]
-        inbox = server.route_shares(shares)
-        counts = np.array([self.devices[u].reply.num_samples for u in sorted(inbox)], dtype=np.float32)
-        weights = dict(zip(sorted(inbox), (counts / counts.sum()).tolist(), strict=True))  # float32, as simulated
+        inbox = server.route_shares(m for u, raw in replies.items() if (m := self._parse(u, raw, KeyShares.from_bytes,
+                                                                                          config)))
+        weights = dict(zip(inbox, self._weights([self.devices[u].reply.num_samples for u in inbox]), strict=True))
         replies = self._phase(MASK, {u: ({"round": self.rnd, "weight": weights[u]},
                                          b"".join(e.to_bytes() for e in inbox[u])) for u in inbox})
         for u, raw in replies.items():
@@ -246,12 +271,20 @@ class SecureRound:
                 server.receive_masked(masked)
         request = server.unmask_request()
         replies = self._phase(UNMASK, {u: ({"round": self.rnd}, request.to_bytes()) for u in request.survivors})
-        responses = [r for u, raw in replies.items() if (r := self._parse(u, raw, UnmaskResponse.from_bytes, config))]
-        total = server.aggregate(responses)
-        survivors = sorted(request.survivors)
-        if len(survivors) < len(inbox):  # the weights were shared out over more clients than are in the sum
-            total = total * (float(counts.sum()) / sum(self.devices[u].reply.num_samples for u in survivors))
-        return total, survivors
+        total = server.aggregate(r for u, raw in replies.items()
+                                 if (r := self._parse(u, raw, UnmaskResponse.from_bytes, config)))
+        parts = np.split(total, np.cumsum([math.prod(s) for _, s in layout])[:-1])
+        sums = {name: part.reshape(shape) for (name, shape), part in zip(layout, parts, strict=True)}
+        return sums, [self.devices[u] for u in sorted(request.survivors)]
+
+    def _weights(self, samples: list[int]) -> list[float]:
+        """n_u / total computed as the simulator scales its stacked float32 updates (same bits)."""
+        import torch
+
+        return (torch.tensor([float(n) for n in samples]) / self.total).tolist()
+
+    def _say(self, line: str) -> None:
+        self.engine.say(f"round {self.rnd}: {line}")
 
     def _phase(self, message_type: str, work: Mapping[int, tuple[dict[str, Any], bytes]]) -> dict[int, bytes]:
         """Send each position its (meta, payload); the payloads of the well-formed replies, by position."""
@@ -295,31 +328,75 @@ class SecureRound:
             return None
         return message
 
-    # --- the result the server loop takes ---------------------------------------------------------------------
-    def _mean(self, total: np.ndarray, layout: list[tuple[str, tuple]], survivors: list[int]) -> Any:
-        import torch
 
-        from pocketlearn.federated.updates import RoundUpdates
+# --- what the server loop takes ----------------------------------------------------------------------------------
+def secure_round(engine: Any, params: Mapping[str, Any], client_ids: list[int], rnd: int, local: Any) -> Any:
+    """A single-method round: train, aggregate securely, and hand back the mean as one row (None if it failed)."""
+    devices = train_devices(engine, params, client_ids, rnd, local)
+    total = float(np.float32(sum(d.reply.num_samples for d in devices)))
+    try:
+        sums, survivors = SecureSum(engine, rnd, devices, total=total, graph_seed=rnd).run()
+    except (SecAggError, ConfigError) as err:
+        engine.say(f"round {rnd}: secure aggregation failed ({err}); this round applies no update")
+        return placeholders(params, [], devices, None)
+    share = sum(d.reply.num_samples for d in survivors) / total  # 1 unless a device dropped after training
+    mean = {n: s / share if share != 1 else s for n, s in sums.items()}
+    return placeholders(params, survivors, devices, _one_row(mean, sum(d.reply.num_samples for d in survivors)))
 
-        flat = torch.from_numpy(total)
-        sizes = [math.prod(shape) for _, shape in layout]
-        rows = {name: part.view(shape).to(torch.float32).unsqueeze(0)
-                for (name, shape), part in zip(layout, flat.split(sizes), strict=True)}
-        samples = torch.tensor([float(self.devices[u].reply.num_samples) for u in survivors])
-        return RoundUpdates([-1], samples.sum().view(1), rows)
 
-    def _result(self, params: Mapping[str, Any], survivors: list[int], mean: Any) -> Any:
-        import torch
+def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice], everyone: list[TrainedDevice],
+                 mean: Any) -> Any:
+    """The round's result as the server loop reads it: who finished, with zero rows (the server never has them)."""
+    import torch
 
-        from pocketlearn.federated.simulate import RoundResult, SecureMean
-        from pocketlearn.federated.updates import RoundUpdates
+    from pocketlearn.federated.simulate import RoundResult, SecureMean
+    from pocketlearn.federated.updates import RoundUpdates
 
-        everyone = self.devices.values()
-        secure = SecureMean(mean, sum(d.sent for d in everyone), sum(d.received for d in everyone)) \
-            if mean is not None else None
-        k = len(survivors)
-        rows = {name: p.new_zeros(()).expand(k, *p.shape) for name, p in params.items()}  # the server never has them
-        updates = RoundUpdates([self.devices[u].client for u in survivors],
-                               torch.tensor([float(self.devices[u].reply.num_samples) for u in survivors]), rows)
-        losses = torch.tensor([self.devices[u].reply.loss for u in survivors])
-        return RoundResult(updates, losses, None, [self.devices[u].sent for u in survivors], secure)
+    k = len(finished)
+    rows = {n: torch.zeros(()).expand(k, *(s.shape if hasattr(s, "shape") else s)) for n, s in shapes.items()}
+    updates = RoundUpdates([d.client for d in finished], torch.tensor([float(d.reply.num_samples) for d in finished]),
+                           rows)
+    secure = SecureMean(mean, sum(d.sent for d in everyone), sum(d.received for d in everyone)) \
+        if mean is not None else None
+    return RoundResult(updates, torch.tensor([d.reply.loss for d in finished]), None, [d.sent for d in finished],
+                       secure)
+
+
+def _one_row(sums: Mapping[str, np.ndarray], samples: float) -> Any:
+    import torch
+
+    from pocketlearn.federated.updates import RoundUpdates
+
+    rows = {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32).unsqueeze(0) for n, s in sums.items()}
+    return RoundUpdates([-1], torch.tensor([float(samples)]), rows)
+
+
+def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, pending: Mapping[int, TrainedDevice],
+                   *, seed: int) -> tuple[Any, int, int]:
+    """A mixed round's devices aggregated in protocol groups, combined by ``federated.mixed``'s rule.
+
+    ``groups``: (method, placeholder rows of the devices that trained); ``pending``: those devices by client.
+    Returns the combined mean as one row and the protocol's bytes, as :func:`federated.mixed.secure_combine`.
+    """
+    import torch
+
+    from pocketlearn.federated.mixed import one_row, protocol_groups
+
+    total = float(sum(float(u.num_samples.sum()) for _, u in groups))
+    method_of = {c: m for m, u in groups for c in u.client_ids}
+    sums: dict[str, dict[str, Any]] = {m: {} for m, _ in groups}
+    samples = dict.fromkeys(sums, 0.0)  # per method, of the devices whose updates are in a sum
+    for i, (methods, u) in enumerate(protocol_groups(groups)):
+        try:
+            group_sums, survivors = SecureSum(engine, seed, [pending[c] for c in u.client_ids], total=total,
+                                              graph_seed=seed * 101 + i).run()
+        except (SecAggError, ConfigError) as err:
+            engine.say(f"round {seed}: secure aggregation of {'+'.join(methods)} failed ({err}); its updates are lost")
+            continue
+        sums[methods[0]] = {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32)
+                            for n, s in group_sums.items()}
+        for d in survivors:
+            samples[method_of[d.client]] += d.reply.num_samples
+    everyone = list(pending.values())
+    means = expansion.combine(sums, {m: n / total for m, n in samples.items()})
+    return one_row(means, total), sum(d.sent for d in everyone), sum(d.received for d in everyone)
