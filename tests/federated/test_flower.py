@@ -76,6 +76,13 @@ def test_simulation_only_settings_are_refused_all_at_once():
     assert deployment_problems(config(secagg={"enabled": True}, client=mixed)) == []
 
 
+def test_the_devices_example_is_deployable():
+    from pocketlearn.federated.config import load_config
+
+    cfg = load_config(Path(__file__).parents[2] / "examples" / "devices.toml", [])
+    assert cfg.secagg.enabled and deployment_problems(cfg) == []
+
+
 def test_partition_files_hold_the_simulators_clients(tmp_path):
     cfg = config()
     from pocketlearn.data.files import load_examples
