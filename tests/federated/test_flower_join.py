@@ -19,7 +19,7 @@ from flwr.clientapp import ClientApp
 
 from pocketlearn.federated.flower.device import DeviceSetup
 from pocketlearn.federated.flower.join import JoinOptions, Worker, supernode_command, worker_command
-from pocketlearn.federated.flower.launch import LaunchError
+from pocketlearn.federated.flower.launch import LaunchError, write_app
 
 counting_app = ClientApp()  # the test's ClientApp: counts its messages in Context.state
 
@@ -93,7 +93,7 @@ class RuntimeApi:
         self.state.set_node_id(7)
         content = build_fab_from_disk(app_dir)
         fab = Fab(hashlib.sha256(content).hexdigest(), content, {})
-        self.run = replace(Run.create_empty(1), fab_id="pocketlearn/join-test", fab_version="1.0.0",
+        self.run = replace(Run.create_empty(1), fab_id="pocketlearn/pocketlearn-run", fab_version="1.0.0",
                            fab_hash=fab.hash_str)
         self.state.store_run(self.run)
         self.state.store_fab(fab)
@@ -144,26 +144,8 @@ class _Fixed:
 @pytest.fixture
 def runtime_api(tmp_path, monkeypatch):
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
-    app_dir = tmp_path / "app"
-    app_dir.mkdir()
-    (app_dir / "pyproject.toml").write_text("""[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "join-test"
-version = "1.0.0"
-description = "worker test"
-license = "Apache-2.0"
-dependencies = []
-
-[tool.flwr.app]
-publisher = "pocketlearn"
-
-[tool.flwr.app.components]
-serverapp = "tests.federated.test_flower_join:counting_app"
-clientapp = "tests.federated.test_flower_join:counting_app"
-""")
+    counting = "tests.federated.test_flower_join:counting_app"
+    app_dir = write_app(tmp_path / "app", {}, components={"serverapp": counting, "clientapp": counting})
     api = RuntimeApi(app_dir)
     try:
         yield api

@@ -169,7 +169,7 @@ class FlowerEngine:
         """
         from pocketlearn.federated.flower import secure
 
-        return secure.secure_combine(self, groups, expansion, self._pending[1], seed=seed)
+        return secure.secure_combine(self, groups, expansion, self._pending[1], rnd=seed)  # the server's seed: rnd
 
     def train_messages(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining,
                        up_codec: str, message_type: str = TRAIN) -> list[tuple[int, Any]]:

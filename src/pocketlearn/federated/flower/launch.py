@@ -274,11 +274,12 @@ def _plain(cli_output: str) -> str:
     return " ".join(w for w in words if w)
 
 
-def write_app(app_dir: Path, run_config: dict[str, str | float | int]) -> Path:
+def write_app(app_dir: Path, run_config: dict[str, str | float | int],
+              components: dict[str, str] = APP_COMPONENTS) -> Path:
     """A Flower app that is only a ``pyproject.toml``: its components live in the installed pocketlearn."""
     app_dir.mkdir(parents=True, exist_ok=True)
     config = "\n".join(f"{key} = {json.dumps(value, ensure_ascii=False)}" for key, value in run_config.items())
-    components = "\n".join(f"{k} = {json.dumps(v)}" for k, v in APP_COMPONENTS.items())
+    refs = "\n".join(f"{k} = {json.dumps(v)}" for k, v in components.items())
     (app_dir / "pyproject.toml").write_text(f"""[build-system]
 requires = ["hatchling"]
 build-backend = "hatchling.build"
@@ -294,7 +295,7 @@ dependencies = []
 publisher = "pocketlearn"
 
 [tool.flwr.app.components]
-{components}
+{refs}
 
 [tool.flwr.app.config]
 {config}

@@ -372,7 +372,7 @@ def _one_row(sums: Mapping[str, np.ndarray], samples: float) -> Any:
 
 
 def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, pending: Mapping[int, TrainedDevice],
-                   *, seed: int) -> tuple[Any, int, int]:
+                   rnd: int) -> tuple[Any, int, int]:
     """A mixed round's devices aggregated in protocol groups, combined by ``federated.mixed``'s rule.
 
     ``groups``: (method, placeholder rows of the devices that trained); ``pending``: those devices by client.
@@ -388,10 +388,10 @@ def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, p
     samples = dict.fromkeys(sums, 0.0)  # per method, of the devices whose updates are in a sum
     for i, (methods, u) in enumerate(protocol_groups(groups)):
         try:
-            group_sums, survivors = SecureSum(engine, seed, [pending[c] for c in u.client_ids], total=total,
-                                              graph_seed=seed * 101 + i).run()
+            group_sums, survivors = SecureSum(engine, rnd, [pending[c] for c in u.client_ids], total=total,
+                                              graph_seed=rnd * 101 + i).run()  # the simulator's graphs
         except (SecAggError, ConfigError) as err:
-            engine.say(f"round {seed}: secure aggregation of {'+'.join(methods)} failed ({err}); its updates are lost")
+            engine.say(f"round {rnd}: secure aggregation of {'+'.join(methods)} failed ({err}); its updates are lost")
             continue
         sums[methods[0]] = {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32)
                             for n, s in group_sums.items()}

@@ -14,6 +14,7 @@ Nothing is ever installed: the app named by the run's FAB is loaded from this en
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import signal
 import sys
@@ -32,10 +33,12 @@ from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest 
 from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender
+from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import RetryInvoker, exponential
 from flwr.supercore.run import Run
 from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime import run_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from pocketlearn.federated.flower.launch import APP_COMPONENTS
@@ -48,6 +51,7 @@ PRELOAD = ("pocketlearn.federated.flower.device", "pocketlearn.federated.flower.
            "pocketlearn.federated.codecs", "pocketlearn.trainer", "pocketlearn.methods", "pocketlearn.data.files")
 POLL_S = (0.05, 0.25)  # wait between task claims: the shortest right after a task, doubling up to the longest
 TASK_RETRY_S = 30.0  # a task's calls retry an unreachable SuperNode this long, then the task is given up
+TASK_PULL_S = 60.0  # a task whose message the SuperNode cannot hand over (2 h in Flower) is given up after this
 
 
 class AppCache:
@@ -136,12 +140,24 @@ def serve(address: str) -> None:
         if claimed is not None and claimed.HasField("task") and claimed.token:
             try:
                 run_task(address, claimed.token, apps)
-            except (httpx.HTTPError, RuntimeError) as err:  # its claim expires: the SuperNode sends an error reply
+            except (httpx.HTTPError, RuntimeError, ObjectPullError) as err:  # the SuperNode answers the server
                 print(f"gave up a task the SuperNode could not serve: {err}", file=sys.stderr, flush=True)
             wait = POLL_S[0]
             continue
         time.sleep(wait)
         wait = min(2 * wait, POLL_S[1])
+
+
+def bound_message_pulls() -> None:
+    """Give up a task whose message cannot be pulled after TASK_PULL_S, not Flower's two hours.
+
+    A task of a run the server abandoned (it crashed mid-round) can lose its message's objects; a process per
+    task would hang alone, this worker would hang every later task behind it. The SuperNode pulled the objects
+    before it offered the task, so a minute is plenty. (``pull_task_input`` reads the function from its module.)
+    """
+    pull = run_clientapp.pull_and_inflate_object_from_tree
+    if not isinstance(pull, functools.partial):
+        run_clientapp.pull_and_inflate_object_from_tree = functools.partial(pull, max_time=TASK_PULL_S)
 
 
 def preload() -> None:
@@ -167,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runtime-api-address", required=True, help="the SuperNode's Runtime API, HOST:PORT")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit)
+    bound_message_pulls()
     try:
         preload()
         print(READY, flush=True)
