@@ -341,7 +341,10 @@ def secure_round(engine: Any, params: Mapping[str, Any], client_ids: list[int], 
         return placeholders(params, [], devices, None)
     share = sum(d.reply.num_samples for d in survivors) / total  # 1 unless a device dropped after training
     mean = {n: s / share if share != 1 else s for n, s in sums.items()}
-    return placeholders(params, survivors, devices, _one_row(mean, sum(d.reply.num_samples for d in survivors)))
+    from pocketlearn.federated.mixed import one_row
+
+    samples = float(sum(d.reply.num_samples for d in survivors))
+    return placeholders(params, survivors, devices, one_row(_tensors(mean), samples))
 
 
 def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice], everyone: list[TrainedDevice],
@@ -362,13 +365,10 @@ def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice], every
                        secure)
 
 
-def _one_row(sums: Mapping[str, np.ndarray], samples: float) -> Any:
+def _tensors(sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
     import torch
 
-    from pocketlearn.federated.updates import RoundUpdates
-
-    rows = {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32).unsqueeze(0) for n, s in sums.items()}
-    return RoundUpdates([-1], torch.tensor([float(samples)]), rows)
+    return {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32) for n, s in sums.items()}
 
 
 def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, pending: Mapping[int, TrainedDevice],
@@ -378,8 +378,6 @@ def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, p
     ``groups``: (method, placeholder rows of the devices that trained); ``pending``: those devices by client.
     Returns the combined mean as one row and the protocol's bytes, as :func:`federated.mixed.secure_combine`.
     """
-    import torch
-
     from pocketlearn.federated.mixed import one_row, protocol_groups
 
     total = float(sum(float(u.num_samples.sum()) for _, u in groups))
@@ -393,8 +391,7 @@ def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, p
         except (SecAggError, ConfigError) as err:
             engine.say(f"round {rnd}: secure aggregation of {'+'.join(methods)} failed ({err}); its updates are lost")
             continue
-        sums[methods[0]] = {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32)
-                            for n, s in group_sums.items()}
+        sums[methods[0]] = _tensors(group_sums)
         for d in survivors:
             samples[method_of[d.client]] += d.reply.num_samples
     everyone = list(pending.values())
