@@ -194,3 +194,26 @@ def test_a_raising_handler_becomes_an_error_reply_and_the_worker_goes_on(runtime
     _run_next_task(runtime_api, apps)
     (reply,) = runtime_api.replies()
     assert not reply.has_error() and int(runtime_api.context().state["count"]["n"]) == 1
+
+
+def test_a_task_whose_message_cannot_be_pulled_is_given_up_and_the_next_one_runs(runtime_api, monkeypatch):
+    """A restarted server leaves tasks of its abandoned run whose message objects are gone: not a 2-hour hang."""
+    from flwr.supercore.inflatable.inflatable_utils import ObjectPullError
+    from flwr.supernode.runtime import run_clientapp
+
+    from pocketlearn.federated.flower import worker
+
+    monkeypatch.setattr(worker, "TASK_PULL_S", 1.0)
+    monkeypatch.setattr(run_clientapp, "pull_and_inflate_object_from_tree",
+                        run_clientapp.pull_and_inflate_object_from_tree)  # restored after the test
+    worker.bound_message_pulls()
+    apps = worker.AppCache()
+    runtime_api.send(RecordDict({"n": ConfigRecord({"x": 1})}))
+    store = runtime_api.state.object_store
+    for entry in store.store.values():  # registered, content never arrived: what a stale task's pull finds
+        entry.content = b""
+    with pytest.raises(ObjectPullError):
+        _run_next_task(runtime_api, apps)
+    runtime_api.send(RecordDict())
+    _run_next_task(runtime_api, apps)
+    assert any(not r.has_error() for r in runtime_api.replies())
