@@ -6,11 +6,22 @@ the tensor's device: the same seed gives the same noise on any accelerator and a
 
 from __future__ import annotations
 
+import secrets
+
 import numpy as np
 import torch
 from torch import Tensor
 
 from pocketlearn.federated.updates import RoundUpdates
+
+
+def secure_generator() -> torch.Generator:
+    """A fresh CPU generator seeded with 64 bits from the OS's CSPRNG: noise nobody can regenerate.
+
+    Its state is secret: keep it only where the noise it protects is kept (the server checkpoint), never in a
+    config, a metrics file or a message.
+    """
+    return torch.Generator().manual_seed(secrets.randbits(64))
 
 
 def derived_generator(seed: int, *keys: int) -> torch.Generator:
