@@ -1,9 +1,18 @@
-"""Atomic checkpoints: a file is either the old complete state or the new complete state, never half of one."""
+"""Atomic, verified checkpoints: a file is the old complete state or the new one, and damage is named as such.
+
+Layout (format 2): the ``torch.save`` bytes, then a 52-byte trailer: magic, format version, payload length and
+the payload's sha256. The digest is checked before ``torch.load`` sees a byte, so a flipped bit is "corrupt",
+never a silently changed weight or a misleading "different config". The trailer sits after the zip archive
+``torch.save`` writes, so ``torch.load(path)`` still opens the file for inspection (it ignores trailing bytes),
+while :func:`load_checkpoint` reads and checks it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,18 +21,24 @@ import torch
 
 from pocketlearn.errors import PocketlearnError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MAGIC = b"PLCHKPT\x00"
+_TRAILER = struct.Struct("<8sIQ32s")  # magic, format version, payload length, sha256(payload)
+_ZIP_END = b"PK\x05\x06"  # a zip archive's end record: how format 1 (bare torch.save) files end
+DEFAULT_REMEDY = "restore it from a backup, or delete it to start over"
 
 
 class CheckpointError(PocketlearnError):
-    """A checkpoint is unreadable, from another format version, or for another model."""
+    """A checkpoint is unreadable, corrupt, from another format version, or for another model or run."""
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``state`` to ``path`` atomically (temp file in the same folder, fsync, rename), with its digest."""
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
-    write_atomic(path, buffer.getbuffer())
+    payload = buffer.getbuffer()
+    trailer = _TRAILER.pack(MAGIC, FORMAT_VERSION, len(payload), hashlib.sha256(payload).digest())
+    write_atomic(path, bytes(payload) + trailer)
 
 
 def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
@@ -42,28 +57,93 @@ def write_atomic(path: str | Path, data: bytes | memoryview) -> None:
         raise
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`; a damaged one is a clear error."""
+def checkpoint_format(path: str | Path) -> int | None:
+    """The format version a checkpoint file declares (1: a bare ``torch.save`` file), None if it is neither.
+
+    Reads only the file's last bytes: cheap enough to decide whether a cached file must be rebuilt.
+    """
     path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        if size >= _TRAILER.size:
+            f.seek(size - _TRAILER.size)
+            magic, version, _, _ = _TRAILER.unpack(f.read(_TRAILER.size))
+            if magic == MAGIC:
+                return int(version)
+        if size >= 22:
+            f.seek(size - 22)
+            if f.read(4) == _ZIP_END:
+                return 1
+    return None
+
+
+def load_checkpoint(path: str | Path, *, remedy: str = DEFAULT_REMEDY) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, verified against its digest before it is unpickled.
+
+    ``remedy``: the way out an error names when the file is corrupt (callers know what deleting it means).
+    A missing file raises :class:`FileNotFoundError`; anything else wrong is a :class:`CheckpointError`.
+    """
+    path = Path(path)
+    payload = _verified_payload(path, remedy)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}); "
-                              "delete it to start over, or restore it from a backup") from err
+        raise CheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__} while unpickling it); "
+                              f"{remedy}") from err
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         found = state.get("format_version") if isinstance(state, dict) else None
         raise CheckpointError(f"checkpoint {path} has format version {found}, this pocketlearn reads "
-                              f"{FORMAT_VERSION}; delete it to start over")
+                              f"{FORMAT_VERSION}; {remedy}")
     return state
+
+
+def _verified_payload(path: Path, remedy: str) -> bytes:
+    """The ``torch.save`` bytes of ``path`` after checking the trailer, the file's size and the digest."""
+    size = path.stat().st_size
+    declared = checkpoint_format(path)
+    if declared is None:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({size} bytes, no pocketlearn checkpoint "
+                              f"trailer at its end); {remedy}")
+    if declared == 1 and _inner_version(path) == FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its digest trailer is missing; {remedy}")
+    if declared != FORMAT_VERSION:
+        origin = "an older pocketlearn, without a digest" if declared < FORMAT_VERSION else \
+            "a newer pocketlearn, or damaged"
+        raise CheckpointError(f"checkpoint {path} has format version {declared} ({origin}); this pocketlearn reads "
+                              f"format {FORMAT_VERSION}. Delete it to start over (a cache is rebuilt), or write it "
+                              "again with this version")
+    with path.open("rb") as f:
+        f.seek(size - _TRAILER.size)
+        _, _, length, digest = _TRAILER.unpack(f.read(_TRAILER.size))
+        if length != size - _TRAILER.size:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {size} bytes, its trailer declares "
+                                  f"{length + _TRAILER.size}; {remedy}")
+        f.seek(0)
+        payload = f.read(length)
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the sha256 digest stored "
+                              f"with them (a changed byte on disk or in a copy); {remedy}")
+    return payload
+
+
+def _inner_version(path: Path) -> object:
+    """The ``format_version`` inside a bare ``torch.save`` file, None if unreadable.
+
+    Tells a format-1 file from a format-2 one that lost its trailer.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return state.get("format_version") if isinstance(state, dict) else None
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Load a checkpoint's ``"model"`` state dict into ``model``; a missing file or other model is a clear error."""
     if not Path(path).exists():
         raise CheckpointError(f"no weights at {path}; check model.init, or create them first (e.g. by pretraining)")
-    weights = load_checkpoint(path).get("model")
+    weights = load_checkpoint(path, remedy="restore it from a backup, or delete it and create it again "
+                                           "(e.g. by pretraining)").get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {path} holds no 'model' state dict")
     try:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pocketlearn.checkpoint import CheckpointError
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.config import load_config, parse_config
 from pocketlearn.federated.experiment import build_server
@@ -135,6 +136,75 @@ def test_a_run_folder_of_another_config_is_not_resumed(tmp_path):
     other, _ = build_server(_config(client={"lr": 0.2}), tmp_path)
     with pytest.raises(ConfigError, match="different config"):
         other.resume()
+
+
+def _logged_rounds(run_dir: Path) -> list[int]:
+    """Every round line in the file as written (read_metrics would hide duplicates)."""
+    return [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_kill_between_the_metrics_line_and_the_first_checkpoint_logs_round_one_once(tmp_path):
+    server, _ = build_server(_config(), tmp_path)
+
+    def killed_before_saving():
+        raise KeyboardInterrupt  # what a kill between the round's metrics line and its checkpoint leaves behind
+
+    server.save = killed_before_saving
+    with pytest.raises(KeyboardInterrupt):
+        server.run(2)
+    assert _logged_rounds(tmp_path) == [1] and not (tmp_path / "state.pt").exists()
+    again, _ = build_server(_config(), tmp_path)
+    assert again.resume() is False and again.discarded_rounds == 1
+    again.run(2)
+    assert _logged_rounds(tmp_path) == [1, 2]
+
+
+def test_a_deleted_checkpoint_restarts_the_run_and_its_metrics(tmp_path):
+    server, _ = build_server(_config(), tmp_path)
+    server.run(2)
+    (tmp_path / "state.pt").unlink()  # what the corrupt-checkpoint error offers
+    again, _ = build_server(_config(), tmp_path)
+    assert again.resume() is False and again.discarded_rounds == 2
+    again.run(3)
+    assert _logged_rounds(tmp_path) == [1, 2, 3]
+
+
+def test_a_run_without_checkpoints_logs_each_round_once_when_run_again(tmp_path):
+    for _ in range(2):
+        server, _ = build_server(_config(checkpoint=False), tmp_path)
+        server.run(2)  # no resume() call: run() itself cuts the file to the round it starts from
+    assert _logged_rounds(tmp_path) == [1, 2]
+
+
+def _damage(path: Path, offset: int, count: int) -> None:
+    data = bytearray(path.read_bytes())
+    for i in range(offset, offset + count):
+        data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_bit_in_the_global_weights_is_corrupt_not_resumed(tmp_path):
+    server, _ = build_server(_config(), tmp_path)
+    server.run(1)
+    state = tmp_path / "state.pt"
+    weight = next(iter(server.params.values())).detach().numpy().tobytes()
+    at = state.read_bytes().find(weight[:64])
+    assert at > 0
+    _damage(state, at + 17, 1)
+    again, _ = build_server(_config(), tmp_path)
+    with pytest.raises(CheckpointError, match=r"state\.pt is corrupt.*delete it to restart this run from round 0"):
+        again.resume()
+
+
+def test_sixteen_flipped_bytes_are_corrupt_not_another_config(tmp_path):
+    server, _ = build_server(_config(), tmp_path)
+    server.run(1)
+    state = tmp_path / "state.pt"
+    _damage(state, 200, 16)
+    again, _ = build_server(_config(), tmp_path)
+    with pytest.raises(CheckpointError, match="corrupt") as caught:
+        again.resume()
+    assert "different config" not in str(caught.value) and "--fresh" not in str(caught.value)
 
 
 def test_shakespeare_roles_are_natural_clients_of_a_character_model(tmp_path):

@@ -1,10 +1,19 @@
-"""``runs/<name>/metrics.jsonl``: one JSON line per round, cut back to the checkpoint when a run resumes."""
+"""``runs/<name>/metrics.jsonl``: one JSON line per completed round, each round exactly once.
+
+A round's line is written (and synced) before its checkpoint; a server cuts the file back to the round it
+starts from before writing its first line (the checkpoint's round on resume, 0 on a start without one), so a
+line written after the last checkpoint of a killed run, or the lines of a run whose ``state.pt`` was deleted,
+never appear twice. :func:`read_metrics` keeps the last line of a round in any case.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+from pocketlearn.checkpoint import write_atomic
 
 
 class MetricsLog:
@@ -13,23 +22,30 @@ class MetricsLog:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, record: dict[str, Any]) -> None:
+        """Add one round's line, on disk before the round's checkpoint is written."""
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
-    def truncate(self, last_round: int) -> None:
-        """Drop lines of rounds after ``last_round`` (written after the last checkpoint of a killed run)."""
+    def truncate(self, last_round: int) -> int:
+        """Keep only rounds up to ``last_round`` (and drop a torn line); returns how many rounds were dropped."""
         if not self.path.exists():
-            return
-        keep = [line for line in read_metrics(self.path) if line["round"] <= last_round]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+            return 0
+        records = read_metrics(self.path)
+        keep = [r for r in records if r["round"] <= last_round]
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())
+        return len(records) - len(keep)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The records of a metrics file; a torn last line (killed mid-write) is ignored."""
-    records = []
+    """The records of a metrics file, one per round (the last written wins); a torn line is ignored."""
+    by_round: dict[int, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
-    return records
+        if isinstance(record, dict) and isinstance(record.get("round"), int):
+            by_round[record["round"]] = record
+    return [by_round[r] for r in sorted(by_round)]

@@ -111,6 +111,7 @@ class FederatedServer:
         self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
+        self.discarded_rounds = 0  # metrics lines of a run folder without a checkpoint, dropped by resume()
         self._bytes_by_method: dict[str, int] = {}  # this round's uplink bytes per training method
 
     def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
@@ -136,10 +137,17 @@ class FederatedServer:
         })
 
     def resume(self) -> bool:
-        """Continue from the checkpoint in the run folder, if any; True when resumed."""
+        """Continue from the checkpoint in the run folder, if any; True when resumed.
+
+        Without a checkpoint the run starts at round 0 and earlier metrics lines are dropped
+        (``discarded_rounds`` says how many, for the caller to report).
+        """
         if self.state_path is None or not self.state_path.exists():
+            # rounds logged without a checkpoint (killed before the first one, state.pt deleted): start over
+            self.discarded_rounds = self.log.truncate(0) if self.log else 0
             return False
-        state = load_checkpoint(self.state_path)
+        state = load_checkpoint(self.state_path, remedy=f"restore {self.state_path.name} from a backup, or delete "
+                                "it to restart this run from round 0 (its metrics start over too)")
         if state.get("fingerprint") != self.fingerprint:
             raise ConfigError(f"{self.run_dir} holds a run with a different config; pick another run name, or "
                               "pass --fresh to start this one over")
@@ -315,9 +323,11 @@ class FederatedServer:
     def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
         records = []
         self.last_round = rounds
+        if self.log:  # the file holds rounds 1..self.round only, whatever an earlier process left in it
+            self.log.truncate(self.round)
         while self.round < rounds:
             record = self.run_round()
-            if self.log:
+            if self.log:  # the line first: a kill before the checkpoint redoes the round and cuts the line
                 self.log.append(record.to_json())
             self.save()
             records.append(record)
