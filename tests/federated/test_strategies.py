@@ -12,12 +12,15 @@ from pocketlearn.federated.strategies import (
     FedAvg,
     FedProx,
     FedYogi,
+    Krum,
+    MultiKrum,
     NormBounding,
     TrimmedMean,
     available_strategies,
     make_strategy,
 )
 from pocketlearn.federated.strategies.aggregate import coordinate_median, trimmed_mean
+from pocketlearn.federated.strategies.krum import krum_scores, pairwise_sq_distances
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 F64 = torch.float64
@@ -65,7 +68,8 @@ def test_masked_parameter_is_averaged_over_the_clients_that_trained_it():
 
 
 @pytest.mark.parametrize("strategy", [FedAvg(), FedAdam(), CoordinateMedian(), TrimmedMean(),
-                                      NormBounding(1.0)], ids=lambda s: s.name)
+                                      NormBounding(1.0), Krum(byzantine=0), MultiKrum(byzantine=0)],
+                         ids=lambda s: s.name)
 def test_a_parameter_nobody_trained_keeps_its_value(strategy):
     params = {"w": torch.ones(2, dtype=F64), "b": torch.ones(1, dtype=F64)}
     strategy.apply(params, rounds_of({"w": W, "b": [[9.0], [9.0], [9.0]]}, [1, 2, 3],
@@ -234,10 +238,75 @@ def test_norm_bounding_caps_each_clients_whole_update():
     assert make_strategy("norm-bounding", max_norm=1.0, inner="fedprox", mu=0.2).proximal_mu == 0.2
 
 
+# Krum: 4 honest clients near (1, 1), one attacker far away; f = 1, n = 5 > 2f + 2 = 4
+KRUM_ROWS = [[1.0, 1.0], [1.2, 1.0], [0.8, 1.0], [1.0, 1.4], [-9.0, 5.0]]
+
+
+def test_krum_scores_by_hand_and_picks_the_honest_update():
+    updates = rounds_of({"w": [r[:1] for r in KRUM_ROWS], "b": [r[1:] for r in KRUM_ROWS]}, [1, 1, 1, 1, 100])
+    d = pairwise_sq_distances(updates)
+    assert d[0].tolist() == pytest.approx([0.0, 0.04, 0.04, 0.16, 116.0])  # split over two parameters
+    # n - f - 2 = 2 nearest others: client 0: 0.04 + 0.04; client 1: 0.04 + 0.16 (to 0 and 2); ...
+    assert krum_scores(d, 1).tolist() == pytest.approx([0.08, 0.2, 0.2, 0.36, 112.04 + 112.96])
+    params = zeros(w=1, b=1)
+    Krum(byzantine=1).apply(params, updates)
+    assert params["w"].item() == 1.0 and params["b"].item() == 1.0  # client 0's update, sample counts ignored
+    plain = zeros(w=1, b=1)
+    FedAvg().apply(plain, updates)
+    assert plain["w"].item() < -8  # the attacker's 100 claimed samples drag the mean
+
+
+def test_multi_krum_averages_the_best_scored_updates():
+    params = zeros(w=2)
+    MultiKrum(byzantine=1, select=3).apply(params, rounds_of({"w": KRUM_ROWS}, [1] * 5))
+    assert params["w"].tolist() == pytest.approx([1.0, 1.0])  # mean of clients 0, 1, 2 (ties: earlier first)
+    params = zeros(w=2)
+    MultiKrum(byzantine=1).apply(params, rounds_of({"w": KRUM_ROWS}, [1] * 5))  # m = n - f = 4: all honest ones
+    assert params["w"].tolist() == pytest.approx([1.0, 1.1])
+    params = zeros(w=2)
+    MultiKrum(byzantine=1, select=5).apply(params, rounds_of({"w": KRUM_ROWS}, [1] * 5))  # m = n: the mean
+    assert params["w"].tolist() == pytest.approx([-1.0, 1.88])
+
+
+def test_multi_krum_averages_a_partly_trained_parameter_over_the_chosen_clients_that_trained_it():
+    params = zeros(w=2, b=1)
+    MultiKrum(byzantine=1, select=3).apply(params, rounds_of(
+        {"w": KRUM_ROWS, "b": [[0.1], [0.0], [0.3], [0.0], [0.0]]}, [1] * 5, {"b": [True, False, True, True, True]}))
+    assert params["b"].item() == pytest.approx(0.2)  # clients 0 and 2 of the chosen 0, 1, 2 trained b
+
+
+@pytest.mark.parametrize(("strategy", "n", "message"), [
+    (Krum(byzantine=1), 4, r"krum needs n > 2f \+ 2 clients per round to tolerate f = 1; this round gives n = 4: "
+                           r"lower byzantine to 0 or use at least 5 clients"),
+    (MultiKrum(byzantine=2, select=3), 6, r"multi-krum needs n > 2f \+ 2 .* f = 2; this round gives n = 6"),
+    (MultiKrum(byzantine=1, select=6), 5, r"select = 6 averages more updates than the n = 5 clients"),
+])
+def test_krum_refuses_a_round_too_small_for_its_f(strategy, n, message):
+    with pytest.raises(ConfigError, match=message):
+        strategy.apply(zeros(w=2), rounds_of({"w": [[0.0, 0.0]] * n}, [1] * n))
+
+
+def test_krum_options_are_checked_and_a_config_too_small_never_starts():
+    with pytest.raises(ConfigError, match=r"byzantine should be a whole number >= 0 .* got -1; select should be a "
+                                          r"whole number >= 1 .* got 0"):
+        make_strategy("multi-krum", byzantine=-1, select=0)
+    with pytest.raises(ConfigError, match=r"krum has no option 'select'; options are \['byzantine'\]"):
+        make_strategy("krum", select=2)
+    from pocketlearn.federated.config import parse_config
+    from pocketlearn.federated.experiment import build_server
+
+    raw = {"clients_per_round": 6, "data": {"name": "digits", "num_clients": 10},
+           "strategy": {"name": "krum", "options": {"byzantine": 2}}}
+    with pytest.raises(ConfigError, match=r"clients_per_round gives n = 6: lower byzantine to 1 or use at least 7"):
+        build_server(parse_config(raw), None)
+    with pytest.raises(ConfigError, match="secagg: strategy 'multi-krum' needs each client's update"):
+        build_server(parse_config({**raw, "strategy": {"name": "multi-krum"}, "secagg": {"enabled": True}}), None)
+
+
 # --- registry --------------------------------------------------------------------------------------------
 def test_every_registered_strategy_builds_from_plain_options():
     assert set(available_strategies()) == {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "median",
-                                           "trimmed-mean", "norm-bounding", "dp-fedavg"}
+                                           "trimmed-mean", "norm-bounding", "krum", "multi-krum", "dp-fedavg"}
     needs = {"norm-bounding": {"max_norm": 2}, "dp-fedavg": {"expected_clients": 10, "num_clients": 100}}
     for name in available_strategies():
         s = make_strategy(name, **needs.get(name, {}))
@@ -268,6 +337,7 @@ def test_registry_errors_name_the_problem_and_the_choices(name, options, message
 # --- end to end ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("name", "options", "rounds"), [
     ("fedavg", {}, 20), ("fedprox", {"mu": 0.1}, 20), ("median", {}, 20), ("trimmed-mean", {}, 20),
+    ("krum", {"byzantine": 2}, 20), ("multi-krum", {"byzantine": 2}, 20),
     ("fedyogi", {"lr": 0.1}, 60),  # no bias correction, sign-like steps: slower on this easy problem
 ])
 def test_rounds_over_least_squares_clients_converge(name, options, rounds):

@@ -88,8 +88,8 @@ class SecAggSection(_Section):
 
 class AttackSection(_Section):
     fraction: float = Field(0.0, ge=0, lt=1)  # share of clients that are malicious for the whole run
-    kind: Literal["sign-flip", "scale", "random"] = "sign-flip"
-    scale: float = Field(10.0, gt=0)
+    kind: Literal["sign-flip", "scale", "random", "alie", "ipm"] = "sign-flip"
+    scale: float = Field(10.0, gt=0)  # sign-flip/scale factor, random's spread, IPM's epsilon (ALIE: z from n, f)
     seed: int = 5
 
 

@@ -195,6 +195,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, len(data.indices)))
     if hasattr(strategy, "mechanism"):
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
+    if hasattr(strategy, "check_round_size"):  # Krum: too few clients per round for its f never starts
+        strategy.check_round_size(config.clients_per_round, "clients_per_round")
     local = local_training(config, strategy.proximal_mu)
 
     example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
@@ -239,7 +241,7 @@ def _strategy_options(config: RunConfig, num_clients: int) -> dict:
 def _secagg(config: RunConfig) -> object | None:
     if not config.secagg.enabled:
         return None
-    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "dp-fedavg"):
+    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "krum", "multi-krum", "dp-fedavg"):
         raise ConfigError(f"secagg: strategy {config.strategy.name!r} needs each client's update, but secure "
                           "aggregation shows the server only their sum; use fedavg, fedprox or a FedOpt strategy")
     return config.secagg

@@ -18,11 +18,14 @@ from pocketlearn.federated.strategies.base import Strategy
 from pocketlearn.federated.strategies.fedavg import FedAvg
 from pocketlearn.federated.strategies.fedopt import FedAdagrad, FedAdam, FedOpt, FedYogi
 from pocketlearn.federated.strategies.fedprox import FedProx
+from pocketlearn.federated.strategies.krum import Krum, MultiKrum
 from pocketlearn.federated.strategies.robust import CoordinateMedian, NormBounding, TrimmedMean
 
 _REGISTRY: dict[str, type[Strategy] | str] = {
     **{cls.name: cls
        for cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, CoordinateMedian, TrimmedMean, NormBounding)},
+    Krum.name: Krum,
+    MultiKrum.name: MultiKrum,
     # imported on request: the privacy accountant (dp-accounting) costs ~0.5 s of start-up
     "dp-fedavg": "pocketlearn.federated.strategies.dp_fedavg:DPFedAvg",
 }
@@ -76,6 +79,6 @@ def _norm_bounding(options: dict[str, Any]) -> NormBounding:
 
 
 __all__ = [
-    "CoordinateMedian", "FedAdagrad", "FedAdam", "FedAvg", "FedOpt", "FedProx", "FedYogi", "NormBounding",
-    "Strategy", "TrimmedMean", "available_strategies", "make_strategy", "strategy_options",
+    "CoordinateMedian", "FedAdagrad", "FedAdam", "FedAvg", "FedOpt", "FedProx", "FedYogi", "Krum", "MultiKrum",
+    "NormBounding", "Strategy", "TrimmedMean", "available_strategies", "make_strategy", "strategy_options",
 ]
