@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from cryptography.exceptions import InvalidTag
 
 from pocketlearn.errors import ConfigError, PocketlearnError, TrainingError
 from pocketlearn.federated.secagg import (
@@ -19,6 +20,7 @@ from pocketlearn.federated.secagg import (
     shamir,
 )
 from pocketlearn.federated.secagg.masking import pair_sign
+from pocketlearn.federated.secagg.messages import EncryptedShare, MaskedInput
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 
@@ -173,9 +175,10 @@ def test_a_wrong_share_in_the_unmasking_round_is_caught(kind):
     shares[owner] = shamir.Share(shares[owner].x, shares[owner].y + 1)  # a small, deliberate shift
     with pytest.raises(SecAggError, match="corrupted"):
         r.server.aggregate(responses)
-    with pytest.raises(SecAggError, match="does not hold"):
-        shares[owner] = shamir.Share(99, 1)
-        r.server.aggregate(responses)
+    shares[owner] = shamir.Share(99, 1)  # a share its sender cannot hold: that response is left out, as if silent
+    got = r.server.aggregate(responses)
+    assert "does not hold" in r.server.rejected[responses[1].client]
+    assert np.abs(got - _plain(r.vectors, {5})).max() < 1e-5
 
 
 def test_a_client_never_reveals_both_secrets_of_one_peer():
@@ -272,3 +275,185 @@ def test_a_run_with_secure_aggregation_ends_near_the_plain_run(tmp_path):
         torch.testing.assert_close(finals[1][name], p, atol=1e-4, rtol=0)
     with pytest.raises(ConfigError, match="needs each client's update"):
         build_server(parse_config({**raw, "secagg": {"enabled": True}, "strategy": {"name": "median"}}), None)
+
+
+# --- every message is checked at the API: a bad one is a SecAggError, and the server treats its client as dropped
+def _setup(n=5, threshold=3, d=16):
+    vectors = _vectors(n, d)
+    config = SecAggConfig(threshold, FieldSpec(1.0, n), d, neighbour_graph(n))
+    return vectors, config, SecAggServer(config), [SecAggClient(u, config) for u in range(n)]
+
+
+def _masked_round(vectors, server, clients, routed, shares, dropped=()):
+    """From key shares on: route them, mask, unmask; the sum the server gets."""
+    inbox = server.route_shares(shares)
+    for u in inbox:
+        if u not in dropped:
+            server.receive_masked(clients[u].masked_input(vectors[u], inbox[u]))
+    request = server.unmask_request()
+    return server.aggregate(clients[u].unmask_shares(request.survivors, request.dropped)
+                            for u in sorted(request.survivors))
+
+
+@pytest.mark.parametrize("bad", ["short", "long", "uint16", "int32", "float", "2-d", "list"])
+def test_a_masked_input_of_the_wrong_length_or_dtype_is_refused_and_its_client_counts_as_dropped(bad):
+    vectors, config, server, clients = _setup()
+    routed = server.receive_adverts([c.advertise() for c in clients])
+    inbox = server.route_shares([c.share_keys(routed[c.id]) for c in clients])
+    masked = {c.id: c.masked_input(vectors[c.id], inbox[c.id]) for c in clients}
+    y = masked[2].vector
+    forged = {"short": y[:-1], "long": np.append(y, y[:1]), "uint16": y.astype(np.uint16),
+              "int32": y.view(np.int32), "float": y.astype(np.float64), "2-d": y.reshape(2, -1),
+              "list": y.tolist()}[bad]
+    with pytest.raises(SecAggError, match="client 2's masked input is .* the round's is uint32 \\(16,\\)"):
+        server.receive_masked(MaskedInput(2, forged))
+    for u, m in masked.items():
+        if u != 2:
+            server.receive_masked(m)
+    request = server.unmask_request()
+    assert request.dropped == {2}
+    got = server.aggregate(clients[u].unmask_shares(request.survivors, request.dropped)
+                           for u in sorted(request.survivors))
+    assert np.abs(got - _plain(vectors, {2})).max() < 1e-5
+
+
+def test_masked_inputs_from_unknown_clients_out_of_order_or_twice_are_refused():
+    vectors, config, server, clients = _setup()
+    y = MaskedInput(0, np.zeros(16, np.uint32))
+    with pytest.raises(SecAggError, match="before the keys were shared"):
+        server.receive_masked(y)
+    routed = server.receive_adverts([c.advertise() for c in clients])
+    inbox = server.route_shares([c.share_keys(routed[c.id]) for c in clients])
+    for u in (7, -1, True, 1.0):
+        with pytest.raises(SecAggError, match="round's clients are 0..4"):
+            server.receive_masked(MaskedInput(u, np.zeros(16, np.uint32)))
+    server.receive_masked(clients[0].masked_input(vectors[0], inbox[0]))
+    with pytest.raises(SecAggError, match="second masked input; the first one stands"):
+        server.receive_masked(MaskedInput(0, np.zeros(16, np.uint32)))
+    with pytest.raises(SecAggError, match="expected a MaskedInput, got dict"):
+        server.receive_masked({"client": 1})
+
+
+def test_shares_to_a_client_that_never_advertised_leave_their_sender_out_of_the_round():
+    vectors, config, server, clients = _setup()
+    routed = server.receive_adverts([c.advertise() for c in clients[:4]])  # client 4 never advertised
+    shares = [c.share_keys(routed[c.id]) for c in clients[:4]]
+    stray = EncryptedShare(0, 4, shares[0].shares[0].blob)
+    shares[0] = replace(shares[0], shares=(*shares[0].shares, stray))
+    got = _masked_round(vectors, server, clients, routed, shares)  # (a KeyError before)
+    assert "shares to clients that never advertised keys or are not its neighbours ([4])" in server.rejected[0]
+    assert np.abs(got - _plain(vectors, {0, 4})).max() < 1e-5
+
+
+@pytest.mark.parametrize("bad", ["short-blob", "empty-blob", "twice-to-one", "missing-one", "other-sender",
+                                 "short-commitment", "sent-twice", "never-advertised", "not-a-message"])
+def test_malformed_key_shares_leave_their_sender_out_and_the_round_completes(bad):
+    vectors, config, server, clients = _setup(n=6, threshold=3)
+    routed = server.receive_adverts([c.advertise() for c in clients[:5]])
+    shares = [c.share_keys(routed[c.id]) for c in clients[:5]]
+    m = shares[1]
+    first = m.shares[0]
+    forged = {"short-blob": replace(m, shares=(replace(first, blob=first.blob[:20]), *m.shares[1:])),
+              "empty-blob": replace(m, shares=(replace(first, blob=b""), *m.shares[1:])),
+              "twice-to-one": replace(m, shares=(first, first, *m.shares[2:])),
+              "missing-one": replace(m, shares=m.shares[1:]),
+              "other-sender": replace(m, shares=(replace(first, sender=2), *m.shares[1:])),
+              "short-commitment": replace(m, commitment=m.commitment[:31]),
+              "sent-twice": m, "never-advertised": replace(m, client=5), "not-a-message": "key shares"}[bad]
+    shares = shares + [forged] if bad in ("sent-twice", "never-advertised", "not-a-message") else \
+        [forged if s is m else s for s in shares]
+    got = _masked_round(vectors, server, clients, routed, shares)
+    out = {5} | ({1} if bad not in ("never-advertised", "not-a-message") else set())
+    assert np.abs(got - _plain(vectors, out)).max() < 1e-5
+    assert set(server.rejected) == ({-1} if bad == "not-a-message" else {5} if bad == "never-advertised" else {1})
+
+
+@pytest.mark.parametrize("bad", ["duplicate-id", "unknown-id", "short-key", "same-key-twice", "replayed-key"])
+def test_bad_key_adverts_leave_their_clients_out_of_the_round(bad):
+    vectors, config, server, clients = _setup(n=6, threshold=3)
+    adverts = [c.advertise() for c in clients]
+    a = adverts[3]
+    forged = {"duplicate-id": [*adverts, SecAggClient(3, config).advertise()],
+              "unknown-id": [*adverts, replace(a, client=9)],
+              "short-key": [*adverts[:3], replace(a, mask_public=a.mask_public[:31]), *adverts[4:]],
+              "same-key-twice": [*adverts[:3], replace(a, mask_public=a.cipher_public), *adverts[4:]],
+              "replayed-key": [*adverts[:3], replace(a, mask_public=adverts[4].mask_public), *adverts[4:]]}[bad]
+    routed = server.receive_adverts(forged)  # (before, the last advert of an id won, and id 9 was routed)
+    out = {"unknown-id": set(), "replayed-key": {3, 4}}.get(bad, {3})
+    assert set(routed) == set(range(6)) - out and all(set(r) <= set(routed) for r in routed.values())
+    assert set(server.rejected) == ({9} if bad == "unknown-id" else out)
+    got = _masked_round(vectors, server, clients, routed, [clients[u].share_keys(routed[u]) for u in routed])
+    assert np.abs(got - _plain(vectors, out)).max() < 1e-5
+
+
+def test_unusable_unmasking_responses_count_as_silent_and_the_sum_survives():
+    vectors, config, server, clients = _setup(n=8, threshold=3)
+    routed = server.receive_adverts([c.advertise() for c in clients])
+    inbox = server.route_shares([c.share_keys(routed[c.id]) for c in clients])
+    for u in range(7):
+        server.receive_masked(clients[u].masked_input(vectors[u], inbox[u]))
+    clients[7].masked_input(vectors[7], inbox[7])  # never arrives: client 7 is dropped
+    request = server.unmask_request()
+    responses = [clients[u].unmask_shares(request.survivors, request.dropped) for u in range(7)]
+    r2, r3 = responses[2], responses[3]
+    responses[2] = replace(r2, key_shares={**r2.key_shares, 3: r2.self_mask_shares[3]})  # a survivor's key share
+    responses[3] = replace(r3, self_mask_shares={**r3.self_mask_shares, 0: "not a share"})
+    extra = [responses[0], replace(responses[1], client=7), "garbage"]  # 0 twice; one in a dropped client's name
+    got = server.aggregate([*responses, *extra])  # (before: a crash, or "two shares claim the same point")
+    assert np.abs(got - _plain(vectors, {7})).max() < 1e-5  # 1, 4, 5, 6 hold enough shares
+    why = server.rejected
+    assert set(why) == {-1, 0, 2, 3, 7}
+    assert "twice" in why[0] and "did not list as dropped" in why[2] and "got str" in why[3]
+    assert "not a survivor" in why[7] and "got str" in why[-1]
+
+
+def test_a_client_checks_what_it_is_handed_and_refuses_it_out_of_order():
+    vectors, config, server, clients = _setup()
+    c = clients[0]
+    with pytest.raises(SecAggError, match="before it sent its masked input"):
+        c.unmask_shares({0, 1, 2}, set())  # (an AssertionError before)
+    with pytest.raises(SecAggError, match="before it shared its keys"):
+        c.masked_input(vectors[0], [])
+    adverts = {v: clients[v].advertise() for v in range(1, 5)}
+    with pytest.raises(SecAggError, match="given client 2's keys as client 1's"):
+        c.share_keys({**adverts, 1: adverts[2]})
+    with pytest.raises(SecAggError, match="names client 7, but the round's clients are 0..4"):
+        c.share_keys({**adverts, 7: replace(adverts[1], client=7)})
+    with pytest.raises(SecAggError, match="two of the public keys it was given are equal"):
+        c.share_keys({**adverts, 2: replace(adverts[2], mask_public=c.advertise().mask_public)})
+    c.share_keys(adverts)
+    with pytest.raises(SecAggError, match="already shared its keys"):
+        c.share_keys(adverts)
+    with pytest.raises(SecAggError, match="round's clients are 0..4"):
+        c.unmask_shares({0, 1, 9}, set())
+
+
+def test_a_share_sealed_in_another_round_or_malformed_is_refused_before_masking():
+    vectors, config, server, clients = _setup()
+    routed = server.receive_adverts([c.advertise() for c in clients])
+    inbox = server.route_shares([c.share_keys(routed[c.id]) for c in clients])
+    _, _, old_server, old_clients = _setup()  # an earlier round between the same clients
+    old_routed = old_server.receive_adverts([c.advertise() for c in old_clients])
+    old_inbox = old_server.route_shares([c.share_keys(old_routed[c.id]) for c in old_clients])
+    replayed = [e if e.sender != 3 else next(o for o in old_inbox[0] if o.sender == 3) for e in inbox[0]]
+    with pytest.raises(SecAggError, match="share from client 3 fails AES-GCM authentication"):
+        clients[0].masked_input(vectors[0], replayed)  # (before: accepted, the mask then never removable)
+    short = [replace(e, blob=e.blob[:27]) if e.sender == 2 else e for e in inbox[0]]
+    with pytest.raises(SecAggError, match="from client 2 to client 0 is 27 bytes, a sealed share is 176"):
+        clients[0].masked_input(vectors[0], short)
+    with pytest.raises(SecAggError, match="two shares from client 1"):
+        clients[0].masked_input(vectors[0], [*inbox[0], inbox[0][0]])
+    with pytest.raises(SecAggError, match="should be from 1 to 0: misrouted"):
+        clients[0].masked_input(vectors[0], [replace(inbox[0][0], receiver=2)])
+    with pytest.raises(InvalidTag):
+        crypto.open_sealed(bytes(32), b"\x00" * 20, b"")  # (a ValueError about the nonce before)
+    clients[0].masked_input(vectors[0], inbox[0])  # the good inbox still works
+    with pytest.raises(SecAggError, match="already sent its masked input"):
+        clients[0].masked_input(vectors[0], inbox[0])
+
+
+def test_a_share_at_point_zero_or_outside_the_field_does_not_read_back():
+    for x, y in [(0, 5), (1, shamir.PRIME)]:
+        raw = x.to_bytes(4, "big") + y.to_bytes(shamir.Y_BYTES, "big")
+        with pytest.raises(SecAggError, match="outside the field"):
+            shamir.Share.from_bytes(raw)

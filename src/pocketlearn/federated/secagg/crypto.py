@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEED_BYTES = 32  # X25519 private keys, self-mask seeds and derived keys are all 32 bytes
 NONCE_BYTES = 12  # AES-GCM nonce
+TAG_BYTES = 16  # AES-GCM authentication tag
 _RAW = (serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -63,7 +65,12 @@ def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
 
 
 def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
-    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` if anything was altered."""
+    """Inverse of :func:`seal`; raises ``cryptography.exceptions.InvalidTag`` if anything was altered.
+
+    A blob too short to hold a nonce and a tag is refused the same way (it cannot be authentic).
+    """
+    if len(blob) < NONCE_BYTES + TAG_BYTES:
+        raise InvalidTag()
     return AESGCM(key).decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
 
 

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .crypto import NONCE_BYTES, SEED_BYTES
+from .crypto import NONCE_BYTES, SEED_BYTES, TAG_BYTES
 from .errors import SecAggError
 from .shamir import SHARE_BYTES, Share
 
-_TAG_BYTES = 16  # AES-GCM's tag
 ADVERT_BYTES = 4 + 2 * SEED_BYTES
-SHARE_MESSAGE_BYTES = 8 + NONCE_BYTES + (8 + 2 * SHARE_BYTES) + _TAG_BYTES  # ids + sealed (pair ids, b, s_sk)
+SEALED_SHARE_BYTES = NONCE_BYTES + (8 + 2 * SHARE_BYTES) + TAG_BYTES  # AES-GCM of (pair ids, b, s_sk)
+SHARE_MESSAGE_BYTES = 8 + SEALED_SHARE_BYTES  # sender and receiver ids, then the sealed shares
 
 
 def _ids(ids: frozenset[int]) -> bytes:

@@ -36,7 +36,17 @@ class Share:
     def from_bytes(cls, raw: bytes) -> Share:
         if len(raw) != 4 + Y_BYTES:
             raise SecAggError(f"a share is {4 + Y_BYTES} bytes, got {len(raw)}")
-        return cls(int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big"))
+        share = cls(int.from_bytes(raw[:4], "big"), int.from_bytes(raw[4:], "big"))
+        share.check()
+        return share
+
+    def check(self) -> None:
+        """Refuse a point no holder could have: x = 0 (the secret's own point) or y outside the field."""
+        if not (isinstance(self.x, int) and isinstance(self.y, int)) or isinstance(self.x, bool):
+            raise SecAggError(f"a share's point must be two integers, got ({self.x!r}, {self.y!r})")
+        if not 1 <= self.x < 2**32 or not 0 <= self.y < PRIME:
+            raise SecAggError(f"a share's point ({self.x}, ...) is outside the field: x must be in 1..2^32-1 and "
+                              "y in 0..2^521-2; the share is corrupted")
 
 
 SHARE_BYTES = 4 + Y_BYTES
