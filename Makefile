@@ -6,7 +6,8 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
 	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-apps bench-apps-quick bench-export \
-	bench-export-quick bench-mixed bench-mixed-quick bench-deploy bench-deploy-quick clean
+	bench-export-quick bench-mixed bench-mixed-quick bench-robust bench-robust-quick bench-deploy bench-deploy-quick \
+	clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -87,6 +88,12 @@ bench-mixed: $(STAMP)
 
 bench-mixed-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/mixed.py --quick
+
+bench-robust: $(STAMP)
+	$(VENV)/bin/python benchmarks/robust.py
+
+bench-robust-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/robust.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
