@@ -16,12 +16,20 @@ def train_command(
     data: Annotated[str, typer.Option(help="digits | fashion-mnist | shakespeare")],
     method: Annotated[str, typer.Option(help="Training method (see `pocketlearn methods`).")] = "backprop",
     device: Annotated[str | None, typer.Option(help="Device preset whose memory budget is enforced.")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the data. Resuming with more epochs than the "
+                                        "checkpoint's run continues it (said in the output); fewer is a "
+                                        "mismatch.")] = 1,
     batch: Annotated[int, typer.Option(min=1)] = 32,
     limit: Annotated[int | None, typer.Option(help="Use only this many examples (quick runs).")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option key=value.")] = None,
-    checkpoint: Annotated[Path | None, typer.Option(help="Checkpoint file; an existing one is resumed.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="Checkpoint file; an existing one is resumed when it was written with the same model, data, limit, "
+             "method, options, batch and seed (else an error names each difference).")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    resume_anyway: Annotated[bool, typer.Option(
+        "--resume-anyway", help="Resume a checkpoint written with other settings: its weights (and its optimizer "
+                                "state, unless the method options changed) continue from its step under the new "
+                                "settings; the result then matches no single uninterrupted run.")] = False,
 ) -> None:
     """Train MODEL on DATA with METHOD; checkpoints atomically and resumes a killed run where it stopped."""
     import torch
@@ -38,7 +46,8 @@ def train_command(
     torch.manual_seed(seed)
     trainer = LocalTrainer(make_method(method, build_model(model), **parse_options(option or [])),
                            TrainerConfig(epochs=epochs, batch_size=batch, seed=seed),
-                           device=get_device(device) if device else None, checkpoint_path=checkpoint)
+                           device=get_device(device) if device else None, checkpoint_path=checkpoint,
+                           settings={"model": model, "data": data, "limit": limit}, resume_anyway=resume_anyway)
     console = Console()
     console.print(trainer.method.summary())
     before = evaluate(trainer.method.model, batches_of(xt, yt, 256))
@@ -46,6 +55,8 @@ def train_command(
         task = progress.add_task(f"training ({method})", total=trainer.total_steps(len(x)), loss=float("nan"))
         result = trainer.fit(x, y, on_step=lambda s, loss: progress.update(task, completed=s, loss=loss))
     after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+    for note in result.notes:
+        console.print(f"note: {note}")
     console.print(json.dumps({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                               "before": before, "after": after}, indent=2))
 

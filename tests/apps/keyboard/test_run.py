@@ -25,6 +25,18 @@ def test_pretraining_is_cached(tmp_path):
     assert not first.with_suffix(".partial.pt").exists()
 
 
+def test_a_cache_of_the_older_checkpoint_format_is_rebuilt(tmp_path, monkeypatch):
+    import torch
+
+    from pocketlearn.checkpoint import FORMAT_VERSION, checkpoint_format, load_checkpoint
+
+    monkeypatch.setenv("POCKETLEARN_CACHE", str(tmp_path))
+    first = pretrain(TINY)
+    torch.save({"format_version": 1, **load_checkpoint(first)}, first)  # as format 1 wrote it: no digest
+    assert checkpoint_format(first) == 1
+    assert pretrain(TINY) == first and checkpoint_format(first) == FORMAT_VERSION
+
+
 def test_partial_embedding_updates_send_a_fraction_of_the_full_model(tmp_path):
     partial = run_keyboard(_config("partial"), tmp_path / "partial")
     full = run_keyboard(_config("full"), tmp_path / "full")

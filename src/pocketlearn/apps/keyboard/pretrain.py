@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from pocketlearn.checkpoint import FORMAT_VERSION, checkpoint_format
 from pocketlearn.data.words import Vocabulary, public_vocabulary, public_windows
 from pocketlearn.models import KEYBOARD_GPT, build_model
 from pocketlearn.models.pretrained import cache_dir
@@ -44,14 +45,16 @@ def pretrain(config: PretrainConfig = PretrainConfig(), *,
 
     vocab = public_vocabulary()
     final = pretrained_path(config, vocab)
-    if final.exists():
-        return final
+    if final.exists() and checkpoint_format(final) == FORMAT_VERSION:
+        return final  # a cache of an older checkpoint format is rebuilt below (it has no digest)
     x, y = public_windows(vocab)
     if config.limit:
         x, y = x[: config.limit], y[: config.limit]
     torch.manual_seed(config.seed)
     method = make_method("backprop", build_model(MODEL), optimizer="adamw", lr=config.lr)
     partial = final.with_suffix(".partial.pt")
+    if partial.exists() and checkpoint_format(partial) != FORMAT_VERSION:
+        partial.unlink()  # an older format's half-done pretraining: start it again
     trainer = LocalTrainer(method, TrainerConfig(config.epochs, config.batch_size, config.seed, checkpoint_every=100),
                            checkpoint_path=partial)
     total = trainer.total_steps(len(x))
