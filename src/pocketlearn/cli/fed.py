@@ -62,6 +62,8 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     console.print(device_table(server.clients, len(data.indices)))
     if resumed:
         console.print(f"resuming {run_dir} after round {server.round}")
+    elif server.discarded_rounds:
+        console.print(f"{run_dir} had metrics of {server.discarded_rounds} round(s) but no checkpoint: starting over")
     records = _run_rounds(server, cfg.rounds, console)
     summary = summarize(cfg, server, records, setup_s=setup_s, resumed=resumed)
     if cfg.eval.personalize_clients:

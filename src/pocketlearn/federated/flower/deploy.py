@@ -93,6 +93,8 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
     resumed = server.resume()
     if resumed:
         say(f"resuming {settings.run_dir} after round {server.round}")
+    elif server.discarded_rounds:
+        say(f"{settings.run_dir} had metrics of {server.discarded_rounds} round(s) but no checkpoint: starting over")
     wanted = settings.min_devices or len(data.indices)
     if server.round < cfg.rounds and engine.wait_for_devices(wanted, settings.join_timeout_s) == 0:
         raise ConfigError(f"no device joined within {settings.join_timeout_s:g} s; start devices with "
