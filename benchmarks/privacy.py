@@ -32,7 +32,7 @@ DELTA = 1e-5
 
 def dp_run(target: float, rounds: int) -> dict[str, Any]:
     clients, per_round = 200, 50
-    noise = 0.0 if math.isinf(target) else calibrate_noise(target, DELTA, per_round / clients, rounds)
+    noise = 0.0 if math.isinf(target) else calibrate_noise(target, DELTA, clients, per_round, rounds)
     strategy = {"name": "fedavg"} if noise == 0 else {"name": "dp-fedavg", "options": {
         "server_lr": 1.0, "dp": {"clip": 0.5, "noise_multiplier": noise, "delta": DELTA}}}
     raw = {"rounds": rounds, "clients_per_round": per_round, "client": {"lr": 0.1, "epochs": 2},

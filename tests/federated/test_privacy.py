@@ -1,4 +1,5 @@
 import math
+from dataclasses import replace
 
 import dp_accounting as dpa
 import pytest
@@ -18,6 +19,7 @@ from pocketlearn.federated.privacy import (
     epsilon,
     rounds_within,
 )
+from pocketlearn.federated.privacy.config import NOT_PRIVATE, SECURE
 from pocketlearn.federated.strategies import FedAvg
 from pocketlearn.federated.strategies.dp_fedavg import DPFedAvg
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
@@ -64,11 +66,16 @@ def test_adaptive_clip_moves_toward_target_quantile():
 
 
 # --- noise ----------------------------------------------------------------------------------------------------
-def test_central_noise_has_the_right_std_and_is_reproducible():
-    k, expected = 5, 10
+def pure_noise(k=5):
     u = make_updates(k, scale=torch.zeros(k))  # zero updates: the output is pure noise / expected
     u.deltas["big"] = torch.zeros(k, 200_000)
-    cfg = DPConfig(clip=2.0, noise_multiplier=1.5, seed=7)
+    return u
+
+
+def test_central_noise_has_the_right_std_and_is_reproducible_only_when_asked():
+    k, expected = 5, 10
+    u = pure_noise(k)
+    cfg = DPConfig(clip=2.0, noise_multiplier=1.5, seed=7, reproducible_noise=True)
     mech = PrivacyMechanism(cfg, expected_clients=expected, num_clients=100)
     out = mech.privatize(u, rnd=3)
     std = float(out["big"].std())
@@ -82,6 +89,32 @@ def test_central_noise_has_the_right_std_and_is_reproducible():
     u3.deltas["big"] = torch.zeros(k, 200_000)
     other = PrivacyMechanism(cfg, expected_clients=expected, num_clients=100).privatize(u3, rnd=4)
     assert not torch.equal(out["big"], other["big"])
+    assert PrivacyMechanism(cfg, expected_clients=expected, num_clients=100).noise_source == NOT_PRIVATE
+
+
+def test_default_central_noise_is_secret_and_not_regenerable_from_seed_and_round():
+    cfg = DPConfig(clip=2.0, noise_multiplier=1.5, seed=7)
+    one = PrivacyMechanism(cfg, expected_clients=10, num_clients=100).privatize(pure_noise(), rnd=3)["big"]
+    two = PrivacyMechanism(cfg, expected_clients=10, num_clients=100).privatize(pure_noise(), rnd=3)["big"]
+    assert float(one.std()) == pytest.approx(1.5 * 2.0 / 10, rel=0.01)  # the same noise level...
+    assert not torch.equal(one, two)  # ...but two runs of one config draw different noise
+    seeded = PrivacyMechanism(replace(cfg, reproducible_noise=True), expected_clients=10, num_clients=100)
+    regenerated = seeded.privatize(pure_noise(), rnd=3)["big"]  # what anyone with the config could compute
+    assert not torch.equal(one, regenerated)
+    assert abs(float(torch.corrcoef(torch.stack([one, regenerated]))[0, 1])) < 0.02  # not even correlated
+    assert PrivacyMechanism(cfg, expected_clients=10, num_clients=100).noise_source == SECURE
+
+
+def test_central_noise_comes_from_the_os_csprng(monkeypatch):
+    import secrets as secrets_module
+
+    monkeypatch.setattr(secrets_module, "randbits", lambda bits: 12345)  # stand in for the OS's randomness
+    mech = PrivacyMechanism(DPConfig(clip=1.0, noise_multiplier=1.0, seed=0), expected_clients=5, num_clients=50)
+    out = mech.privatize(pure_noise(), rnd=1)
+    g = torch.Generator().manual_seed(12345)
+    torch.randn(3, generator=g)  # "b" comes first in name order
+    expected = torch.randn(200_000, generator=g) * 1.0 / 5
+    assert torch.equal(out["big"], expected)
 
 
 def test_local_noise_per_client_std_and_mask():
@@ -99,46 +132,53 @@ def test_local_noise_per_client_std_and_mask():
 
 
 # --- accountant -----------------------------------------------------------------------------------------------
-def test_epsilon_matches_dp_accounting_called_directly():
-    direct = dpa.rdp.RdpAccountant().compose(
-        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.1)), 500)).get_epsilon(1e-5)
-    assert epsilon(1.1, 0.01, 500, 1e-5, "rdp") == pytest.approx(direct, rel=1e-12)
-    pld = dpa.pld.PLDAccountant(value_discretization_interval=1e-4).compose(
-        dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(0.01, dpa.GaussianDpEvent(1.1)), 500)).get_epsilon(1e-5)
-    assert epsilon(1.1, 0.01, 500, 1e-5, "pld") == pytest.approx(pld, rel=0.01)
+def replace_one_rdp():
+    return dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
 
 
-def test_epsilon_grows_with_rounds_falls_with_noise_and_pld_is_tighter():
-    eps = [epsilon(1.0, 0.02, r, 1e-5) for r in (10, 100, 1000)]
+def test_epsilon_matches_dp_accounting_fed_fixed_size_sampling_without_replacement():
+    # a round draws 10 of 1000 clients without replacement; replacing one client moves the sum by 2 x clip
+    event = dpa.SampledWithoutReplacementDpEvent(1000, 10, dpa.GaussianDpEvent(1.1 / 2))
+    direct = replace_one_rdp().compose(dpa.SelfComposedDpEvent(event, 500)).get_epsilon(1e-5)
+    assert epsilon(1.1, 1000, 10, 500, 1e-5, "rdp") == pytest.approx(direct, rel=1e-12)
+    everyone = replace_one_rdp().compose(dpa.GaussianDpEvent(1.1 / 2), 5).get_epsilon(1e-5)
+    assert epsilon(1.1, 10, 10, 5, 1e-5) == pytest.approx(everyone, rel=1e-12)  # no sampling, no amplification
+    with pytest.raises(ConfigError, match="use accountant = 'rdp'"):  # dp-accounting's PLD has no such event
+        epsilon(1.1, 1000, 10, 500, 1e-5, "pld")
+
+
+def test_epsilon_grows_with_rounds_falls_with_noise_and_population():
+    eps = [epsilon(1.0, 100, 2, r, 1e-5) for r in (10, 100, 1000)]
     assert eps[0] < eps[1] < eps[2]
-    assert epsilon(2.0, 0.02, 100, 1e-5) < epsilon(1.0, 0.02, 100, 1e-5)
-    rdp, pld = epsilon(1.0, 0.02, 100, 1e-5, "rdp"), epsilon(1.0, 0.02, 100, 1e-5, "pld")
-    assert 0.5 * rdp < pld <= rdp
-    assert epsilon(0.0, 0.02, 1, 1e-5) == math.inf
+    assert epsilon(2.0, 100, 2, 100, 1e-5) < epsilon(1.0, 100, 2, 100, 1e-5)
+    assert epsilon(1.0, 200, 2, 100, 1e-5) < epsilon(1.0, 100, 2, 100, 1e-5)
+    assert epsilon(0.0, 100, 2, 1, 1e-5) == math.inf
 
 
-@pytest.mark.parametrize("kind", ["rdp", "pld"])
-def test_calibrate_noise_reaches_the_target(kind):
-    z = calibrate_noise(3.0, 1e-5, 0.05, 200, kind)
-    assert epsilon(z, 0.05, 200, 1e-5, kind) == pytest.approx(3.0, abs=0.01)
-    assert epsilon(z, 0.05, 200, 1e-5, kind) <= 3.0 + 1e-9
+def test_calibrate_noise_reaches_the_target():
+    z = calibrate_noise(3.0, 1e-5, 100, 5, 200)
+    assert epsilon(z, 100, 5, 200, 1e-5) == pytest.approx(3.0, abs=0.01)
+    assert epsilon(z, 100, 5, 200, 1e-5) <= 3.0 + 1e-9
+    with pytest.raises(ConfigError, match="rdp"):
+        calibrate_noise(3.0, 1e-5, 100, 5, 200, "pld")
 
 
 def test_rounds_within_is_the_last_round_under_target():
-    event = central_round_event(1.0, 0.02)
+    event = central_round_event(1.0, 50, 1)
     n = rounds_within(event, 2.0, 1e-5)
-    assert epsilon(1.0, 0.02, n, 1e-5) <= 2.0 < epsilon(1.0, 0.02, n + 1, 1e-5)
-    assert rounds_within(central_round_event(0.3, 1.0), 0.5, 1e-5) == 0
+    assert epsilon(1.0, 50, 1, n, 1e-5) <= 2.0 < epsilon(1.0, 50, 1, n + 1, 1e-5)
+    assert rounds_within(central_round_event(0.3, 10, 10), 0.5, 1e-5) == 0
 
 
 def test_accountant_refuses_to_exceed_the_target_and_round_trips():
-    acc = PrivacyAccountant(central_round_event(1.0, 0.1), "rdp", 1e-5, target_epsilon=1.0)
+    acc = PrivacyAccountant(central_round_event(4.0, 100, 10), "rdp", 1e-5, target_epsilon=1.0)
     fit = acc.rounds_within()
+    assert fit > 1
     acc.check(fit)
     with pytest.raises(PrivacyBudgetError, match=f"at most {fit} rounds fit"):
         acc.check(fit + 1)
     acc.step(5)
-    other = PrivacyAccountant(central_round_event(1.0, 0.1), "rdp", 1e-5)
+    other = PrivacyAccountant(central_round_event(4.0, 100, 10), "rdp", 1e-5)
     other.load_state_dict(acc.state_dict())
     assert other.epsilon() == acc.epsilon() > 0
 
@@ -186,12 +226,16 @@ def test_dp_fedavg_state_round_trip_gives_the_same_next_round():
     a.apply(pa, make_updates(seed=3))
     b.apply(pb, make_updates(seed=3))
     assert all(torch.equal(pa[n], pb[n]) for n in pa)
-    assert a.epsilon_so_far() == b.epsilon_so_far() == pytest.approx(epsilon(0.8, 0.1, 3, 1e-5))
+    assert a.epsilon_so_far() == b.epsilon_so_far() == pytest.approx(epsilon(0.8, 60, 6, 3, 1e-5))
+    assert "noise_generator" in a.state_dict()["privacy"]  # secure noise resumes bit for bit from the checkpoint
+    no_noise_state = {k: v for k, v in b.state_dict()["privacy"].items() if k != "noise_generator"}
+    with pytest.raises(ConfigError, match="no DP noise generator state"):  # would silently change the noise
+        DPFedAvg(expected_clients=6, num_clients=60, dp=dp).load_state_dict({"privacy": no_noise_state})
 
 
 def test_dp_fedavg_stops_before_exceeding_target_epsilon():
-    dp = DPConfig(clip=1.0, noise_multiplier=1.0, target_epsilon=8.0)
-    s = DPFedAvg(expected_clients=6, num_clients=6, dp=dp)  # q = 1: each round is expensive
+    dp = DPConfig(clip=1.0, noise_multiplier=2.0, target_epsilon=8.0)
+    s = DPFedAvg(expected_clients=6, num_clients=6, dp=dp)  # everyone each round: each round is expensive
     fit = s.mechanism.accountant.rounds_within()
     assert fit == 2
     with pytest.raises(PrivacyBudgetError):
@@ -208,8 +252,8 @@ def test_dp_fedavg_stops_before_exceeding_target_epsilon():
 def test_dp_fedavg_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="expected_clients"):
         DPFedAvg(expected_clients=0, num_clients=10)
-    with pytest.raises(ConfigError, match="expected_clients should be in"):
-        DPFedAvg(expected_clients=20, num_clients=10)
+    everyone = DPFedAvg(expected_clients=20, num_clients=10, dp={"noise_multiplier": 1.0})  # all 10 drawn
+    assert everyone.mechanism.accountant.event == dpa.GaussianDpEvent(0.5)  # no amplification by sampling
 
 
 def test_a_private_run_reports_epsilon_every_round_and_refuses_to_overspend(tmp_path):

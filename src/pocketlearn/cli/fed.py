@@ -69,7 +69,16 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     if cfg.eval.personalize_clients:
         summary["personalization"] = _personalize(cfg, server, data, run_dir, console)
     console.print_json(json.dumps({k: v for k, v in summary.items() if k != "round_times"}))
+    _warn_if_not_private(summary, console)
     return summary
+
+
+def _warn_if_not_private(summary: dict[str, Any], console: Console) -> None:
+    from pocketlearn.federated.privacy.config import NOT_PRIVATE
+
+    if summary.get("privacy", {}).get("noise") == NOT_PRIVATE:
+        console.print(f"[bold red]warning: DP {NOT_PRIVATE}[/] (dp.reproducible_noise = true; ε assumes secret "
+                      "noise, which this run's is not)")
 
 
 def _personalize(cfg: Any, server: Any, data: Any, run_dir: Path, console: Console) -> dict[str, float]:

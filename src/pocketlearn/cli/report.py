@@ -16,5 +16,23 @@ def report_command(run: Annotated[Path, typer.Argument(help="A run folder (runs/
 
     if not (run / "metrics.jsonl").exists():
         raise ConfigError(f"{run} has no metrics.jsonl; pass a run folder such as runs/<name>")
+    console = Console()
     for path in plot_run(run):
-        Console().print(f"wrote {path}")
+        console.print(f"wrote {path}")
+    for line in privacy_lines(run):
+        console.print(line)
+
+
+def privacy_lines(run: Path) -> list[str]:
+    """What a private run's metrics say about its privacy: ε spent, and plainly when the noise is not secret."""
+    from pocketlearn.federated.metrics import read_metrics
+    from pocketlearn.federated.privacy.config import NOT_PRIVATE
+
+    records = [r for r in read_metrics(run / "metrics.jsonl") if r.get("epsilon") is not None]
+    if not records:
+        return []
+    lines = [f"privacy: ε = {records[-1]['epsilon']:.4g} after round {records[-1]['round']}"]
+    if any(r.get("dp_noise") == NOT_PRIVATE for r in records):
+        lines.append(f"[bold red]warning: DP {NOT_PRIVATE}[/] (dp.reproducible_noise = true): anyone with the "
+                     "config can subtract the noise, so the ε above protects nobody")
+    return lines

@@ -192,12 +192,6 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     template = build_template(config)
     initial = copy.deepcopy(template)
     model, params = prepare_global_model(config, initial)
-    strategy = make_strategy(config.strategy.name, **_strategy_options(config, len(data.indices)))
-    if hasattr(strategy, "mechanism"):
-        strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
-    if hasattr(strategy, "check_round_size"):  # Krum: too few clients per round for its f never starts
-        strategy.check_round_size(config.clients_per_round, "clients_per_round")
-    local = local_training(config, strategy.proximal_mu)
 
     example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
     devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
@@ -208,6 +202,12 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         else None
     sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
                             availability=availability, availability_seed=config.devices.seed, allowed=allowed)
+    strategy = make_strategy(config.strategy.name, **_strategy_options(config, sampler))
+    if hasattr(strategy, "mechanism"):
+        strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
+    if hasattr(strategy, "check_round_size"):  # Krum: too few clients per round for its f never starts
+        strategy.check_round_size(config.clients_per_round, "clients_per_round")
+    local = local_training(config, strategy.proximal_mu)
     clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
                       train_flops_per_sample(template, data.x[:1]))
     engine = engine or make_engine(config, template, data)
@@ -230,11 +230,12 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     return server, data
 
 
-def _strategy_options(config: RunConfig, num_clients: int) -> dict:
+def _strategy_options(config: RunConfig, sampler: ClientSampler) -> dict:
     options = dict(config.strategy.options)
-    if config.strategy.name == "dp-fedavg":  # the accountant's sampling rate comes from the run itself
+    if config.strategy.name == "dp-fedavg":  # the accountant's sampling comes from the run's own sampler
         options.setdefault("expected_clients", config.clients_per_round)
-        options.setdefault("num_clients", num_clients)
+        population = sampler.population(config.rounds)  # the clients that can be drawn (devices that train)
+        options["num_clients"] = min(int(options.get("num_clients", population)), population)
     return options
 
 

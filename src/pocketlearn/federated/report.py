@@ -39,7 +39,22 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
         "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
         "bytes_down": sum(r.bytes_down for r in records), "round_times": times,
         **({"methods": methods} if len(methods := method_summary(server.clients, records)) > 1 else {}),
+        **({"privacy": privacy} if (privacy := privacy_summary(server.strategy)) else {}),
     }
+
+
+def privacy_summary(strategy: Any) -> dict[str, Any] | None:
+    """ε spent and where the noise came from, for a differentially private strategy (None otherwise).
+
+    Never the noise generator's state: that stays in the server checkpoint.
+    """
+    mechanism = getattr(strategy, "mechanism", None)
+    if mechanism is None:
+        return None
+    c = mechanism.config
+    return {"epsilon": mechanism.epsilon_so_far(), "delta": c.delta, "mode": c.mode, "accountant": c.accountant,
+            "noise_multiplier": c.noise_multiplier, "sampling": f"{mechanism.sample_size} of {mechanism.num_clients} "
+            "clients per round, fixed size, without replacement", "noise": mechanism.noise_source}
 
 
 def method_summary(clients: Any, records: list[Any]) -> dict[str, dict[str, Any]]:

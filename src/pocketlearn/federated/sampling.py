@@ -32,6 +32,18 @@ class ClientSampler:
             mask = mask & (draws < self.availability)
         return mask
 
+    def population(self, rounds: int) -> int:
+        """The fewest clients any of rounds 1..``rounds`` can draw from: what differential privacy charges.
+
+        A round draws a fixed-size set without replacement from its eligible clients. Which clients are available
+        comes from the public ``availability_seed``, so it earns no privacy amplification; a round with more
+        eligible clients is more private than one with fewer, so accounting every round at the smallest
+        eligible count over-charges, never under-charges.
+        """
+        if self.availability is None or not (self.availability < 1).any():
+            return int(self.allowed.sum())
+        return min(int(self.eligible(r).sum()) for r in range(1, max(rounds, 1) + 1))
+
     def sample(self, rnd: int) -> np.ndarray:
         """Sorted ids of the clients sampled for round ``rnd`` (fewer when fewer are eligible)."""
         mask = self.eligible(rnd)

@@ -84,6 +84,7 @@ class RoundRecord:
     by_method: dict[str, int] = field(default_factory=dict)
     bytes_by_method: dict[str, int] = field(default_factory=dict)  # uplink bytes of the clients that made it
     epsilon: float | None = None  # privacy spent so far (differentially private strategies)
+    dp_noise: str | None = None  # where the DP noise came from ("... not private" when reproducible from the seed)
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method", "bytes_by_method")}
@@ -211,6 +212,7 @@ class FederatedServer:
             by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method)
         if hasattr(self.strategy, "epsilon_so_far"):
             record.epsilon = self.strategy.epsilon_so_far()
+            record.dp_noise = getattr(getattr(self.strategy, "mechanism", None), "noise_source", None)
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record

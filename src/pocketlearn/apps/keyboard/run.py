@@ -54,7 +54,7 @@ class KeyboardConfig:
 
         if self.epsilon is None:
             return 0.0
-        return calibrate_noise(self.epsilon, self.delta, self.clients_per_round / self.users, self.rounds)
+        return calibrate_noise(self.epsilon, self.delta, self.users, self.clients_per_round, self.rounds)
 
     def run_config(self, init: Path) -> RunConfig:
         strategy: dict[str, Any] = {"name": "fedavg"}

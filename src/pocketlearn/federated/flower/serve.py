@@ -65,6 +65,10 @@ def serve(config: RunConfig, run_dir: Path, options: ServeOptions, *, fresh: boo
           say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``config`` on real devices until its last round; returns the run's summary."""
     check_deployable(config)
+    if config.strategy.name == "dp-fedavg":  # DP noise anyone with the config can regenerate protects nobody
+        from pocketlearn.federated.privacy.config import refuse_for_deployment
+
+        refuse_for_deployment(config.strategy.options.get("dp"))
     run_dir = run_dir.resolve()  # Flower's processes and the CLI config want absolute paths
     keys = [k.resolve() for path in options.authorized_keys for k in public_keys(path)] if options.node_auth else []
     _prepare(run_dir, fresh)

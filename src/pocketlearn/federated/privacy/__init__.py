@@ -21,9 +21,9 @@ _HOMES = {
     "accountant": ("PrivacyAccountant", "PrivacyBudgetError", "calibrate_noise", "central_round_event", "epsilon",
                    "local_report_event", "rounds_within"),
     "clipping": ("AdaptiveClip", "FixedClip", "clip_to_norm_"),
-    "config": ("DPConfig",),
+    "config": ("DPConfig", "refuse_for_deployment"),
     "mechanism": ("PrivacyMechanism",),
-    "noise": ("add_central_noise_", "add_local_noise_", "derived_generator"),
+    "noise": ("add_central_noise_", "add_local_noise_", "derived_generator", "secure_generator"),
     "report": ("LocalNoise",),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}

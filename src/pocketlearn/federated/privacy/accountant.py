@@ -2,8 +2,12 @@
 
 No privacy formula of ours: ε comes from dp-accounting's RDP accountant (Mironov, "Rényi Differential
 Privacy", 2017) or its PLD accountant (privacy loss distributions; tighter, slower), and noise calibration from
-``dp_accounting.calibrate_dp_mechanism``. A central round of DP-FedAvg is
-``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` with q = expected clients / population.
+``dp_accounting.calibrate_dp_mechanism``. A central round of DP-FedAvg is accounted as the sampler runs it
+(:class:`pocketlearn.federated.sampling.ClientSampler`): a fixed-size set of k clients drawn without replacement
+from the n that can be sampled, ``SampledWithoutReplacementDpEvent(n, k, GaussianDpEvent(z / 2))`` under
+replace-one neighbouring (Wang, Balle, Kasiviswanathan, "Subsampled Rényi Differential Privacy", AISTATS 2019,
+Theorem 27). Replacing one client moves the clipped sum by up to 2·clip, hence z / 2. dp-accounting's PLD
+accountant has no fixed-size sampling, so central rounds are accounted with RDP only.
 """
 
 from __future__ import annotations
@@ -29,17 +33,24 @@ class PrivacyBudgetError(ConfigError):
 
 
 def make_accountant(kind: str) -> dpa.PrivacyAccountant:
-    """A fresh ``"rdp"`` or ``"pld"`` accountant (add-or-remove-one neighbouring clients)."""
+    """A fresh ``"rdp"`` (replace-one neighbouring clients) or ``"pld"`` accountant."""
     if kind == "rdp":
-        return dpa.rdp.RdpAccountant()
+        return dpa.rdp.RdpAccountant(neighboring_relation=dpa.NeighboringRelation.REPLACE_ONE)
     if kind == "pld":
         return dpa.pld.PLDAccountant(value_discretization_interval=PLD_DISCRETIZATION)
     raise ConfigError(f"accountant should be 'rdp' or 'pld', got {kind!r}")
 
 
-def central_round_event(noise_multiplier: float, sample_rate: float) -> dpa.DpEvent:
-    """One DP-FedAvg round: Gaussian noise z·clip on the sum of a Poisson sample of rate q of the clients."""
-    return dpa.PoissonSampledDpEvent(sample_rate, dpa.GaussianDpEvent(noise_multiplier))
+def central_round_event(noise_multiplier: float, population: int, sample_size: int) -> dpa.DpEvent:
+    """One DP-FedAvg round: noise z·clip on the sum of ``sample_size`` clients drawn without replacement.
+
+    ``population``: the clients that can be sampled (those whose device can train). When the sample is the
+    whole population there is no amplification: a plain Gaussian of sensitivity 2·clip.
+    """
+    _check_sampling(population, sample_size)
+    gaussian = dpa.GaussianDpEvent(noise_multiplier / 2)
+    k = min(sample_size, population)
+    return gaussian if k == population or noise_multiplier == 0 else dpa.SampledWithoutReplacementDpEvent(population, k, gaussian)
 
 
 def local_report_event(noise_multiplier: float) -> dpa.DpEvent:
@@ -52,15 +63,24 @@ def local_report_event(noise_multiplier: float) -> dpa.DpEvent:
 
 def epsilon_of(event: dpa.DpEvent, count: int, delta: float, kind: str = "rdp") -> float:
     """ε at ``delta`` after ``count`` compositions of ``event``."""
+    check_supported(event, kind)
     if count <= 0:
         return 0.0
     return float(make_accountant(kind).compose(dpa.SelfComposedDpEvent(event, count)).get_epsilon(delta))
 
 
-def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float, kind: str = "rdp") -> float:
-    """ε at ``delta`` of ``rounds`` central DP-FedAvg rounds."""
-    _check_rate(sample_rate)
-    return epsilon_of(central_round_event(noise_multiplier, sample_rate), rounds, delta, kind)
+def check_supported(event: dpa.DpEvent, kind: str) -> None:
+    """ConfigError when accountant ``kind`` cannot account ``event`` (PLD and fixed-size sampling)."""
+    if not make_accountant(kind).supports(event):
+        raise ConfigError(f"the {kind} accountant of dp-accounting cannot account {event}; clients are sampled "
+                          "as a fixed-size set without replacement, which only the rdp accountant supports: use "
+                          "accountant = 'rdp'")
+
+
+def epsilon(noise_multiplier: float, population: int, sample_size: int, rounds: int, delta: float,
+            kind: str = "rdp") -> float:
+    """ε at ``delta`` of ``rounds`` central DP-FedAvg rounds of ``sample_size`` clients out of ``population``."""
+    return epsilon_of(central_round_event(noise_multiplier, population, sample_size), rounds, delta, kind)
 
 
 def rounds_within(event: dpa.DpEvent, target_epsilon: float, delta: float, kind: str = "rdp") -> int:
@@ -74,27 +94,21 @@ def rounds_within(event: dpa.DpEvent, target_epsilon: float, delta: float, kind:
                                           discrete=True))
 
 
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, rounds: int, kind: str = "rdp",
-                    *, tol: float = 1e-3) -> float:
+def calibrate_noise(target_epsilon: float, delta: float, population: int, sample_size: int, rounds: int,
+                    kind: str = "rdp", *, tol: float = 1e-3) -> float:
     """The smallest noise multiplier (within ``tol``) for which ``rounds`` rounds spend at most ``target_epsilon``.
 
-    RDP finds the bracket (cheap at any z); PLD then searches inside it, since PLD is slow at tiny z.
+    Only RDP accounts fixed-size sampling (:func:`check_supported` says so for ``kind = "pld"``).
     """
-    _check_rate(sample_rate)
+    check_supported(central_round_event(1.0, population, sample_size), kind)
     if rounds < 1 or target_epsilon <= 0:
         raise ConfigError(f"calibrate_noise needs rounds >= 1 and target_epsilon > 0, got {rounds} and "
                           f"{target_epsilon}")
 
     def events(z: float) -> dpa.DpEvent:
-        return dpa.SelfComposedDpEvent(central_round_event(z, sample_rate), rounds)
+        return dpa.SelfComposedDpEvent(central_round_event(z, population, sample_size), rounds)
 
-    z_rdp = _calibrate(events, target_epsilon, delta, "rdp", dpa.LowerEndpointAndGuess(1e-3, 1.0), tol)
-    if kind == "rdp":
-        return z_rdp
-    lower = z_rdp / 2
-    while lower > 1e-2 and epsilon_of(events(lower), 1, delta, kind) <= target_epsilon:
-        lower /= 2
-    return _calibrate(events, target_epsilon, delta, kind, dpa.LowerEndpointAndGuess(lower, z_rdp), tol)
+    return _calibrate(events, target_epsilon, delta, kind, dpa.LowerEndpointAndGuess(1e-3, 1.0), tol)
 
 
 def _calibrate(events: Callable[[float], dpa.DpEvent], target_epsilon: float, delta: float, kind: str,
@@ -103,10 +117,10 @@ def _calibrate(events: Callable[[float], dpa.DpEvent], target_epsilon: float, de
                                             tol=tol))
 
 
-def _check_rate(sample_rate: float) -> None:
-    if not 0 < sample_rate <= 1:
-        raise ConfigError(f"sample rate (clients per round / clients) should be in (0, 1], got {sample_rate}; "
-                          "clients_per_round cannot exceed num_clients")
+def _check_sampling(population: int, sample_size: int) -> None:
+    if population < 1 or sample_size < 1:
+        raise ConfigError(f"sampling needs at least one client that can train and one per round, got "
+                          f"population {population} and sample size {sample_size}")
 
 
 class PrivacyAccountant:
@@ -117,7 +131,7 @@ class PrivacyAccountant:
 
     def __init__(self, event: dpa.DpEvent, kind: str = "rdp", delta: float = 1e-5,
                  target_epsilon: float | None = None):
-        make_accountant(kind)  # a bad kind fails here, not in round 1
+        check_supported(event, kind)  # a bad kind, or one that cannot account the event, fails here
         self.event, self.kind, self.delta, self.target_epsilon = event, kind, delta, target_epsilon
         self.count = 0
         self._cache: dict[int, float] = {}

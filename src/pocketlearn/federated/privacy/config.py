@@ -8,6 +8,8 @@ from typing import Any
 from pocketlearn.errors import ConfigError
 
 MODES = ("central", "local")
+NOT_PRIVATE = "noise reproducible from the seed: not private"
+SECURE = "secure: drawn from the OS's CSPRNG"
 ACCOUNTANTS = ("rdp", "pld")
 
 
@@ -33,7 +35,11 @@ class DPConfig:
     accountant: str = field(default="rdp", metadata={"help": "'rdp' or 'pld' (tighter, slower)."})
     delta: float = field(default=1e-5, metadata={"help": "The delta of (epsilon, delta)-DP; below 1/num_clients."})
     target_epsilon: float | None = field(default=None, metadata={"help": "Refuse rounds that would exceed it."})
-    seed: int = field(default=0, metadata={"help": "Seed of the noise; a round's noise comes from (seed, round)."})
+    reproducible_noise: bool = field(default=False, metadata={
+        "help": "Research only: draw the noise from (seed, round) so runs repeat; anyone with the config can "
+                "then subtract it (not private). `fed serve` refuses it."})
+    seed: int = field(default=0, metadata={"help": "Seed of the noise when reproducible_noise is on; unused "
+                                                   "otherwise (noise then comes from the OS's CSPRNG)."})
     kind_scale: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Mixed-method runs: each update kind's unit relative to clip (dense, lora, zo; default 1)."})
 
@@ -64,12 +70,19 @@ class DPConfig:
             out.append(f"mode should be one of {list(MODES)}, got {self.mode!r}")
         if self.accountant not in ACCOUNTANTS:
             out.append(f"accountant should be one of {list(ACCOUNTANTS)}, got {self.accountant!r}")
+        if not isinstance(self.reproducible_noise, bool):
+            out.append(f"reproducible_noise should be true or false, got {self.reproducible_noise!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             out.append(f"seed should be an integer >= 0, got {self.seed!r}")
         if self.adaptive and self.mode == "local":
             out.append("adaptive clipping needs the server's noisy count of unclipped clients, which local mode "
                        "does not have; use adaptive = false (a fixed clip) with mode = 'local'")
         return out
+
+    @property
+    def noise_source(self) -> str:
+        """Where the noise comes from, in words a run's summary, metrics and report show."""
+        return NOT_PRIVATE if self.reproducible_noise else SECURE
 
     @classmethod
     def from_dict(cls, options: dict[str, Any]) -> DPConfig:
@@ -80,3 +93,15 @@ class DPConfig:
             raise ConfigError(f"DPConfig has no option {', '.join(map(repr, unknown))}; options are {known}")
         return cls(**options)
 
+
+
+def refuse_for_deployment(dp: DPConfig | dict[str, Any] | None) -> None:
+    """ConfigError if a deployed run would use noise that anyone holding its config can regenerate."""
+    if dp is None:
+        return
+    reproducible = dp.reproducible_noise if isinstance(dp, DPConfig) else bool(dp.get("reproducible_noise"))
+    if reproducible:
+        raise ConfigError("dp.reproducible_noise = true draws the DP noise from the config's seed, so anyone who "
+                          "knows the config can subtract it (noise reproducible from the seed: not private); a "
+                          "deployed run refuses it. Remove dp.reproducible_noise (noise then comes from the OS's "
+                          "CSPRNG); keep it for simulations only")

@@ -1,12 +1,17 @@
-"""Gaussian noise from seeded generators, so that a private run is reproducible and resumes bit for bit.
+"""Gaussian noise for differential privacy, drawn from generators nobody outside can reproduce.
 
-Noise is drawn in float32 on the CPU from a generator derived from (seed, round[, client]) and then moved to
-the tensor's device: the same seed gives the same noise on any accelerator and after any resume.
+DP noise protects clients only if nobody can regenerate and subtract it, so it comes from
+:func:`secure_generator` (seeded from the OS's CSPRNG). The server keeps its central generator's state in its
+checkpoint alone, so a resumed run still ends bit for bit where an uninterrupted one does (the checkpoint is
+therefore secret). :func:`derived_generator` (seed, round[, client]) remains for reproducible research runs
+(``dp.reproducible_noise``), which are marked not private. Noise is drawn in float32 on the CPU and then moved
+to the tensor's device: the same generator state gives the same noise on any accelerator.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -43,16 +48,17 @@ def add_central_noise_(sums: dict[str, Tensor], std: float, generator: torch.Gen
         sums[name].add_(gaussian_like(sums[name], std, generator))
 
 
-def add_local_noise_(updates: RoundUpdates, std: float, *, seed: int, rnd: int) -> None:
-    """Each client's own N(0, std²) noise on the rows it sends, in place (local DP, simulated server side).
+def add_local_noise_(updates: RoundUpdates, std: float, generator_of: Callable[[int], torch.Generator]) -> None:
+    """Each client's own N(0, std²) noise on the rows it sends, in place (local DP).
 
-    Client c's noise comes from (seed, rnd, c), as its device would draw it, so a simulated run and a deployed
-    one with the same seed agree. Rows of parameters a client did not train are not sent and stay zero.
+    ``generator_of(client)`` is that client's own randomness: on a device a fresh :func:`secure_generator`, so
+    nothing the server holds regenerates it. Rows of parameters a client did not train are not sent and stay
+    zero.
     """
     if std == 0:
         return
     for k, client in enumerate(updates.client_ids):
-        generator = derived_generator(seed, rnd, client)
+        generator = generator_of(int(client))
         for name in sorted(updates.deltas):
             mask = updates.trained.get(name)
             if mask is None or bool(mask[k]):

@@ -23,10 +23,11 @@ from pocketlearn.federated.updates import RoundUpdates
 class DPFedAvg(Checked, Strategy):
     """Clip each client's update, sum, add Gaussian noise, divide by ``expected_clients``, step by ``server_lr``.
 
-    ``expected_clients`` (clients sampled per round) and ``num_clients`` (the population) are public and set
-    the sampling rate the accountant uses. ``dp`` takes a DPConfig or its fields as a table. The round number
-    that seeds the noise is the strategy's own count, kept in ``state_dict`` with the clip bound and the
-    accountant, so a resumed run draws the same noise and reports the same ε.
+    ``expected_clients`` (clients sampled per round, also the fixed denominator) and ``num_clients`` (the
+    population the sampler draws them from without replacement: clients whose device can train) are public and
+    set the sampling the accountant charges. ``dp`` takes a DPConfig or its fields as a table. ``state_dict``
+    holds the round count, clip bound, accountant and the secret state of the noise generator, so a resumed run
+    draws the same noise and reports the same ε: it belongs in the server checkpoint and nowhere else.
     """
 
     name = "dp-fedavg"
