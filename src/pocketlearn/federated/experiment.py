@@ -242,10 +242,25 @@ def _strategy_options(config: RunConfig, sampler: ClientSampler) -> dict:
 def _secagg(config: RunConfig) -> object | None:
     if not config.secagg.enabled:
         return None
-    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "krum", "multi-krum", "dp-fedavg"):
+    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "krum", "multi-krum"):
         raise ConfigError(f"secagg: strategy {config.strategy.name!r} needs each client's update, but secure "
                           "aggregation shows the server only their sum; use fedavg, fedprox or a FedOpt strategy")
+    if config.strategy.name == "dp-fedavg":  # distributed DP: the clients add the noise before masking
+        _check_distributed_dp(config)
     return config.secagg
+
+
+def _check_distributed_dp(config: RunConfig) -> None:
+    from pocketlearn.federated.privacy.config import DPConfig
+    from pocketlearn.federated.privacy.distributed import config_problems
+
+    dp = config.strategy.options.get("dp", {})
+    problems = config_problems(dp if isinstance(dp, DPConfig) else DPConfig.from_dict(dict(dp)))
+    if is_mixed(config):
+        problems.append("dp-fedavg with secagg in a mixed-method run: distributed DP is implemented for "
+                        "single-method runs; pin one client.method, or turn secagg off (central DP)")
+    if problems:
+        raise ConfigError("secagg with dp-fedavg: " + "; ".join(problems))
 
 
 def _attack(config: RunConfig, num_clients: int) -> Attack | None:

@@ -195,7 +195,11 @@ class FederatedServer:
                 secured = results[0].secure if len(results) == 1 else None  # the devices ran the protocol
                 finished, up, secagg_received = (secured.mean, secured.sent, secured.received) if secured \
                     else self._secure_mean(finished, rnd)
-            if expansion is not None and hasattr(self.strategy, "mechanism"):
+            if self.policy.secagg is not None and expansion is None and hasattr(self.strategy, "mechanism"):
+                # distributed DP: ``finished`` holds the unmasked noisy sum; no clipping or noise is left to do
+                self.strategy.apply_means(self.params, self._distributed_dp().release(
+                    {n: d[0] for n, d in finished.deltas.items()}))
+            elif expansion is not None and hasattr(self.strategy, "mechanism"):
                 from pocketlearn.federated.mixed import private_combine
 
                 self.strategy.apply_means(self.params, private_combine(wire, expansion, mixed,
@@ -260,14 +264,30 @@ class FederatedServer:
     def _secure_mean(self, updates: RoundUpdates, rnd: int) -> tuple[RoundUpdates, int, int]:
         """The sample-weighted mean delta by secure aggregation (one row, as if from one client).
 
-        Also returns the protocol's bytes sent and received: its messages replace the plain payloads.
+        Also returns the protocol's bytes sent and received: its messages replace the plain payloads. Under DP
+        (distributed DP, :mod:`pocketlearn.federated.privacy.distributed`) the row is instead the unmasked sum of
+        the clients' clipped updates and noise shares, unweighted.
         """
         from pocketlearn.federated.secagg import secure_mean
 
         cfg = self.policy.secagg
+        if hasattr(self.strategy, "mechanism"):
+            from pocketlearn.federated.secagg.run import Ledger
+
+            ledger = Ledger.empty(len(updates))
+            sums = self._distributed_dp().secure_sum(updates, threshold=cfg.threshold, neighbours=cfg.neighbours,
+                                                     seed=rnd, ledger=ledger)
+            row = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in sums.items()})
+            return row, int(ledger.sent.sum()), int(ledger.received.sum())
         mean, ledger = secure_mean(updates, threshold=cfg.threshold, clip=cfg.clip, neighbours=cfg.neighbours,
                                    seed=rnd)
         return mean, int(ledger.sent.sum()), int(ledger.received.sum())
+
+    def _distributed_dp(self) -> Any:
+        """The strategy's privacy mechanism, as the clients of a secure round share its noise."""
+        from pocketlearn.federated.privacy.distributed import DistributedDP
+
+        return DistributedDP(self.strategy.mechanism)
 
     def _local(self, method: str, rnd: int) -> LocalTraining:
         if self.policy.mixed is None:

@@ -8,7 +8,10 @@ party is where it would be in production:
 2. ``query.secagg_share``: the server numbers the devices of a protocol group, sends each the group's
    parameters and its neighbours' keys; the device answers with its secrets' shares, sealed per neighbour.
 3. ``query.secagg_mask``: each device gets its inbox of sealed shares and its sample weight, and answers with its
-   weighted update masked; the server only adds these up.
+   weighted update masked; the server only adds these up. Under DP (``dp-fedavg``) the round is distributed DP
+   (:mod:`pocketlearn.federated.privacy.distributed`): the spec carries the round's :class:`NoiseShare`, and each
+   device instead clips its update, rounds it to the ring and adds its own noise share, drawn from its own OS
+   randomness, before masking; the server unmasks only the noisy sum of unweighted clipped updates.
 4. ``query.secagg_unmask``: survivors reveal the shares that remove the masks; the server learns the sum.
 
 A device that stops answering at any step is left out as the protocol allows (its masks are removed with the
@@ -68,6 +71,7 @@ class RoundSpec:
     neighbours: int | None = None
     graph_seed: int = 0
     bits: int = 32
+    dp: dict[str, Any] | None = None  # distributed DP: the round's NoiseShare (public), drawn on each device
 
     @property
     def vector_size(self) -> int:
@@ -177,11 +181,33 @@ def device_mask(content: Any, state: Any) -> Any:
     stored = _stored(state, int(meta["round"]))
     client = SecAggClient.restore(stored["client"], RoundSpec.from_json(str(stored["spec"])).config())
     inbox = [EncryptedShare.from_bytes(r) for r in split_records(_payload(content), SHARE_MESSAGE_BYTES, "inbox")]
-    # weighted in float32, as the simulator weights its stacked updates
-    vector = (np.frombuffer(stored["vector"], np.float32) * np.float32(meta["weight"])).astype(np.float64)
+    spec = RoundSpec.from_json(str(stored["spec"]))
+    if spec.dp is not None:
+        vector = _noised(spec, np.frombuffer(stored["vector"], np.float32))
+    else:  # weighted in float32, as the simulator weights its stacked updates
+        vector = (np.frombuffer(stored["vector"], np.float32) * np.float32(meta["weight"])).astype(np.float64)
     masked = client.masked_input(vector, inbox)
     stored["client"] = client.export_state()
     return _records({"round": int(meta["round"])}, masked.to_bytes())
+
+
+def _noised(spec: RoundSpec, vector: np.ndarray) -> np.ndarray:
+    """Distributed DP's device step: clip, round to the ring, add this device's noise share from the OS CSPRNG.
+
+    The share is drawn here and kept nowhere; the server cannot regenerate it. The spec's plan must describe
+    this very round (its ring and size), else the device refuses rather than add noise sized for another.
+    """
+    from pocketlearn.federated.privacy.distributed import BITS, NoiseShare
+    from pocketlearn.federated.privacy.noise import secure_generator
+
+    plan = NoiseShare.from_dict(spec.dp or {})
+    if (plan.num_clients, plan.threshold, plan.dim, BITS) != (spec.num_clients, spec.threshold, spec.vector_size,
+                                                               spec.bits) or not math.isclose(plan.field_range,
+                                                                                              spec.clip):
+        raise SecAggError(f"round {spec.rnd}: the distributed-DP plan ({plan}) does not match the protocol's round "
+                          f"({spec.num_clients} clients, threshold {spec.threshold}, {spec.vector_size} values, range "
+                          f"{spec.clip}); this device sits the round out")
+    return plan.apply(vector, secure_generator())
 
 
 def device_unmask(content: Any, state: Any) -> Any:
@@ -244,6 +270,7 @@ class SecureSum:
     def __init__(self, engine: Any, rnd: int, devices: Sequence[TrainedDevice], *, total: float, graph_seed: int):
         self.engine, self.rnd, self.total, self.graph_seed = engine, rnd, total, graph_seed
         self.cfg = engine.server.policy.secagg
+        self.dp = distributed_dp(engine.server)  # None without DP
         self.devices = dict(enumerate(sorted(devices, key=lambda d: d.client)))  # by position in the protocol
 
     def run(self) -> tuple[dict[str, Any], list[TrainedDevice]]:
@@ -254,6 +281,9 @@ class SecureSum:
         layout = sorted({t for d in self.devices.values() for t in d.layout})
         spec = RoundSpec(self.rnd, n, max(1, math.ceil(self.cfg.threshold * n)), self.cfg.clip, layout,
                          self.cfg.neighbours, self.graph_seed)
+        if self.dp is not None:  # the ring and the noise shares of distributed DP (checks the budget first)
+            plan = self.dp.plan(n, self.cfg.threshold, spec.vector_size)
+            spec = replace(spec, threshold=plan.threshold, clip=plan.field_range, dp=plan.to_dict())
         config = spec.config()
         server = SecAggServer(config)
         routed = server.receive_adverts([replace(d.advert, client=u) for u, d in self.devices.items()])
@@ -278,9 +308,11 @@ class SecureSum:
         return sums, [self.devices[u] for u in sorted(request.survivors)]
 
     def _weights(self, samples: list[int]) -> list[float]:
-        """n_u / total computed as the simulator scales its stacked float32 updates (same bits)."""
+        """n_u / total computed as the simulator scales its stacked float32 updates (same bits); 1 under DP."""
         import torch
 
+        if self.dp is not None:  # distributed DP: uniform weights (sample counts would raise the sensitivity)
+            return [1.0] * len(samples)
         return (torch.tensor([float(n) for n in samples]) / self.total).tolist()
 
     def _say(self, line: str) -> None:
@@ -337,14 +369,31 @@ def secure_round(engine: Any, params: Mapping[str, Any], client_ids: list[int], 
     try:
         sums, survivors = SecureSum(engine, rnd, devices, total=total, graph_seed=rnd).run()
     except (SecAggError, ConfigError) as err:
+        if getattr(engine.server.strategy, "mechanism", None) is not None:
+            from pocketlearn.federated.privacy.accountant import PrivacyBudgetError
+
+            if isinstance(err, PrivacyBudgetError):  # the run must stop, not skip a round
+                raise
         engine.say(f"round {rnd}: secure aggregation failed ({err}); this round applies no update")
         return placeholders(params, [], devices, None)
     share = sum(d.reply.num_samples for d in survivors) / total  # 1 unless a device dropped after training
+    if distributed_dp(engine.server) is not None:  # the noisy sum; the server divides by the expected clients
+        share = 1
     mean = {n: s / share if share != 1 else s for n, s in sums.items()}
     from pocketlearn.federated.mixed import one_row
 
     samples = float(sum(d.reply.num_samples for d in survivors))
     return placeholders(params, survivors, devices, one_row(_tensors(mean), samples))
+
+
+def distributed_dp(server: Any) -> Any:
+    """The server's :class:`DistributedDP` when its strategy is differentially private (else None)."""
+    mechanism = getattr(server.strategy, "mechanism", None)
+    if mechanism is None:
+        return None
+    from pocketlearn.federated.privacy.distributed import DistributedDP
+
+    return DistributedDP(mechanism)
 
 
 def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice], everyone: list[TrainedDevice],
