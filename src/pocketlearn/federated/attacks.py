@@ -4,7 +4,8 @@
 boosted honest-looking update), ``random`` sends Gaussian noise scale x the update's own spread.
 
 Two attacks from the literature are omniscient, as in their papers: the malicious clients of a round see the
-benign clients' updates of that round and send the same crafted update.
+benign clients' updates of that round (in a mixed-method run, of their method group) and all send the same
+crafted update.
 
 - ``alie``, "A Little Is Enough" (Baruch et al., NeurIPS 2019): mean - z·std of the benign updates, per
   coordinate, with z = Φ⁻¹((n - s) / n), s = ⌊n/2 + 1⌋ - f, for n clients of which f are malicious: a shift
