@@ -10,6 +10,8 @@ counted are ``len(payload)`` of what crossed the network.
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,12 +20,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from pocketlearn.errors import PocketlearnError
 from pocketlearn.federated.flower.messages import QUERY, SEEDS, TRAIN, DeviceInfo, TrainReply, TrainRequest
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 if TYPE_CHECKING:
     from pocketlearn.federated.privacy.report import LocalNoise
+
+log = logging.getLogger(__name__)
+# What reading a device's records can raise besides our own errors: a missing key, a value of the wrong kind, a
+# number out of range. Replies come from devices, so each of these leaves that device out, never ends the run.
+MALFORMED = (PocketlearnError, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
 @dataclass
@@ -93,11 +101,12 @@ class FlowerEngine:
             info, reason = None, "no reply" if reply is None else reply.error.reason if reply.has_error() else ""
             if not reason:
                 try:
-                    info = DeviceInfo.from_records(reply.content)
-                except (KeyError, TypeError, ValueError) as err:
-                    reason = f"a malformed answer: {err}"
+                    info = self._check_info(DeviceInfo.from_records(reply.content))
+                except MALFORMED as err:
+                    reason = f"a malformed answer: {type(err).__name__}: {err}"
             if info is None:
                 self.say(f"SuperNode {node} did not say which client it holds ({reason}); asking again later")
+                log.warning("SuperNode %s left out until asked again: %s", node, reason)
                 self.silent[node] = time.monotonic() + 5 * self.query_timeout_s
                 continue
             self.silent.pop(node, None)
@@ -107,6 +116,15 @@ class FlowerEngine:
             self.devices[node], self.node_of[info.client_id] = info, node
             found.append(info)
         return found
+
+    def _check_info(self, info: DeviceInfo) -> DeviceInfo:
+        """A device's answer if it names a client of the run and a plausible number of examples."""
+        clients = len(self.server.clients.sizes) if self.server is not None else None
+        if info.client_id < 0 or clients is not None and info.client_id >= clients:
+            raise ValueError(f"it claims client {info.client_id}; the run's clients are 0..{(clients or 1) - 1}")
+        if info.num_examples < 1:
+            raise ValueError(f"it claims {info.num_examples} examples; a device holds at least one")
+        return info
 
     def wait_for_devices(self, min_devices: int, timeout_s: float) -> int:
         """Discover until ``min_devices`` clients have a device (or the timeout); returns how many have."""
@@ -142,7 +160,7 @@ class FlowerEngine:
         replies = self._exchange([m for _, m in sent], self.round_timeout_s)
         accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
                     if (r := self._accept(c, msg, rnd, after)) is not None]
-        return self._round_result(accepted, params, expected, seeds, rnd)
+        return self._round_result(accepted, params, expected, seeds, rnd, local)
 
     def _secure_train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
                       ) -> RoundResult:
@@ -199,24 +217,41 @@ class FlowerEngine:
             self._weights = (rnd, downlink_payload(source, policy.downlink, policy.codec_seed, rnd))
         return self._weights[1]
 
+    def leave_out(self, c: int, rnd: int, why: str) -> None:
+        """Say and log (a warning naming the node) why client ``c``'s reply is not in round ``rnd``."""
+        node = self.node_of.get(c)
+        self.say(f"round {rnd}: client {c} {why}; left out")
+        log.warning("round %s: SuperNode %s (client %s) left out of the round: %s", rnd, node, c, why)
+
     def _accept(self, c: int, reply: Any, rnd: int, after_s: float) -> TrainReply | None:
         """A client's reply if it is a well-formed update from that client; else say why and leave it out."""
         if reply is None:
-            self.say(f"round {rnd}: client {c} did not answer within {self.round_timeout_s:g} s; left out")
+            self.leave_out(c, rnd, f"did not answer within {self.round_timeout_s:g} s")
             return None  # (restarted, it comes back as a new node, which discover() maps to the client again)
-        if reply.has_error():
-            self.say(f"round {rnd}: client {c} failed: {reply.error.reason}")
-            return None
         try:
+            if reply.has_error():
+                self.leave_out(c, rnd, f"failed: {reply.error.reason}")
+                return None
             answer = TrainReply.from_records(reply.content)
-        except (KeyError, TypeError, ValueError) as err:
-            self.say(f"round {rnd}: client {c} sent a malformed reply ({err}); left out")
-            return None
-        if answer.client_id != c:
-            self.say(f"round {rnd}: asked client {c}, got an update of client {answer.client_id}; left out")
+            self._check_reply(c, answer)
+        except MALFORMED as err:
+            self.leave_out(c, rnd, f"sent a malformed reply ({type(err).__name__}: {err})")
             return None
         self.traffic.add(c, up=len(answer.payload), seconds=answer.seconds, reply_s=after_s)
         return answer
+
+    def _check_reply(self, c: int, answer: TrainReply) -> None:
+        """The reply's metadata must be this client's and plausible: its sample count weights the mean."""
+        if answer.client_id != c:
+            raise ValueError(f"asked client {c}, got an update of client {answer.client_id}")
+        node = self.node_of.get(c)
+        held = self.devices[node].num_examples if node in self.devices else None
+        if answer.num_samples < 1 or held is not None and answer.num_samples > held:
+            raise ValueError(f"it claims {answer.num_samples} samples; its device holds {held} examples")
+        if not math.isfinite(answer.loss):
+            raise ValueError(f"its training loss is {answer.loss}")
+        if not (math.isfinite(answer.seconds) and answer.seconds >= 0):
+            raise ValueError(f"it reports {answer.seconds} s of work")
 
     def _device_noise(self, local: LocalTraining) -> LocalNoise | None:
         """Local DP: what each device does to its own update; the server's mechanism then only sums and charges."""
@@ -239,26 +274,25 @@ class FlowerEngine:
         return dict(mixed.wire_shapes(params, rnd, local.method))
 
     def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor],
-                      expected: dict[str, torch.Size], seeds: bool, rnd: int) -> RoundResult:
+                      expected: dict[str, torch.Size], seeds: bool, rnd: int, local: LocalTraining) -> RoundResult:
         """The replies as the server loop takes them: decoded updates (or seed histories) stacked by client.
 
         Updates decode to ``expected`` (:meth:`_wire_shapes`); in a mixed run these are the method's wire tensors,
         which the server expands to global deltas.
         """
-        from pocketlearn.federated.codecs import PayloadError
-        from pocketlearn.federated.codecs.seeds import decode_history
-
         updates, losses, histories, sizes = [], [], [], []
         for c, answer in accepted:
             try:
                 if seeds:
-                    histories.append(decode_history(answer.payload))
+                    history = self._history(c, answer, local)
                     delta = {n: torch.zeros_like(p) for n, p in params.items()}  # the server replays the seeds
                 else:
-                    delta = self.server.policy.uplink.decode(answer.payload, expected)
-            except PayloadError as err:
-                self.say(f"round {rnd}: client {c} sent an update that does not decode ({err}); left out")
+                    delta = self._delta(answer.payload, expected)
+            except MALFORMED as err:
+                self.leave_out(c, rnd, f"sent an update that does not decode ({type(err).__name__}: {err})")
                 continue
+            if seeds:
+                histories.append(history)
             updates.append(ClientUpdate(c, answer.num_samples, delta))
             losses.append(answer.loss)
             sizes.append(len(answer.payload))
@@ -266,6 +300,31 @@ class FlowerEngine:
             empty = RoundUpdates([], torch.zeros(0), {n: torch.zeros((0, *shape)) for n, shape in expected.items()})
             return RoundResult(empty, torch.zeros(0), [] if seeds else None, [])
         return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None, sizes)
+
+    def _delta(self, payload: bytes, expected: dict[str, torch.Size]) -> dict[str, Tensor]:
+        """The update in ``payload``, decoded against ``expected`` (name -> shape) and checked again here."""
+        delta = self.server.policy.uplink.decode(payload, expected)
+        if unknown := sorted(set(delta) - set(expected)):  # (a method may send a subset: the rest count as zero)
+            raise ValueError(f"it holds tensors {unknown[:5]} the round does not train")
+        for name, t in delta.items():
+            if not isinstance(t, Tensor) or t.shape != expected[name] or not t.is_floating_point():
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"{name} is {got}, expected a float tensor of shape {tuple(expected[name])}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} holds NaN or inf")
+        return delta
+
+    def _history(self, c: int, answer: TrainReply, local: LocalTraining) -> list[tuple[int, float]]:
+        """A MeZO client's (seed, g) pairs: no more than its examples allow, so replaying them is bounded work."""
+        from pocketlearn.federated.codecs.seeds import decode_history
+
+        history = decode_history(answer.payload)
+        per_step = int(dict(local.options).get("n_perturbations", 1) or 1)  # type: ignore[call-overload]
+        most = local.epochs * math.ceil(answer.num_samples / max(local.batch_size, 1)) * max(per_step, 1)
+        if len(history) > most:
+            raise ValueError(f"it sent {len(history)} (seed, g) pairs; {local.epochs} epoch(s) of "
+                             f"{answer.num_samples} examples in batches of {local.batch_size} make at most {most}")
+        return history
 
     def _exchange(self, messages: Sequence[Any], timeout_s: float) -> list[tuple[Any, Any, float]]:
         """Push ``messages``, pull replies until all arrived or ``timeout_s`` passed.
