@@ -2,6 +2,7 @@ import math
 from dataclasses import replace
 
 import dp_accounting as dpa
+import numpy as np
 import pytest
 import torch
 
@@ -10,6 +11,7 @@ from pocketlearn.federated.privacy import (
     AdaptiveClip,
     DPConfig,
     FixedClip,
+    LocalNoise,
     PrivacyAccountant,
     PrivacyBudgetError,
     PrivacyMechanism,
@@ -268,3 +270,131 @@ def test_a_private_run_reports_epsilon_every_round_and_refuses_to_overspend(tmp_
     raw["strategy"]["options"]["dp"]["target_epsilon"] = eps[1]
     with pytest.raises(PrivacyBudgetError, match="privacy"):
         build_server(parse_config(raw), tmp_path / "over")
+
+
+# --- secret noise end to end ----------------------------------------------------------------------------------
+def _dp_config(dp, **extra):
+    from pocketlearn.federated.config import parse_config
+
+    raw = {"rounds": 4, "clients_per_round": 5, "data": {"name": "digits", "partition": "iid", "num_clients": 20},
+           "strategy": {"name": "dp-fedavg", "options": {"dp": {"clip": 1.0, "noise_multiplier": 0.5, **dp}}},
+           "eval": {"every": 4}, **extra}
+    return parse_config(raw)
+
+
+def test_a_resumed_private_run_ends_bit_equal_and_the_noise_state_stays_in_the_checkpoint(tmp_path):
+    import json
+    import shutil
+
+    from pocketlearn.federated.experiment import build_server
+    from pocketlearn.federated.report import summarize
+
+    cfg = _dp_config({"adaptive": True, "clipped_count_stddev": 1.0, "noise_multiplier": 0.5})
+    first, _ = build_server(cfg, tmp_path / "a")
+    first.run(2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # the checkpoint after round 2, as a kill would leave it
+    records = first.run(4)  # the uninterrupted run
+    resumed, _ = build_server(cfg, tmp_path / "b")
+    assert resumed.resume() and resumed.round == 2
+    resumed.run(4)
+    for name in first.params:
+        assert torch.equal(first.params[name], resumed.params[name])
+    other, _ = build_server(cfg, None)  # the same config from scratch draws other noise
+    other.run(4)
+    assert not all(torch.equal(first.params[n], other.params[n]) for n in first.params)
+    # the generator's state is in state.pt only: not in metrics, summary or anything else in the run folder
+    state = torch.load(tmp_path / "a" / "state.pt", weights_only=False)
+    assert "noise_generator" in state["strategy"]["privacy"]
+    summary = summarize(cfg, first, records, setup_s=0.0, resumed=False)
+    assert summary["privacy"]["noise"] == SECURE and summary["privacy"]["epsilon"] == records[-1].epsilon
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["dp_noise"] == SECURE for line in lines)
+    for text in [json.dumps(summary), *lines]:
+        assert "generator" not in text
+    for path in (tmp_path / "a").rglob("*"):
+        if path.is_file() and path.name != "state.pt":
+            assert b"noise_generator" not in path.read_bytes()
+
+
+def test_reproducible_noise_is_said_not_private_everywhere_and_refused_for_deployment(tmp_path):
+    from pocketlearn.cli.report import privacy_lines
+    from pocketlearn.federated.experiment import build_server
+    from pocketlearn.federated.flower.serve import ServeOptions, serve
+    from pocketlearn.federated.privacy import refuse_for_deployment
+    from pocketlearn.federated.report import summarize
+
+    cfg = _dp_config({"reproducible_noise": True, "seed": 3})
+    a, _ = build_server(cfg, tmp_path / "run")
+    records = a.run(2)
+    b, _ = build_server(cfg, None)
+    b.run(2)
+    assert all(torch.equal(a.params[n], b.params[n]) for n in a.params)  # repeatable, as asked
+    assert [r.dp_noise for r in records] == [NOT_PRIVATE] * 2
+    assert summarize(cfg, a, records, setup_s=0.0, resumed=False)["privacy"]["noise"] == NOT_PRIVATE
+    assert any(NOT_PRIVATE in line for line in privacy_lines(tmp_path / "run"))
+    assert not any(NOT_PRIVATE in line for line in privacy_lines(tmp_path / "run")[:1])  # ε first, then the warning
+    with pytest.raises(ConfigError, match="not private"):
+        refuse_for_deployment(DPConfig(reproducible_noise=True))
+    refuse_for_deployment(DPConfig())  # secure noise deploys
+    with pytest.raises(ConfigError, match="reproducible_noise"):
+        serve(cfg, tmp_path / "served", ServeOptions(insecure=True))
+    assert not (tmp_path / "served").exists()  # refused before anything started
+
+
+# --- local DP: the devices' noise is theirs -------------------------------------------------------------------
+def test_server_side_objects_hold_nothing_that_regenerates_a_clients_local_noise():
+    cfg = DPConfig(clip=1.0, noise_multiplier=0.5, mode="local", seed=1)
+    mech = PrivacyMechanism(cfg, expected_clients=4, num_clients=50)
+    noise = mech.local_noise(rnd=1)
+    assert set(noise.to_dict()) == {"clip", "std", "rnd", "unit"}  # what travels: no seed
+    assert noise.std == pytest.approx(0.5)
+    delta = {"w": torch.zeros(50_000)}
+    one, two = noise.apply(3, delta)["w"], noise.apply(3, delta)["w"]
+    assert float(one.std()) == pytest.approx(0.5, rel=0.02)
+    assert not torch.equal(one, two)  # the same message, the same client: other noise each time
+    seeded = derived_generator(cfg.seed, 1, 3)  # what the server could once recompute from (seed, round, client)
+    assert not torch.equal(one, torch.randn(50_000, generator=seeded) * 0.5)
+    assert LocalNoise.from_dict({**noise.to_dict(), "seed": 7}) == noise  # an old server's seed is ignored
+    # the simulation, standing in for the devices, keeps nothing either: same state, same updates, other noise
+    state = mech.state_dict()
+    assert set(state) == {"rounds", "clip", "accountant", "reports"}
+    u1, u2 = pure_noise(4), pure_noise(4)
+    out1 = mech.privatize(u1, rnd=1)["big"]
+    twin = PrivacyMechanism(cfg, expected_clients=4, num_clients=50)
+    twin.load_state_dict(state)
+    out2 = twin.privatize(u2, rnd=1)["big"]
+    assert not torch.equal(out1, out2)
+    assert float(u1.deltas["big"][0].std()) == pytest.approx(0.5, rel=0.02)
+
+
+# --- accounting follows the sampler ---------------------------------------------------------------------------
+def test_epsilon_is_charged_for_fixed_size_sampling_among_the_clients_that_can_train(tmp_path):
+    from pocketlearn.federated.experiment import build_server
+
+    profiles = tmp_path / "devices.toml"
+    profiles.write_text('[devices.tiny]\nmemory_budget = "75KiB"\n')  # too small to train: never sampled
+    cfg = _dp_config({"noise_multiplier": 1.0}, rounds=3, devices={
+        "mix": {"tiny": 0.5, "laptop-16g": 0.5}, "profiles": str(profiles), "availability": False},
+        client={"fit": "report"})
+    server, _ = build_server(cfg, None)
+    can_train = [c for c in range(20) if server.clients.method_of(c) is not None]
+    assert 5 < len(can_train) < 20
+    records = server.run(3)
+    sampled = [set(server.sampler.sample(r).tolist()) for r in range(4, 40)]
+    assert all(len(s) == 5 and s <= set(can_train) for s in sampled)  # fixed size, only those that can train
+    # dp-accounting fed the true scheme: 5 of the len(can_train), without replacement, replace-one (sum moves 2 clip)
+    event = dpa.SampledWithoutReplacementDpEvent(len(can_train), 5, dpa.GaussianDpEvent(1.0 / 2))
+    truth = replace_one_rdp().compose(event, 3).get_epsilon(1e-5)
+    assert records[-1].epsilon == pytest.approx(truth, rel=1e-9)
+    naive = dpa.rdp.RdpAccountant().compose(dpa.PoissonSampledDpEvent(5 / 20, dpa.GaussianDpEvent(1.0)), 3)
+    assert records[-1].epsilon > naive.get_epsilon(1e-5)  # the old q = 5 / 20 under-charged
+
+
+def test_with_availability_the_smallest_eligible_count_is_charged():
+    from pocketlearn.federated.sampling import ClientSampler
+
+    availability = np.full(40, 0.5)
+    sampler = ClientSampler(40, 5, seed=0, availability=availability, availability_seed=1)
+    counts = [int(sampler.eligible(r).sum()) for r in range(1, 11)]
+    assert sampler.population(10) == min(counts) < 40
+    assert ClientSampler(40, 5, seed=0, allowed=np.arange(40) % 4 == 0).population(10) == 10
