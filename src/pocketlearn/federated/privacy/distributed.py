@@ -18,16 +18,21 @@ survives the worst dropout the protocol allows (m = t) is exactly σ = z·Δ. Wi
 
 Approximations, stated: the paper's shares are discrete Gaussians; ours are rounded float64 Gaussians, drawn at
 σ/√t ≥ :data:`MIN_SHARE_STD` ring units (refused below), where the two and the sum of m of them are far closer
-than the accountant's resolution (the paper's Theorem on sums of discrete Gaussians bounds the gap by a term of
-order exp(−2π²σ²/t), negligible here). The ring holds C + :data:`TAIL_STDS` share stds per coordinate, so a share
-wraps with probability < 2e-23 per coordinate; a device whose value would not fit refuses to send rather than
-clip. Floating-point side channels of Gaussian sampling (Mironov, CCS 2012) are not addressed.
+than the accountant's resolution: the paper bounds the gap between a sum of m discrete Gaussian shares and one
+discrete Gaussian by τ = 10·Σ_{k<m} exp(−2π²σ_s²·k/(k+1)), σ_s the share std, below 1e-400 at σ_s ≥ 10.
+The ring holds C + :data:`TAIL_STDS` share stds per coordinate, so a share wraps with probability < 2e-23
+per coordinate; a device whose value would not fit refuses to send rather than clip. Floating-point side
+channels of Gaussian sampling (Mironov, CCS 2012) are not addressed.
 
 Threat model: an honest-but-curious server that follows the protocol (it could otherwise tell clients a
-smaller noise or a lower threshold), and clients that do not collude with it. Up to t − 1 colluding clients can
-subtract their own shares from the sum, leaving noise of variance (m − t + 1)·σ²/t: below the accounted level
-when fewer than 2t − 1 clients survive. Nothing a client draws is derived from a seed, the config or a message,
-unless the research option ``dp.reproducible_noise`` is on (then not private; `fed serve` refuses it).
+smaller noise or a lower threshold), and clients that do not collude with it. The accounted ε assumes no client
+colludes either: c colluding clients (every client sees the released model) can subtract their own shares,
+leaving noise of variance (m − c)·σ²/t, below the accounted σ² when m − c < t (with c = t − 1: when fewer than
+2t − 1 clients survive). Nothing a client draws is derived from a seed, the config or a message,
+unless the research option ``dp.reproducible_noise`` is on (then not private; `fed serve` refuses it). So a
+resumed run is not bit-exact with an uninterrupted one (the shares of the rounds after the resume are new), except
+under ``reproducible_noise``, where client c's share of round r comes from (dp.seed, r, c). The ``secagg.clip``
+range is not used under DP: the ring's range follows from dp.clip and the noise (:attr:`NoiseShare.field_range`).
 """
 
 from __future__ import annotations
