@@ -7,6 +7,7 @@ Every byte counted in a run's metrics is ``len(payload)`` of what these produce.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +18,8 @@ from pocketlearn.errors import ConfigError
 from pocketlearn.federated.codecs.dense import decode_dense, encode_dense, encode_dense_rows
 from pocketlearn.federated.codecs.format import Frame, PayloadError, pack, unpack
 from pocketlearn.federated.codecs.stages import Stage, parse_stage
+
+MAX_DECODED_VALUES = 1 << 28  # 1 GiB of float32: the bound of a decode whose caller does not pass the model's shapes
 
 
 @dataclass(frozen=True)
@@ -47,16 +50,24 @@ class Codec:
 
     def decode(self, payload: bytes | memoryview, expected: dict[str, torch.Size] | None = None
                ) -> dict[str, Tensor]:
-        """Undo the chain; with ``expected`` (name -> shape) anything else is a PayloadError, as is NaN/inf."""
+        """Undo the chain; with ``expected`` (name -> shape) anything else is a PayloadError, as is NaN/inf.
+
+        Any bytes decode or raise PayloadError, in time and memory bounded by the payload and ``expected``: no
+        stage allocates (or draws random numbers for) more values than :meth:`max_values` allows.
+        """
         chain, frame = unpack(payload)
         if chain != [s.spec for s in self.stages]:
             raise PayloadError(f"payload was encoded with codec {'+'.join(chain) or 'float32'!r}, this side "
                                f"expects {self.spec!r}")
+        limit = self.max_values(len(payload), expected)
         try:
-            for stage in reversed(self.stages):
-                frame = stage.inverse(frame)
-        except (ValueError, TypeError, IndexError, KeyError, MemoryError, OverflowError) as err:  # e.g. a forged
-            raise PayloadError(f"payload does not decode with {self.spec!r}: {err}") from None  # giant shape
+            with np.errstate(all="ignore"):  # forged values may overflow: the finiteness check below refuses them
+                for stage in reversed(self.stages):
+                    frame = stage.inverse(frame, limit)
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as err:  # a net: stages check first
+            raise PayloadError(f"payload does not decode with {self.spec!r}: {err}") from None
+        if frame.meta:
+            raise PayloadError(f"payload carries metadata no stage of {self.spec!r} reads: {sorted(frame.meta)[:5]}")
         out = {}
         for n, a in frame.arrays.items():
             if a.dtype != np.float32:
@@ -67,6 +78,19 @@ class Codec:
         if expected is not None:
             _check_shapes(out, expected)
         return out
+
+    def max_values(self, payload_bytes: int, expected: dict[str, torch.Size] | None = None) -> int:
+        """The most values a payload of ``payload_bytes`` may decode to, checked before any stage allocates.
+
+        At most the model's size (``expected``) and what the chain can make of that many bytes (the product of
+        its stages' expansions); without ``expected``, at most MAX_DECODED_VALUES.
+        """
+        bound = float(payload_bytes)
+        for stage in self.stages:
+            bound *= stage.expansion
+        if expected is not None:
+            return int(min(bound, sum(math.prod(shape) for shape in expected.values())))
+        return int(min(bound, MAX_DECODED_VALUES))
 
 
 def _check_shapes(out: dict[str, Tensor], expected: dict[str, torch.Size]) -> None:
@@ -107,7 +131,7 @@ class ErrorFeedback:
         residual = self.residuals.get(client)
         corrected = {n: d + residual[n] for n, d in delta.items()} if residual else delta
         payload = codec.encode(corrected, rng)
-        sent = codec.decode(payload)
+        sent = codec.decode(payload, {n: t.shape for n, t in corrected.items()})
         self.residuals[client] = {n: corrected[n] - sent[n] for n in corrected}
         return payload, sent
 

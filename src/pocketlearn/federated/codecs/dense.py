@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketlearn.federated.codecs.format import Frame, pack, unpack
+from pocketlearn.federated.codecs.format import Frame, pack, seal
 
 
 def encode_dense(tensors: dict[str, Tensor]) -> bytes:
@@ -16,8 +16,11 @@ def encode_dense(tensors: dict[str, Tensor]) -> bytes:
     return pack(Frame({n: tensors[n].detach().to(torch.float32).contiguous().numpy() for n in sorted(tensors)}), [])
 
 
-def decode_dense(payload: bytes | memoryview) -> dict[str, Tensor]:
-    return {n: torch.from_numpy(a) for n, a in unpack(payload)[1].arrays.items()}
+def decode_dense(payload: bytes | memoryview, expected: dict[str, torch.Size] | None = None) -> dict[str, Tensor]:
+    """What ``encode_dense`` wrote: the uncompressed codec's decode, so any other bytes raise PayloadError."""
+    from pocketlearn.federated.codecs import Codec
+
+    return Codec().decode(payload, expected)
 
 
 @functools.lru_cache(maxsize=16)
@@ -47,4 +50,6 @@ def encode_dense_rows(stacked: dict[str, Tensor], out: np.ndarray | None = None)
         values = stacked[n].detach().to(torch.float32).reshape(k, -1).numpy().astype("<f4", copy=False)
         out[:, offset:offset + size] = values.view(np.uint8)
         offset += size
+    for row in out:  # each row's own CRC-32, as pack writes it
+        seal(row)
     return out

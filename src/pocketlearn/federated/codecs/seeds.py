@@ -24,12 +24,13 @@ def encode_history(history: Sequence[tuple[int, float]]) -> bytes:
 
 
 def decode_history(payload: bytes | memoryview) -> list[tuple[int, float]]:
+    """The (seed, projected gradient) pairs of a seed-exchange payload; any other bytes raise PayloadError."""
     chain, frame = unpack(payload)
     if chain != [SPEC]:
         raise PayloadError(f"expected a seed-exchange payload, got codec {'+'.join(chain) or 'float32'!r}")
     seeds, grads = frame.arrays.get("seed"), frame.arrays.get("g")
     if seeds is None or grads is None or seeds.dtype != np.int64 or grads.dtype != np.float32 or \
-            seeds.shape != grads.shape or seeds.ndim != 1:
+            seeds.shape != grads.shape or seeds.ndim != 1 or len(frame.arrays) != 2 or frame.meta:
         raise PayloadError("seed-exchange payload lacks matching 'seed' and 'g' arrays")
     if len(seeds) and (seeds.min() < 0 or seeds.max() >= 2**32):
         raise PayloadError("seed-exchange payload holds seeds outside 32 bits")

@@ -4,6 +4,9 @@ A stage touches the float32 arrays of the frame (the values) and leaves the othe
 alone, so stages compose. Quantizers round stochastically and without bias (E[decoded] = input); top-k and sign
 are biased (``Stage.biased``) and want error feedback. Randomness comes from a generator the caller seeds per
 (round, client), so runs are reproducible and resumable.
+
+Inverses trust nothing in the frame: every metadata entry is type-checked and every size a stage will allocate
+(or draw random numbers for) is checked against ``limit``, the most values the payload may decode to, first.
 """
 
 from __future__ import annotations
@@ -14,16 +17,46 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from pocketlearn.federated.codecs.format import Frame, PayloadError
+from pocketlearn.federated.codecs.format import Frame, PayloadError, check_shape, count_of
 
 
 def _values(frame: Frame) -> list[str]:
     return [n for n, a in frame.arrays.items() if a.dtype == np.float32]
 
 
-def _pop_tagged(meta: dict[str, Any], tag: str) -> list[tuple[str, Any]]:
-    """(array name, metadata) of every ``tag:name`` entry, removed from ``meta``: what a stage left for its inverse."""
-    return [(k.split(":", 1)[1], meta.pop(k)) for k in [k for k in meta if k.startswith(f"{tag}:")]]
+def _pop_tagged(meta: dict[str, Any], tag: str, arity: int | None) -> list[tuple[str, Any]]:
+    """(array name, metadata) of every ``tag:name`` entry, removed from ``meta``: what a stage left for its inverse.
+
+    Each entry must be a list of ``arity`` items (a forged header may put anything there); ``None``: the entry is a
+    shape, checked where it is used.
+    """
+    out = [(k.split(":", 1)[1], meta.pop(k)) for k in [k for k in meta if k.startswith(f"{tag}:")]]
+    for n, entry in out:
+        if arity is not None and (not isinstance(entry, list) or len(entry) != arity):
+            raise PayloadError(f"payload metadata {tag}:{n} is {str(entry)[:60]}, not a list of {arity} items")
+    return out
+
+
+class _Budget:
+    """The values a stage's inverse may still allocate: each declared shape is taken from it before allocating."""
+
+    def __init__(self, limit: int, stage: str) -> None:
+        self.left, self.stage = limit, stage
+
+    def take(self, shape: Any, name: str) -> int:
+        count = count_of(shape, f"{self.stage} array {name!r}", self.left)
+        self.left -= count
+        return count
+
+
+def _number(value: Any, what: str) -> np.float32:
+    """A finite float32 from the header (a quantizer's offset or step, a sign's scale)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not abs(value) <= _FLOAT32_MAX:
+        raise PayloadError(f"payload carries an invalid {what} {str(value)[:40]}: want a finite float32")
+    return np.float32(value)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class Stage:
@@ -34,8 +67,14 @@ class Stage:
     def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
         raise NotImplementedError
 
-    def inverse(self, frame: Frame) -> Frame:
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        """Undo :meth:`forward`; the arrays it creates hold at most ``limit`` values in all, else PayloadError."""
         raise NotImplementedError
+
+    @property
+    def expansion(self) -> float:
+        """At most how many values the inverse makes of each value (or byte) it is given: bounds a decode."""
+        return 1.0
 
     @property
     def spec(self) -> str:
@@ -52,7 +91,7 @@ class Float16(Stage):
         return Frame({n: a.astype(np.float16) if a.dtype == np.float32 else a for n, a in frame.arrays.items()},
                      frame.meta)
 
-    def inverse(self, frame: Frame) -> Frame:
+    def inverse(self, frame: Frame, limit: int) -> Frame:
         return Frame({n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in frame.arrays.items()},
                      frame.meta)
 
@@ -70,10 +109,10 @@ class BFloat16(Stage):
             out[n] = torch.from_numpy(frame.arrays[n]).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
         return Frame(out, {**frame.meta, "bf16": names})
 
-    def inverse(self, frame: Frame) -> Frame:
+    def inverse(self, frame: Frame, limit: int) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
         names = meta.pop("bf16", None)
-        if not isinstance(names, list):
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise PayloadError("payload lacks the list of its bfloat16 arrays")
         for n in names:
             a = _array(frame, n, np.uint16)
@@ -98,8 +137,8 @@ def _pack_bits(q: np.ndarray, bits: int) -> np.ndarray:
 
 def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     per = 8 // bits
-    if len(packed) * per < count:
-        raise PayloadError(f"packed values hold {len(packed) * per} entries, the header says {count}")
+    if packed.ndim != 1 or len(packed) != -(-count // per):
+        raise PayloadError(f"packed values hold {packed.size * per} entries, the header says {count}")
     shifts = (np.arange(per) * bits).astype(np.uint8)
     return ((packed[:, None] >> shifts) & ((1 << bits) - 1)).reshape(-1)[:count]
 
@@ -134,12 +173,16 @@ class Quantize(Stage):
             meta[f"{self.spec}:{n}"] = [lo, scale, list(frame.arrays[n].shape)]
         return Frame(out, meta)
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
-        for n, (lo, scale, shape) in _pop_tagged(meta, self.spec):
-            count = int(np.prod(shape, dtype=np.int64))
-            q = _unpack_bits(_array(frame, n, np.uint8), self.bits, count)
-            out[n] = (lo + q.astype(np.float32) * np.float32(scale)).astype(np.float32).reshape(shape)
+    @property
+    def expansion(self) -> float:
+        return 8 / self.bits
+
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
+        for n, (lo, scale, shape) in _pop_tagged(meta, self.spec, 3):
+            lo, scale = _number(lo, "quantizer offset"), _number(scale, "quantizer step")
+            q = _unpack_bits(_array(frame, n, np.uint8), self.bits, budget.take(shape, n))
+            out[n] = (lo + q.astype(np.float32) * scale).astype(np.float32).reshape(shape)
         return Frame(out, meta)
 
 
@@ -177,14 +220,22 @@ class TopK(Stage):
             meta[f"topk:{n}"] = list(frame.arrays[n].shape)
         return Frame(out, meta)
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
-        for n, shape in _pop_tagged(meta, "topk"):
-            size = int(np.prod(shape, dtype=np.int64))
+    @property
+    def expansion(self) -> float:
+        return 1 / self.fraction
+
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
+        for n, shape in _pop_tagged(meta, "topk", None):
+            size = budget.take(shape, n)
             values = _array(frame, n, np.float32)
+            k = max(1, int(round(self.fraction * size))) if size else 0
+            if values.shape != (k,):
+                raise PayloadError(f"top-k of {n!r} carries {values.size} values; {self.spec} of shape {shape} "
+                                   f"keeps {k}")
             idx = _positions(out.pop(f"{n}#idx", None), out.pop(f"{n}#mask", None), size)
-            if len(idx) != len(values) or (len(idx) and (idx.min() < 0 or idx.max() >= size)):
-                raise PayloadError(f"top-k positions of {n!r} do not match its {len(values)} values or its shape")
+            if len(idx) != k or (k and (idx[0] < 0 or idx[-1] >= size or (np.diff(idx) <= 0).any())):
+                raise PayloadError(f"top-k positions of {n!r} are not {k} increasing indices below {size}")
             dense = np.zeros(size, np.float32)
             dense[idx] = values
             out[n] = dense.reshape(shape)
@@ -192,9 +243,9 @@ class TopK(Stage):
 
 
 def _positions(idx: np.ndarray | None, mask: np.ndarray | None, size: int) -> np.ndarray:
-    if mask is not None and mask.dtype == np.uint8:
+    if mask is not None and mask.dtype == np.uint8 and idx is None:
         return np.flatnonzero(_unpack_bits(mask, 1, size)).astype(np.int64)
-    if idx is not None and idx.dtype in (np.uint16, np.int32):
+    if idx is not None and idx.dtype in (np.uint16, np.int32) and idx.ndim == 1 and mask is None:
         return idx.astype(np.int64)
     raise PayloadError("top-k payload lacks the positions of its values")
 
@@ -214,12 +265,16 @@ class Sign(Stage):
             meta[f"sign:{n}"] = [float(np.abs(a).mean()) if a.size else 0.0, list(frame.arrays[n].shape)]
         return Frame(out, meta)
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
-        for n, (scale, shape) in _pop_tagged(meta, "sign"):
-            count = int(np.prod(shape, dtype=np.int64))
-            bits = _unpack_bits(_array(frame, n, np.uint8), 1, count).astype(np.float32)
-            out[n] = ((2 * bits - 1) * np.float32(scale)).reshape(shape)
+    @property
+    def expansion(self) -> float:
+        return 8.0
+
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
+        for n, (scale, shape) in _pop_tagged(meta, "sign", 2):
+            scale = _number(scale, "sign scale")
+            bits = _unpack_bits(_array(frame, n, np.uint8), 1, budget.take(shape, n)).astype(np.float32)
+            out[n] = ((2 * bits - 1) * scale).reshape(shape)
         return Frame(out, meta)
 
 
@@ -264,7 +319,7 @@ def _unrotate(vec: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _seed(value: Any) -> int:
-    if not isinstance(value, int) or not 0 <= value < 2**32:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise PayloadError(f"payload carries an invalid codec seed {value!r}")
     return value
 
@@ -289,17 +344,20 @@ class Rotate(Stage):
         out["rot"] = _rotate(vec, seed)
         return Frame(out, {**frame.meta, "rot": [seed, [[n, list(frame.arrays[n].shape)] for n in names]]})
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
         entry = meta.pop("rot", None)
-        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list):
-            raise PayloadError("payload lacks the seed and layout of its rotation")
+        if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], list) or not all(
+                isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) for e in entry[1]):
+            raise PayloadError("payload lacks the seed and layout ([[name, shape], ...]) of its rotation")
         seed, layout = _seed(entry[0]), entry[1]
-        vec = _unrotate(_array(frame, "rot", np.float32).reshape(-1), seed)
+        rotated = _array(frame, "rot", np.float32).reshape(-1)
+        sizes = [budget.take(shape, n) for n, shape in layout]
+        if sum(sizes) != rotated.size or len({n for n, _ in layout}) != len(layout):
+            raise PayloadError(f"rotated vector holds {rotated.size} values, its layout names {sum(sizes)} "
+                               f"in {len(layout)} arrays")
+        vec = _unrotate(rotated, seed)
         del out["rot"]
-        sizes = [int(np.prod(shape, dtype=np.int64)) for _, shape in layout]
-        if sum(sizes) != vec.size:
-            raise PayloadError(f"rotated vector holds {vec.size} values, its layout names {sum(sizes)}")
         start = 0
         for (n, shape), size in zip(layout, sizes, strict=True):
             out[n] = vec[start:start + size].reshape(shape)
@@ -326,9 +384,15 @@ class RandomSubset(Stage):
     def spec(self) -> str:
         return f"rand{self.fraction:g}"
 
+    @property
+    def expansion(self) -> float:
+        return 1 / self.fraction
+
+    def _kept(self, size: int) -> int:
+        return max(1, round(self.fraction * size)) if size else 0
+
     def _positions(self, seed: int, size: int) -> np.ndarray:
-        k = max(1, round(self.fraction * size)) if size else 0
-        return np.sort(np.random.default_rng(seed).permutation(size)[:k])
+        return np.sort(np.random.default_rng(seed).permutation(size)[:self._kept(size)])
 
     def forward(self, frame: Frame, rng: np.random.Generator) -> Frame:
         out, meta = dict(frame.arrays), dict(frame.meta)
@@ -340,14 +404,15 @@ class RandomSubset(Stage):
             meta[f"rand:{n}"] = [seed, list(frame.arrays[n].shape)]
         return Frame(out, meta)
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
-        for n, (seed, shape) in _pop_tagged(meta, "rand"):
-            size = int(np.prod(shape, dtype=np.int64))
-            idx = self._positions(_seed(seed), size)
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
+        for n, (seed, shape) in _pop_tagged(meta, "rand", 2):
+            size, seed = budget.take(shape, n), _seed(seed)
             values = _array(frame, n, np.float32).reshape(-1)
-            if len(values) != len(idx):
-                raise PayloadError(f"random subset of {n!r} carries {len(values)} values, expected {len(idx)}")
+            if len(values) != self._kept(size):  # before drawing ``size`` random numbers
+                raise PayloadError(f"random subset of {n!r} carries {len(values)} values; {self.spec} of shape "
+                                   f"{shape} keeps {self._kept(size)}")
+            idx = self._positions(seed, size)
             dense = np.zeros(size, np.float32)
             dense[idx] = values
             out[n] = dense.reshape(shape)
@@ -379,16 +444,24 @@ class Rows(Stage):
             meta[f"rows:{n}"] = list(a.shape)
         return Frame(out, meta)
 
-    def inverse(self, frame: Frame) -> Frame:
-        out, meta = dict(frame.arrays), dict(frame.meta)
-        for n, shape in _pop_tagged(meta, "rows"):
+    @property
+    def expansion(self) -> float:
+        return float("inf")  # a few changed rows of a large table: only the model's shapes bound it
+
+    def inverse(self, frame: Frame, limit: int) -> Frame:
+        out, meta, budget = dict(frame.arrays), dict(frame.meta), _Budget(limit, self.spec)
+        for n, shape in _pop_tagged(meta, "rows", None):
             rows = out.pop(f"{n}#rows", None)
-            if rows is None or rows.dtype not in (np.uint16, np.int32) or not isinstance(shape, list) or not shape:
+            if rows is None or rows.dtype not in (np.uint16, np.int32) or rows.ndim != 1 or not check_shape(
+                    shape, f"sparse rows of {n!r}"):
                 raise PayloadError(f"sparse rows of {n!r} lack their indices or shape")
+            budget.take(shape, n)
             values = _array(frame, n, np.float32)
             cols = int(np.prod(shape[1:], dtype=np.int64))
-            if values.shape != (len(rows), cols) or (len(rows) and (rows.min() < 0 or rows.max() >= shape[0])):
-                raise PayloadError(f"sparse rows of {n!r} do not match their indices or the shape {shape}")
+            if values.shape != (len(rows), cols) or (len(rows) and (
+                    rows[0] < 0 or rows[-1] >= shape[0] or (np.diff(rows.astype(np.int64)) <= 0).any())):
+                raise PayloadError(f"sparse rows of {n!r} do not match their increasing indices or the shape "
+                                   f"{shape}")
             dense = np.zeros((shape[0], cols), np.float32)
             dense[rows.astype(np.int64)] = values
             out[n] = dense.reshape(shape)
