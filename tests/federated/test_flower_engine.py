@@ -155,3 +155,62 @@ def test_a_seed_history_longer_than_the_device_could_train_is_refused(tmp_path, 
     assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["finished"] == 4
     assert any("SuperNode 1002 (client 2)" in r.getMessage() and "(seed, g) pairs" in r.getMessage()
                for r in caplog.records)
+
+
+# --- a restarted server starts with the devices that are alive --------------------------------------------------
+class CrashingGrid(LocalGrid):
+    """The server process dies as it sends round ``crash_at``'s work (after round ``crash_at - 1``'s checkpoint)."""
+
+    def __init__(self, *args, crash_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+
+    def push_messages(self, messages):
+        if any(m.metadata.group_id == str(self.crash_at) for m in messages):
+            raise SystemExit("the server crashed")
+        return super().push_messages(messages)
+
+
+def test_a_restarted_server_does_not_wait_the_join_timeout_for_a_device_that_died_before_the_crash(
+        tmp_path, monkeypatch):
+    from pocketlearn.federated.flower.engine import FlowerEngine
+
+    monkeypatch.setattr(FlowerEngine, "resume_settle_s", 0.5, raising=False)
+    cfg = config(rounds=2)
+    files = write_partition(cfg, tmp_path / "data")
+    nodes = [describe_examples(f, "laptop-16g").node_config() for f in files]
+    first = ServeSettings(cfg, tmp_path / "run", round_timeout_s=5.0, min_devices=0, join_timeout_s=5.0)
+    with pytest.raises(SystemExit):
+        run_rounds(CrashingGrid(nodes, first.run_config(), crash_at=2), first.run_config(), say=lambda line: None)
+    assert [r["finished"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [5]
+    # client 2's device died before the crash: Flower no longer lists its node; the other four are connected
+    again = ServeSettings(cfg, tmp_path / "run", round_timeout_s=5.0, min_devices=0, join_timeout_s=60.0)
+    grid = LocalGrid(nodes, again.run_config())
+    del grid.nodes[1002]
+    said = []
+    summary = run_rounds(grid, again.run_config(), say=said.append)
+    assert any(line.startswith("resuming") for line in said)
+    assert summary["setup_s"] < 30, said  # (it waited the whole 60 s join timeout for client 2 before)
+    assert [r["finished"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")] == [5, 4]
+    assert "resuming with the 4 device(s) still in the run" in "\n".join(said)
+
+
+@pytest.mark.parametrize("rnd", [0, 1], ids=["first-run", "resumed"])
+def test_only_a_resumed_run_starts_before_all_its_devices_joined(tmp_path, rnd):
+    import time
+    from types import SimpleNamespace
+
+    from pocketlearn.federated.flower.engine import FlowerEngine
+
+    cfg = config()
+    files = write_partition(cfg, tmp_path / "data", clients=[0, 1])  # two devices of five have started
+    nodes = [describe_examples(f, "laptop-16g").node_config() for f in files]
+    settings = ServeSettings(cfg, tmp_path / "run")
+    engine = FlowerEngine(LocalGrid(nodes, settings.run_config()), round_timeout_s=1.0, poll_s=0.01,
+                          say=lambda line: None)
+    engine.resume_settle_s = 0.2
+    engine.bind(SimpleNamespace(round=rnd, clients=SimpleNamespace(sizes=[1] * 5)))
+    t0 = time.monotonic()
+    assert engine.wait_for_devices(5, timeout_s=3.0) == 2
+    waited = time.monotonic() - t0
+    assert waited >= 3.0 if rnd == 0 else waited < 2.0  # a first run's devices may still be starting

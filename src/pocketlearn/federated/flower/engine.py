@@ -59,6 +59,8 @@ class Traffic:
 class FlowerEngine:
     """Trains a round's clients on the SuperNodes that hold them, through a Flower ``Grid``."""
 
+    resume_settle_s: float = 10.0  # a resumed run starts once no device joined for this long (wait_for_devices)
+
     def __init__(self, grid: Any, *, round_timeout_s: float, query_timeout_s: float = 60.0, poll_s: float = 0.2,
                  say: Callable[[str], None] = print):
         self.grid, self.round_timeout_s, self.query_timeout_s, self.poll_s = grid, round_timeout_s, query_timeout_s, \
@@ -126,19 +128,38 @@ class FlowerEngine:
             raise ValueError(f"it claims {info.num_examples} examples; a device holds at least one")
         return info
 
-    def wait_for_devices(self, min_devices: int, timeout_s: float) -> int:
-        """Discover until ``min_devices`` clients have a device (or the timeout); returns how many have."""
-        deadline = time.monotonic() + timeout_s
+    def wait_for_devices(self, min_devices: int, timeout_s: float, *, settle_s: float | None = None) -> int:
+        """Discover until ``min_devices`` clients have a device (or the timeout); returns how many have.
+
+        A resumed run (the bound server is past round 0) does not wait for devices that died before the crash:
+        the devices still in the run are connected already, so once every node Flower lists has answered or
+        stayed silent, and no new device joined for ``settle_s`` seconds (default :attr:`resume_settle_s`), it
+        starts with those. A first run waits for ``min_devices``: its devices are still being started.
+        """
+        if settle_s is None and self.server is not None and getattr(self.server, "round", 0) > 0:
+            settle_s = self.resume_settle_s
+        start = last_join = time.monotonic()
+        deadline = start + timeout_s
         shown = -1
         while True:
             for info in self.discover(max(1.0, min(self.query_timeout_s, deadline - time.monotonic()))):
                 self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
+                last_join = time.monotonic()
             if len(self.node_of) != shown:
                 shown = len(self.node_of)
                 self.say(f"{shown}/{min_devices} devices connected")
-            if shown >= min_devices or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if shown >= min_devices or now >= deadline:
+                return shown
+            if settle_s is not None and shown > 0 and now - last_join >= settle_s and self._every_node_known(now):
+                self.say(f"resuming with the {shown} device(s) still in the run; the others join when they come back")
                 return shown
             time.sleep(max(self.poll_s, 0.5))
+
+    def _every_node_known(self, now: float) -> bool:
+        """Every node Flower lists as online has said which client it holds, or stayed silent when asked."""
+        online = set(self.grid.get_node_ids())
+        return all(n in self.devices or self.silent.get(n, 0.0) > now for n in online)
 
     def _forget(self, node: int) -> None:
         info = self.devices.pop(node, None)
