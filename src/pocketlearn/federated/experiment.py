@@ -193,15 +193,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     initial = copy.deepcopy(template)
     model, params = prepare_global_model(config, initial)
 
-    example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
-    devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
-                                           config.devices.profiles)
-    fits = fit_devices(config, devices, template, example)
-    allowed = np.array([fits[i].method is not None for i in device_index])
-    availability = np.array([fits[i].device.availability for i in device_index]) if config.devices.availability \
-        else None
-    sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
-                            availability=availability, availability_seed=config.devices.seed, allowed=allowed)
+    sampler, fits, device_index = make_sampler(config, data, template)
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, sampler))
     if hasattr(strategy, "mechanism"):
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
@@ -228,6 +220,28 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                              lambda m: evaluate(m, test_batches), run_dir, fingerprint(config.model_dump()),
                              checkpoint=config.checkpoint)
     return server, data
+
+
+def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module
+                 ) -> tuple[ClientSampler, list[DeviceFit], np.ndarray]:
+    """The run's client sampler (only clients whose device can train), with the devices' fits and classes."""
+    example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
+    devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
+                                           config.devices.profiles)
+    fits = fit_devices(config, devices, template, example)
+    allowed = np.array([fits[i].method is not None for i in device_index])
+    availability = np.array([fits[i].device.availability for i in device_index]) if config.devices.availability \
+        else None
+    sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
+                            availability=availability, availability_seed=config.devices.seed, allowed=allowed)
+    return sampler, fits, device_index
+
+
+def dp_population(config: RunConfig, data: FederatedData | None = None) -> int:
+    """How many clients a private run of ``config`` is charged as sampling from (calibrate noise with it)."""
+    data = data or load_federated_data(config)
+    sampler, _, _ = make_sampler(config, data, build_template(config))
+    return sampler.population(config.rounds)
 
 
 def _strategy_options(config: RunConfig, sampler: ClientSampler) -> dict:

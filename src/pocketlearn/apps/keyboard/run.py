@@ -47,20 +47,24 @@ class KeyboardConfig:
     seed: int = 0
     pretraining: PretrainConfig = PretrainConfig()
 
-    @property
-    def noise_multiplier(self) -> float:
-        """Noise std / clip that spends exactly ``epsilon`` over the run (dp-accounting, RDP)."""
+    def noise_multiplier(self, population: int | None = None) -> float:
+        """Noise std / clip that spends exactly ``epsilon`` over the run (dp-accounting, RDP).
+
+        ``population``: the clients the run samples from (those whose device can train, at the fewest any round
+        has available: :func:`pocketlearn.federated.experiment.dp_population`); default every user.
+        """
         from pocketlearn.federated.privacy import calibrate_noise
 
         if self.epsilon is None:
             return 0.0
-        return calibrate_noise(self.epsilon, self.delta, self.users, self.clients_per_round, self.rounds)
+        return calibrate_noise(self.epsilon, self.delta, population or self.users, self.clients_per_round,
+                               self.rounds)
 
-    def run_config(self, init: Path) -> RunConfig:
+    def run_config(self, init: Path, population: int | None = None) -> RunConfig:
         strategy: dict[str, Any] = {"name": "fedavg"}
         if self.epsilon is not None:
             strategy = {"name": "dp-fedavg", "options": {"dp": {
-                "clip": self.clip, "noise_multiplier": self.noise_multiplier, "delta": self.delta,
+                "clip": self.clip, "noise_multiplier": self.noise_multiplier(population), "delta": self.delta,
                 "target_epsilon": self.epsilon * 1.001}}}  # the guard: never past the promise (rounding aside)
         update = UPDATES[self.update]
         raw = {"name": self.name, "seed": self.seed, "rounds": self.rounds, "clients_per_round": self.clients_per_round,
@@ -91,10 +95,13 @@ def run_keyboard(config: KeyboardConfig, run_dir: Path | None, *, fresh: bool = 
                  on_pretrain_step: Callable[[int, int, float], None] | None = None,
                  on_round: Callable[[Any], None] | None = None) -> KeyboardResult:
     """Pretrain (cached), then fine-tune federated; a killed run resumes from ``run_dir``."""
-    from pocketlearn.federated.experiment import build_server
+    from pocketlearn.federated.experiment import build_server, dp_population, load_federated_data
 
     init = pretrain(config.pretraining, on_step=on_pretrain_step)
-    server, _ = build_server(config.run_config(init), run_dir, fresh=fresh)
+    plain = config.run_config(init)
+    data = load_federated_data(plain)
+    population = dp_population(plain, data) if config.epsilon is not None else None  # what the run is charged for
+    server, _ = build_server(config.run_config(init, population), run_dir, fresh=fresh, data=data)
     resumed = server.resume()
     saved = run_dir / "pretrained_eval.json" if run_dir else None
     if not resumed:  # evaluated before round 1 and kept: a resumed run's model has moved on
