@@ -56,7 +56,7 @@ BENIGN = [[1.0, 0.0], [2.0, 4.0], [3.0, 2.0], [6.0, 2.0]]  # mean (3, 2), sample
 
 
 def test_alie_z_follows_baruch_et_al():
-    # n = 50, f = 12 (the paper's 24% example): s = 26 - 12 = 14, z = Φ⁻¹(36/50) ≈ 0.58
+    # n = 50, f = 12 (24% malicious): s = 26 - 12 = 14, z = Φ⁻¹(36/50) ≈ 0.58
     assert alie_z(50, 12) == pytest.approx(NormalDist().inv_cdf(36 / 50))
     assert alie_z(50, 12) == pytest.approx(0.583, abs=1e-3)
     assert alie_z(20, 4) == pytest.approx(NormalDist().inv_cdf(13 / 20))  # s = 11 - 4 = 7
