@@ -97,14 +97,14 @@ def plot(rows: list[dict[str, Any]], fractions: list[float], path: Path) -> None
 
     acc = {(r["strategy"], r["attack"], r["fraction"]): r["accuracy"] for r in rows}
     reference = acc[("fedavg", "none", None)]
-    fig, axes = plt.subplots(1, len(fractions), figsize=(4.2 * len(fractions) + 1, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(fractions), figsize=(3.6 * len(fractions) + 2, 4.2), squeeze=False)
     for ax, f in zip(axes[0], fractions, strict=True):
         grid = np.array([[acc[(s, a, None if a == "none" else f)] for a in ATTACKS] for s in STRATEGIES])
         image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0)
         for (i, j), v in np.ndenumerate(grid):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(ATTACKS)), list(ATTACKS), rotation=40, ha="right", fontsize=8)
-        ax.set_yticks(range(len(STRATEGIES)), list(STRATEGIES), fontsize=8)
+        ax.set_yticks(range(len(STRATEGIES)), list(STRATEGIES) if ax is axes[0][0] else [], fontsize=8)
         ax.set_title(f"{f:.0%} malicious clients", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="final test accuracy")
     fig.suptitle(f"Robust aggregation on non-IID digits (Dirichlet 0.5); FedAvg without attack: {reference:.3f}",
