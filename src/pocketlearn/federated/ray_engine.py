@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
 from pocketlearn.federated.updates import RoundUpdates
+
+T = TypeVar("T")
 
 
 def _ray():  # type: ignore[no-untyped-def]
@@ -40,10 +44,11 @@ class _Worker:
     def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
               ) -> RoundResult:
         result = self.engine.train(params, client_ids, rnd, local)
-        # the stacked buffers are reused next round: send copies
+        # the stacked buffers are reused next round: send copies; every other field travels as it is (MeZO
+        # histories carry seed exchange, so dropping them would silently turn it into dense uploads)
         u = result.updates
-        return RoundResult(RoundUpdates(u.client_ids, u.num_samples, {n: d.clone() for n, d in u.deltas.items()},
-                                        u.trained), result.train_loss)
+        updates = RoundUpdates(u.client_ids, u.num_samples, {n: d.clone() for n, d in u.deltas.items()}, u.trained)
+        return replace(result, updates=updates)
 
 
 class RayEngine:
@@ -79,12 +84,41 @@ class RayEngine:
 
 
 def _concat(results: list[RoundResult]) -> RoundResult:
+    """The workers' results as one, in the order the clients were given: what the in-process engine returns."""
     if len(results) == 1:
         return results[0]
+    if any(r.secure is not None for r in results):
+        raise TrainingError(f"the Ray engine got secure-aggregation means from {len(results)} workers and cannot "
+                            "join them; the server aggregates securely: return the clients' updates instead")
     parts = [r.updates for r in results]
-    names = list(parts[0].deltas)
-    trained = {n: torch.cat([p.trained[n] if n in p.trained else torch.ones(len(p), dtype=torch.bool)
-                             for p in parts]) for n in names if any(n in p.trained for p in parts)}
+    names = list(dict.fromkeys(n for p in parts for n in p.deltas))  # a worker may hold no client of a parameter
+    deltas, trained = {}, {}
+    for n in names:
+        like = next(p.deltas[n] for p in parts if n in p.deltas)
+        deltas[n] = torch.cat([p.deltas[n] if n in p.deltas else like.new_zeros((len(p), *like.shape[1:]))
+                               for p in parts])
+        masks = [_mask(p, n) for p in parts]
+        if not all(bool(m.all()) for m in masks):
+            trained[n] = torch.cat(masks)
     updates = RoundUpdates([c for p in parts for c in p.client_ids], torch.cat([p.num_samples for p in parts]),
-                           {n: torch.cat([p.deltas[n] for p in parts]) for n in names}, trained)
-    return RoundResult(updates, torch.cat([r.train_loss for r in results]))
+                           deltas, trained)
+    return RoundResult(updates, torch.cat([r.train_loss for r in results]),
+                       _joined([r.histories for r in results]), _joined([r.payload_bytes for r in results]))
+
+
+def _mask(u: RoundUpdates, name: str) -> Tensor:
+    """Which of ``u``'s clients trained ``name``."""
+    if name not in u.deltas:
+        return torch.zeros(len(u), dtype=torch.bool)
+    return u.trained.get(name, torch.ones(len(u), dtype=torch.bool))
+
+
+def _joined(lists: list[list[T] | None]) -> list[T] | None:
+    """Per-client lists joined in worker order; None when no worker had one (all workers run the same method)."""
+    if all(x is None for x in lists):
+        return None
+    if any(x is None for x in lists):
+        raise TrainingError("the Ray engine's workers disagree on what their clients send (MeZO histories or "
+                            f"payload sizes from {sum(x is not None for x in lists)} of {len(lists)} workers); "
+                            "every worker of a round trains one method: report this as a bug")
+    return [item for x in lists if x is not None for item in x]
