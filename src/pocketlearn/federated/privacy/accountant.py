@@ -50,7 +50,9 @@ def central_round_event(noise_multiplier: float, population: int, sample_size: i
     _check_sampling(population, sample_size)
     gaussian = dpa.GaussianDpEvent(noise_multiplier / 2)
     k = min(sample_size, population)
-    return gaussian if k == population or noise_multiplier == 0 else dpa.SampledWithoutReplacementDpEvent(population, k, gaussian)
+    if k == population or noise_multiplier == 0:  # everyone, or no noise (ε is infinite either way)
+        return gaussian
+    return dpa.SampledWithoutReplacementDpEvent(population, k, gaussian)
 
 
 def local_report_event(noise_multiplier: float) -> dpa.DpEvent:
