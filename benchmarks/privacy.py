@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from pocketlearn.federated.config import parse_config
-from pocketlearn.federated.experiment import build_server
+from pocketlearn.federated.experiment import build_server, dp_population
 from pocketlearn.federated.privacy import calibrate_noise
 from pocketlearn.federated.secagg import measure_cost
 from readme_table import write_readme_section
@@ -32,12 +32,14 @@ DELTA = 1e-5
 
 def dp_run(target: float, rounds: int) -> dict[str, Any]:
     clients, per_round = 200, 50
-    noise = 0.0 if math.isinf(target) else calibrate_noise(target, DELTA, clients, per_round, rounds)
-    strategy = {"name": "fedavg"} if noise == 0 else {"name": "dp-fedavg", "options": {
-        "server_lr": 1.0, "dp": {"clip": 0.5, "noise_multiplier": noise, "delta": DELTA}}}
-    raw = {"rounds": rounds, "clients_per_round": per_round, "client": {"lr": 0.1, "epochs": 2},
-           "data": {"name": "digits", "partition": "iid", "num_clients": clients}, "strategy": strategy,
-           "eval": {"every": rounds}}
+    raw: dict[str, Any] = {"rounds": rounds, "clients_per_round": per_round, "client": {"lr": 0.1, "epochs": 2},
+                           "data": {"name": "digits", "partition": "iid", "num_clients": clients},
+                           "eval": {"every": rounds}}
+    # calibrated for the clients the run can actually sample (the accountant's population), not all 200
+    noise = 0.0 if math.isinf(target) else calibrate_noise(target, DELTA, dp_population(parse_config(raw)),
+                                                           per_round, rounds)
+    raw["strategy"] = {"name": "fedavg"} if noise == 0 else {"name": "dp-fedavg", "options": {
+        "server_lr": 1.0, "dp": {"clip": 0.5, "noise_multiplier": noise, "delta": DELTA, "target_epsilon": target}}}
     server, _ = build_server(parse_config(raw), None)
     records = server.run(rounds)
     return {"target_epsilon": target, "noise_multiplier": noise, "epsilon": records[-1].epsilon or math.inf,
