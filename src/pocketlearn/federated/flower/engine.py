@@ -59,7 +59,10 @@ class Traffic:
 class FlowerEngine:
     """Trains a round's clients on the SuperNodes that hold them, through a Flower ``Grid``."""
 
-    resume_settle_s: float = 10.0  # a resumed run starts once no device joined for this long (wait_for_devices)
+    # A resumed run starts once no device joined for this long (wait_for_devices). A SuperNode that lost its
+    # server retries with exponential backoff of up to 20 s (flwr's MAX_RETRY_DELAY), plus jitter: settling
+    # sooner starts the run without devices that are alive and only between two retries.
+    resume_settle_s: float = 45.0
 
     def __init__(self, grid: Any, *, round_timeout_s: float, query_timeout_s: float = 60.0, poll_s: float = 0.2,
                  say: Callable[[str], None] = print):
