@@ -77,16 +77,22 @@ def checkpoint_format(path: str | Path) -> int | None:
     return None
 
 
-def load_checkpoint(path: str | Path, *, remedy: str = DEFAULT_REMEDY) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, remedy: str = DEFAULT_REMEDY, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`, verified against its digest before it is unpickled.
 
     ``remedy``: the way out an error names when the file is corrupt (callers know what deleting it means).
-    A missing file raises :class:`FileNotFoundError`; anything else wrong is a :class:`CheckpointError`.
+    ``mmap``: the tensors stay backed by the file (pages are read when used; the digest is checked by
+    streaming the file, so no copy of it is held). A missing file raises :class:`FileNotFoundError`;
+    anything else wrong is a :class:`CheckpointError`.
     """
     path = Path(path)
-    payload = _verified_payload(path, remedy)
+    source: Any = path if mmap else None
+    if mmap:
+        _verify_streaming(path, remedy)
+    else:
+        source = io.BytesIO(_verified_payload(path, remedy))
     try:
-        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+        state = torch.load(source, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:
         raise CheckpointError(f"checkpoint {path} is corrupt ({type(err).__name__} while unpickling it); "
                               f"{remedy}") from err
@@ -99,6 +105,35 @@ def load_checkpoint(path: str | Path, *, remedy: str = DEFAULT_REMEDY) -> dict[s
 
 def _verified_payload(path: Path, remedy: str) -> bytes:
     """The ``torch.save`` bytes of ``path`` after checking the trailer, the file's size and the digest."""
+    length, digest = _trailer(path, remedy)
+    with path.open("rb") as f:
+        payload = f.read(length)
+    if hashlib.sha256(payload).digest() != digest:
+        raise CheckpointError(_digest_mismatch(path, remedy))
+    return payload
+
+
+def _verify_streaming(path: Path, remedy: str) -> None:
+    length, digest = _trailer(path, remedy)
+    h, left = hashlib.sha256(), length
+    with path.open("rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    if h.digest() != digest:
+        raise CheckpointError(_digest_mismatch(path, remedy))
+
+
+def _digest_mismatch(path: Path, remedy: str) -> str:
+    return (f"checkpoint {path} is corrupt: its contents do not match the sha256 digest stored with them (a changed "
+            f"byte on disk or in a copy); {remedy}")
+
+
+def _trailer(path: Path, remedy: str) -> tuple[int, bytes]:
+    """The payload length and sha256 the trailer declares, after checking the format and the file's size."""
     size = path.stat().st_size
     declared = checkpoint_format(path)
     if declared is None:
@@ -115,15 +150,10 @@ def _verified_payload(path: Path, remedy: str) -> bytes:
     with path.open("rb") as f:
         f.seek(size - _TRAILER.size)
         _, _, length, digest = _TRAILER.unpack(f.read(_TRAILER.size))
-        if length != size - _TRAILER.size:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {size} bytes, its trailer declares "
-                                  f"{length + _TRAILER.size}; {remedy}")
-        f.seek(0)
-        payload = f.read(length)
-    if hashlib.sha256(payload).digest() != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the sha256 digest stored "
-                              f"with them (a changed byte on disk or in a copy); {remedy}")
-    return payload
+    if length != size - _TRAILER.size:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated: {size} bytes, its trailer declares "
+                              f"{length + _TRAILER.size}; {remedy}")
+    return length, digest
 
 
 def _inner_version(path: Path) -> object:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from pocketlearn.methods.base import Batch, LossFn, cross_entropy, logits_of
+from pocketlearn.quant.model import lean_lm_scores
 
 
 @torch.no_grad()
@@ -22,6 +23,15 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], loss_fn: LossFn = cross
     model.eval()
     total_loss, correct, top3, count, lm = 0.0, 0, 0, 0, False
     for inputs, targets in batches:
+        lean = lean_lm_scores(model, inputs, targets) if loss_fn is cross_entropy else None
+        if lean is not None:  # a quantized tied head: no (tokens x vocabulary) logits
+            keep = targets.reshape(-1) != -100
+            losses, best = lean
+            total_loss += float(losses[keep].sum())
+            correct += int((best[:, 0] == targets.reshape(-1))[keep].sum())
+            top3 += int((best == targets.reshape(-1, 1)).any(-1)[keep].sum())
+            count, lm = count + int(keep.sum()), True
+            continue
         logits = logits_of(model(inputs))
         n = int((targets != -100).sum())
         total_loss += loss_fn(logits, targets).item() * n

@@ -100,7 +100,7 @@ def _run(model: ModelFactory, method: str, batch: Batch, options: dict[str, Any]
 
     if threads:
         torch.set_num_threads(threads)
-    factory = _import_everything(model, method)
+    factory = _import_everything(model, method, options.get("base", "fp32"))
     rss.release_free_memory()
     baseline, baseline_code = rss.current_rss(), rss.library_rss()
     net = factory()
@@ -118,8 +118,11 @@ def _run(model: ModelFactory, method: str, batch: Batch, options: dict[str, Any]
             "seconds_per_step": statistics.median(times), "num_trainable": trainable, "losses": tuple(losses)}
 
 
-def _import_everything(model: ModelFactory, method: str) -> Callable[[], nn.Module]:
-    """Import (and warm up) every module a step may touch, so the baseline holds them all."""
+def _import_everything(model: ModelFactory, method: str, base: str) -> Callable[[], nn.Module]:
+    """Import (and warm up) every module a step may touch, so the baseline holds them all.
+
+    Returns the factory; a registered model is loaded with its frozen base stored as ``base``.
+    """
     import torch
 
     from pocketlearn.methods import get_method_class
@@ -136,7 +139,7 @@ def _import_everything(model: ModelFactory, method: str) -> Callable[[], nn.Modu
         spec = get_model_spec(model)
         for module in spec.imports:
             __import__(module)
-        return spec.build
+        return lambda: spec.build_with_base(base)
     return model
 
 
@@ -144,15 +147,19 @@ def _stepper(net: nn.Module, method: str, options: dict[str, Any]) -> tuple[Call
     import torch
 
     from pocketlearn.methods import make_method
-    from pocketlearn.methods.base import logits_of
+    from pocketlearn.methods.base import forward_loss, logits_of
+    from pocketlearn.quant import quantize_base
 
     if method == "inference":
         net.eval()
         for p in net.parameters():
             p.requires_grad_(False)
+        quantize_base(net, options.get("base", "fp32"))
 
-        def infer(batch: Batch) -> float:  # a prediction: the outputs, no loss against targets
+        def infer(batch: Batch) -> float:  # a prediction (an LM: its loss, as evaluation and MeZO compute it)
             with torch.no_grad():
+                if batch[1].dim() == 2:
+                    return float(forward_loss(net, batch))
                 return float(logits_of(net(batch[0])).float().mean())
 
         return infer, 0

