@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.evaluate import evaluate
@@ -63,3 +64,28 @@ def test_partial_embedding_updates_move_only_the_rows_of_seen_tokens():
     assert (model.blocks[0].fc.weight != before["blocks.0.fc.weight"]).any()  # the rest trains fully
     with pytest.raises(ConfigError, match="weight_decay"):
         make_method("backprop", model, embedding_rows="seen", weight_decay=0.1)
+
+
+@pytest.mark.parametrize("lm", [False, True])
+def test_micro_batches_give_the_update_of_the_whole_batch(lm):
+    """Gradient accumulation: the same step for a fraction of the activations (padding tokens weighted out)."""
+    from pocketlearn.methods.base import micro_batches
+    from pocketlearn.models import TinyGPT
+    from pocketlearn.models.tiny_gpt import GPTConfig
+
+    torch.manual_seed(0)
+    if lm:
+        make = lambda: TinyGPT(GPTConfig(vocab_size=50, block_size=8, n_layer=1, n_head=2, n_embd=16))  # noqa: E731
+        x, y = torch.randint(0, 50, (6, 8)), torch.randint(0, 50, (6, 8))
+        y[0, :5] = -100  # an unequal count of tokens per part
+    else:
+        make = lambda: torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3))  # noqa: E731
+        x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    whole, parts = make(), make()
+    parts.load_state_dict(whole.state_dict())
+    a = make_method("backprop", whole, optimizer="adamw", lr=0.01)
+    b = make_method("backprop", parts, optimizer="adamw", lr=0.01, micro_batch=4)
+    assert len(micro_batches((x, y), 4)) == 2
+    assert a.step((x, y)) == pytest.approx(b.step((x, y)), abs=1e-5)
+    for p, q in zip(whole.parameters(), parts.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)

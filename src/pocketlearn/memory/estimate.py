@@ -9,6 +9,7 @@ forward). It is checked against :func:`pocketlearn.memory.measure` in the tests.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.methods.base import Batch, TrainingMethod, cross_entropy, forward_loss
+from pocketlearn.methods.base import Batch, TrainingMethod, cross_entropy, forward_loss, micro_batches
 
 
 @dataclass(frozen=True)
@@ -83,16 +84,57 @@ def saved_bytes(model: nn.Module, run: Callable[[], object]) -> int:
     return sum(saved.values())
 
 
+def _checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
+    """Modules whose activations are recomputed in backward (ours, and transformers' decoder layers)."""
+    from pocketlearn.methods.backprop import _Checkpointed
+
+    layers = sys.modules.get("transformers.modeling_layers")
+    hf_layer = getattr(layers, "GradientCheckpointingLayer", ()) if layers else ()
+    return [m for m in model.modules() if isinstance(m, _Checkpointed)
+            or (hf_layer and isinstance(m, hf_layer) and getattr(m, "gradient_checkpointing", False))]
+
+
+def _autograd_activations(model: nn.Module, batch: Batch) -> tuple[int, int, list[int]]:
+    """Bytes saved by a forward pass, bytes one checkpointed block saves when recomputed, the layers' outputs.
+
+    A block is recomputed while the other blocks' inputs are still kept: its own activations add to the
+    peak. They are counted by running the first block once more without checkpointing, on the inputs it saw.
+    """
+    blocks = _checkpointed_blocks(model)
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
+    grab = blocks[0].register_forward_pre_hook(lambda _m, a, k: calls.append((a, k)) or None,
+                                               with_kwargs=True) if blocks else None
+    try:
+        with _layer_outputs(model) as outputs:
+            activations = saved_bytes(model, lambda: forward_loss(model, batch, cross_entropy))
+    finally:
+        if grab is not None:
+            grab.remove()
+    if not calls:
+        return activations, 0, outputs
+    args, kwargs = calls[0]
+    blocks[0].eval()  # a block in eval mode runs without checkpointing (dropout aside, the same saved tensors)
+    try:
+        recompute = saved_bytes(model, lambda: blocks[0](*args, **kwargs))
+    finally:
+        blocks[0].train()
+    return activations, recompute, outputs
+
+
 def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
-    """Estimated peak of one training step of a prepared ``method`` on ``batch``."""
+    """Estimated peak of one training step of a prepared ``method`` on ``batch``.
+
+    With micro-batches, activations are those of one micro-batch (the parts run one after the other).
+    """
     model, traits = method.model, method.memory_traits()
+    batch = micro_batches(batch, getattr(method.config, "micro_batch", 0))[0][0]
     trainable = sum(p.numel() for p in method.trainable_parameters().values())
     largest_param = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
     if traits.activations == "autograd":
         model.train()
-        with _layer_outputs(model) as outputs:
-            activations = saved_bytes(model, lambda: forward_loss(model, batch, cross_entropy))
-        temporaries = 2 * max(outputs, default=0)  # gradient of the widest activation, and its producer's
+        activations, recompute, outputs = _autograd_activations(model, batch)
+        # the gradient of the widest activation and its producer's, on top of a recomputed block's activations
+        temporaries = recompute + 2 * max(outputs, default=0)
     else:
         with torch.no_grad(), _layer_outputs(model) as outputs:
             forward_loss(model, batch, cross_entropy)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from pocketlearn.errors import ConfigError
-from pocketlearn.methods.base import Batch, GradientConfig, GradientMethod, MethodConfig, forward_loss
+from pocketlearn.methods.base import Batch, GradientConfig, GradientMethod, MethodConfig
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,7 @@ class Backprop(GradientMethod):
     def _update(self, batch: Batch) -> float:
         if not self._vocab_tables:
             return super()._update(batch)
-        loss = forward_loss(self.model, batch, self.loss_fn)
-        loss.backward()
+        loss = self.backward(batch)
         seen = torch.zeros(self._vocab_tables[0].size(0), dtype=torch.bool)
         for ids in batch:
             seen[ids[(ids >= 0) & (ids < len(seen))]] = True
@@ -66,7 +65,7 @@ class Backprop(GradientMethod):
                 table.grad[~seen] = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss
 
 
 def vocabulary_tables(model: nn.Module) -> list[nn.Parameter]:

@@ -84,6 +84,9 @@ class GradientConfig(MethodConfig):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    # > 0: run the batch's forward and backward this many examples at a time, adding up the gradients (the
+    # same update as the whole batch at once, for 1/k of its activation memory)
+    micro_batch: int = 0
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -93,6 +96,8 @@ class GradientConfig(MethodConfig):
             out.append(f"momentum should be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             out.append(f"weight_decay should be >= 0, got {self.weight_decay}")
+        if self.micro_batch < 0:
+            out.append(f"micro_batch should be >= 0 (0: the whole batch at once), got {self.micro_batch}")
         return out
 
     @property
@@ -205,11 +210,19 @@ class GradientMethod(TrainingMethod):
         """Set ``requires_grad`` (and add modules) so that only this method's parameters train."""
 
     def _update(self, batch: Batch) -> float:
-        loss = forward_loss(self.model, batch, self.loss_fn)
-        loss.backward()
+        loss = self.backward(batch)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
+        return loss
+
+    def backward(self, batch: Batch) -> float:
+        """Accumulate the batch's gradient (micro-batch by micro-batch if asked); return its mean loss."""
+        total = 0.0
+        for part, share in micro_batches(batch, self.config.micro_batch):
+            loss = forward_loss(self.model, part, self.loss_fn)
+            (loss * share).backward()
+            total += loss.item() * share
+        return total
 
     def memory_traits(self) -> MemoryTraits:
         return MemoryTraits("autograd", gradient_bytes_per_param=4, optimizer_slots=self.config.optimizer_slots)
@@ -227,6 +240,21 @@ def make_optimizer(params: list[nn.Parameter], config: GradientConfig) -> torch.
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
+def micro_batches(batch: Batch, size: int) -> list[tuple[Batch, float]]:
+    """Split ``batch`` into parts of ``size`` examples, each with its share of the batch's mean loss.
+
+    The share is the part's count of targets (tokens that are not -100, for LMs) over the batch's, so the
+    shares' weighted losses add up to the mean over the whole batch, and so do their gradients.
+    """
+    inputs, targets = batch
+    if size <= 0 or size >= len(inputs):
+        return [(batch, 1.0)]
+    counted = [int((t != -100).sum()) if not t.is_floating_point() else t.shape[0]
+               for t in targets.split(size)]
+    total = max(sum(counted), 1)
+    return [((x, t), n / total) for x, t, n in zip(inputs.split(size), targets.split(size), counted, strict=True)]
 
 
 def freeze(model: nn.Module) -> None:
