@@ -27,3 +27,13 @@ def test_no_fit_names_the_smallest_budget_that_would_work():
     batch = get_model_spec("mlp-wide").example_batch(64)
     with pytest.raises(BudgetError, match=r"smallest is bias at [\d.]+ MiB\. A budget of [\d.]+ MiB would work"):
         plan("mlp-wide", get_device("mcu-512k"), batch, methods=["backprop", "bias"], measure_memory=False)
+
+
+def test_quantized_base_rows_are_variants_ranked_after_their_fp32_method():
+    from pocketlearn.memory.planner import _rank, train_flags, variant
+
+    assert variant("lora@q4") == ("lora", {"base": "q4", "checkpointing": True})
+    assert variant("bias@q8") == ("bias", {"base": "q8"})
+    assert variant("mezo") == ("mezo", {})
+    assert sorted(["mezo@q4", "lora@q4", "lora", "backprop"], key=_rank) == ["backprop", "lora", "lora@q4", "mezo@q4"]
+    assert train_flags("lora@q4") == "-m lora -o base=q4 -o checkpointing=true"

@@ -25,7 +25,7 @@ def plan_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Estimate and measure every training method's peak memory and step time, and recommend one that fits."""
-    from pocketlearn.memory.planner import plan
+    from pocketlearn.memory.planner import plan, train_flags
     from pocketlearn.models import get_model_spec
 
     profile = get_device(device, devices_file)
@@ -41,7 +41,8 @@ def plan_command(
     else:
         Console().print(plan_table(result))
         Console().print(f"recommended: [bold green]{result.recommended}[/] "
-                        f"(the most accurate method that fits {profile.name})")
+                        f"(the most accurate method that fits {profile.name}): "
+                        f"pocketlearn train --model {model} {train_flags(result.recommended)} ...")
 
 
 def plan_table(result: Plan) -> Table:

@@ -2,7 +2,7 @@
 
 Every method is prepared on a fresh copy of the model, estimated analytically and (by default) measured
 in a fresh process; it fits when its peak (measured where available) is within the device's budget.
-The recommendation is the first fitting method in :data:`QUALITY_ORDER`.
+The recommendation is the first fitting method in :data:`QUALITY_ORDER` (an fp32 base before a quantized one).
 """
 
 from __future__ import annotations
@@ -23,6 +23,47 @@ from pocketlearn.methods.base import Batch
 # Expected final quality, best first: full fine-tuning, then the methods that train most of the model with
 # true gradients, then the cheap gradient methods, then the gradient-free ones (benchmarks/methods.py).
 QUALITY_ORDER = ("backprop", "lora", "sparse", "tinytl", "bias", "binary", "mezo", "pepita")
+# On a pretrained LM the frozen base can stay 4-bit (pocketlearn.quant); these rows are added for such models.
+# A row "METHOD@BASE" is METHOD with these options: what `train -m METHOD -o base=q4 ...` runs.
+LEAN_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lora@q4": ("lora", {"base": "q4", "checkpointing": True}),
+    "lora@q4-mb1": ("lora", {"base": "q4", "checkpointing": True, "micro_batch": 1}),
+    "mezo@q4": ("mezo", {"base": "q4", "subset": "lora"}),
+}
+
+
+def variant(name: str) -> tuple[str, dict[str, Any]]:
+    """The method and options of a plan row: a method name, a :data:`LEAN_VARIANTS` name or METHOD@BASE."""
+    if name in LEAN_VARIANTS:
+        method, options = LEAN_VARIANTS[name]
+        return method, dict(options)
+    method, _, base = name.partition("@")
+    return method, ({"base": base} if base else {})
+
+
+def train_flags(name: str) -> str:
+    """The ``pocketlearn train`` flags that run a plan row."""
+    method, options = variant(name)
+    values = " ".join(f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
+    return f"-m {method}" + (f" {values}" if values else "")
+
+
+def _rank(name: str) -> tuple[int, int]:
+    """Quality order of a row: its method's place, a quantized base after the fp32 one."""
+    method, options = variant(name)
+    place = QUALITY_ORDER.index(method) if method in QUALITY_ORDER else len(QUALITY_ORDER)
+    return place, int(options.get("base", "fp32") != "fp32")
+
+
+def default_rows(model: ModelFactory) -> list[str]:
+    """Every registered method, plus the quantized-base variants for a model that can load that way."""
+    names = available_methods()
+    if isinstance(model, str):
+        from pocketlearn.models import get_model_spec
+
+        if get_model_spec(model).load_base is not None:
+            names += list(LEAN_VARIANTS)
+    return names
 
 
 @dataclass(frozen=True)
@@ -63,26 +104,28 @@ class Plan:
                 "inference": row(self.inference), "methods": [row(r) for r in self.rows]}
 
 
-def _build(model: ModelFactory) -> nn.Module:
+def _build(model: ModelFactory, base: str = "fp32") -> nn.Module:
     if isinstance(model, str):
         from pocketlearn.models import build_model
 
-        return build_model(model)
+        return build_model(model, base)
     return model()
 
 
-def _row(model: ModelFactory, method: str, batch: Batch, budget: int, options: dict[str, Any],
+def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dict[str, Any],
          do_measure: bool, steps: int) -> PlanRow:
+    method, preset = variant(name)
+    options = {**preset, **options}
     try:
-        trainer = make_method(method, _build(model), **options)
+        trainer = make_method(method, _build(model, options.get("base", "fp32")), **options)
     except UnsupportedModelError as err:
-        return PlanRow(method, supported=False, note=str(err).split(";")[0])
+        return PlanRow(name, supported=False, note=str(err).split(";")[0])
     est = estimate(trainer, batch)
     trainable = trainer.num_trainable()
     del trainer
     measured = measure(model, method, batch, options=options, steps=steps) if do_measure else None
     peak = measured.peak_bytes if measured else est.total
-    return PlanRow(method, True, "", trainable, est, measured, fits=peak <= budget)
+    return PlanRow(name, True, "", trainable, est, measured, fits=peak <= budget)
 
 
 def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: Sequence[str] | None = None,
@@ -94,7 +137,7 @@ def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: S
     """
     options = options or {}
     budget = device.memory_budget_bytes
-    names = list(methods) if methods else available_methods()
+    names = list(methods) if methods else default_rows(model)
     rows = []
     for name in names:
         if progress:
@@ -107,7 +150,7 @@ def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: S
     fitting = [r.method for r in rows if r.fits]
     if not fitting:
         raise BudgetError(_nothing_fits(device, rows, len(batch[0])))
-    best = min(fitting, key=lambda m: QUALITY_ORDER.index(m) if m in QUALITY_ORDER else len(QUALITY_ORDER))
+    best = min(fitting, key=_rank)
     return Plan(device, len(batch[0]), inference, tuple(rows), best)
 
 
