@@ -44,6 +44,12 @@ def next_token(logits: Tensor, config: SamplingConfig, generator: torch.Generato
     return int(top.indices[torch.multinomial(probs, 1, generator=generator)])
 
 
+def last_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """The next-token logits after ``ids`` (1, T); a transformers LM computes the last position's only."""
+    kwargs = {"logits_to_keep": 1} if hasattr(model, "config") else {}  # Gemma: 262k words per position
+    return logits_of(model(ids, **kwargs))[0, -1]
+
+
 @torch.no_grad()
 def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, config: SamplingConfig | None = None) -> str:
     """The completion of ``prompt`` (without the prompt), stopping early at the tokenizer's end token."""
@@ -58,7 +64,7 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, config: Sampli
     out: list[int] = []
     try:
         for _ in range(config.max_new_tokens):  # no KV cache: a 40-token completion is cheap, and any model works
-            logits = logits_of(model(torch.tensor([ids + out])))[0, -1]  # (V,)
+            logits = last_logits(model, torch.tensor([ids + out]))
             token = next_token(logits.float(), config, generator)
             if token == eos:
                 break
