@@ -44,7 +44,9 @@ def train_command(
     spec = get_model_spec(model)
     x, y, xt, yt = load_tensors(data, seq_len=spec.seq_len or 64, limit=limit)
     torch.manual_seed(seed)
-    trainer = LocalTrainer(make_method(method, build_model(model), **parse_options(option or [])),
+    options = parse_options(option or [])
+    net = build_model(model, str(options.get("base", "fp32")))  # a pretrained LM loads its base quantized
+    trainer = LocalTrainer(make_method(method, net, **options),
                            TrainerConfig(epochs=epochs, batch_size=batch, seed=seed),
                            device=get_device(device) if device else None, checkpoint_path=checkpoint,
                            settings={"model": model, "data": data, "limit": limit}, resume_anyway=resume_anyway)
