@@ -151,8 +151,14 @@ def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
 
 
 def estimate_inference(model: nn.Module, batch: Batch) -> Estimate:
-    """Estimated peak of a prediction (forward pass, no loss): weights plus the widest layer's input and output."""
+    """Estimated peak of a prediction: weights plus the widest layer's input and output.
+
+    An LM's prediction is its loss, as evaluation and MeZO compute it (a quantized head needs no full logits).
+    """
     model.eval()
     with torch.no_grad(), _layer_outputs(model) as outputs:
-        model(batch[0])
+        if batch[1].dim() == 2:
+            forward_loss(model, batch, cross_entropy)
+        else:
+            model(batch[0])
     return Estimate(model_state_bytes(model), 0, 0, 0, 2 * max(outputs, default=0))

@@ -130,8 +130,10 @@ def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dic
 
 def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: Sequence[str] | None = None,
          options: dict[str, dict[str, Any]] | None = None, measure_memory: bool = True, steps: int = 2,
-         progress: Callable[[str], None] | None = None) -> Plan:
+         progress: Callable[[str], None] | None = None, inference_base: str = "fp32") -> Plan:
     """Estimate (and measure) every method on ``batch`` and recommend the best one that fits ``device``.
+
+    ``inference_base``: how the frozen weights of the reference forward pass are stored (fp32, q4, q8).
 
     Raises :class:`BudgetError` naming the smallest budget that would work when nothing fits.
     """
@@ -143,9 +145,10 @@ def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: S
         if progress:
             progress(name)
         rows.append(_row(model, name, batch, budget, options.get(name, {}), measure_memory, steps))
-    net = _build(model)
+    net = _build(model, inference_base)
     inference = PlanRow("inference", True, "", 0, estimate_inference(net, batch),
-                        measure(model, "inference", batch, steps=steps) if measure_memory else None)
+                        measure(model, "inference", batch, options={"base": inference_base}, steps=steps)
+                        if measure_memory else None)
     del net
     fitting = [r.method for r in rows if r.fits]
     if not fitting:

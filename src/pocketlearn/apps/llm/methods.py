@@ -80,7 +80,7 @@ def check_memory(model: ModelFactory, choice: Choice, options: dict[str, Any], b
     """
     unbounded = dataclasses.replace(device or DeviceProfile("unbounded", 1), memory_budget_bytes=2**62)
     result = plan(model, unbounded, batch, methods=[choice.method], options={choice.method: options},
-                  measure_memory=measure_memory)
+                  measure_memory=measure_memory, inference_base=str(options.get("base", "fp32")))
     row = result.rows[0]
     check = MemoryCheck(choice.name, _peak(row), _peak(result.inference), row.measurement is not None,
                         device.memory_budget_bytes if device else None)
