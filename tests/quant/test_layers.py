@@ -97,3 +97,18 @@ def test_a_quantized_base_merges_into_plain_layers(tiny_lm):
     assert not [m for m in merged.modules() if isinstance(m, QuantLinear)]
     with torch.no_grad():
         assert torch.allclose(logits_of(merged(x)), before, atol=1e-4)
+
+
+def test_mezo_perturbs_lora_adapters_on_a_4bit_base(tiny_lm):
+    from pocketlearn.errors import ConfigError
+
+    x, y = lm_batch(tiny_lm, batch=4, length=8)
+    method = make_method("mezo", tiny_lm, base="q4", subset="lora", lr=1e-2)
+    assert quantized_bits(method.model) == 4
+    assert method.params and all(".lora_" in n for n in method.params)
+    before = {n: p.clone() for n, p in method.params.items()}
+    losses = [method.step((x, y)) for _ in range(3)]
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert any(not torch.equal(before[n], p) for n, p in method.params.items())
+    with pytest.raises(ConfigError, match="cannot be perturbed"):
+        make_method("mezo", tiny_gemma(), base="q4", subset="all")

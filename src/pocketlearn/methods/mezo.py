@@ -5,15 +5,20 @@ One step (n_perturbations = 1), for the perturbed parameters θ and a fresh step
     g = (l+ - l-) / 2ε  (the projected gradient, an estimate of ∇L·z)
     θ -= lr (g z + wd θ)
 where z ~ N(0, I) is drawn parameter by parameter from (s, the parameter's position in sorted-name order).
+Drawing z is what costs beyond the two forward passes, so the restore (θ += εz) and the update share one
+draw: three draws of z per step, in chunks that are drawn in parallel (see :func:`noise`).
 A step is fully described by (s, g), so :func:`replay` rebuilds the trained weights from a copy of the
 starting ones and the list of those pairs: the seed exchange of federated zeroth-order training (FedKSeed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -30,7 +35,8 @@ from pocketlearn.methods.base import (
     forward_loss,
     freeze,
 )
-from pocketlearn.methods.lora import inject_lora, lora_parameters, lora_problems
+from pocketlearn.methods.lora import base_problems, inject_lora, lora_parameters, lora_problems
+from pocketlearn.quant import Base, quantize_base
 
 Subset = Literal["all", "bias", "lora"]
 History = list[tuple[int, float]]  # (seed, projected gradient), n_perturbations consecutive pairs per step
@@ -52,6 +58,7 @@ class MezoConfig(MethodConfig):
     # so a client's whole update is one coefficient per pool seed (see pool_coefficients)
     seed_pool: int = 0
     pool_seed: int = 0
+    base: Base = "fp32"  # frozen weights stored fp32 or block-quantized (q4, q8); subset "lora" or "bias" only
 
     def problems(self) -> list[str]:
         out = super().problems()
@@ -67,7 +74,10 @@ class MezoConfig(MethodConfig):
             out.append(f"n_perturbations should be >= 1, got {self.n_perturbations}")
         if self.seed_pool < 0 or self.pool_seed < 0:
             out.append(f"seed_pool and pool_seed should be >= 0, got {self.seed_pool} and {self.pool_seed}")
-        return out + lora_problems(self.rank, self.alpha)
+        if self.base != "fp32" and self.subset == "all":
+            out.append(f"base={self.base!r} keeps the weights quantized, so they cannot be perturbed: use "
+                       "subset='lora' (or 'bias') with a quantized base, or base='fp32' with subset='all'")
+        return out + lora_problems(self.rank, self.alpha) + base_problems(self.base)
 
 
 class MeZO(TrainingMethod):
@@ -86,6 +96,8 @@ class MeZO(TrainingMethod):
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.history: History = []
+        model.requires_grad_(False)
+        quantize_base(model, self.config.base)
         if self.config.subset == "lora":
             with torch.random.fork_rng(devices=[]):  # the adapters' init depends on config.seed alone
                 torch.manual_seed(self.config.seed)
@@ -106,11 +118,16 @@ class MeZO(TrainingMethod):
         c = self.config
         seeds = step_seeds(c.seed, self.steps_done, c.n_perturbations, pool_seeds(c.pool_seed, c.seed_pool))
         with torch.no_grad(), _eval_mode(self.model):
-            estimates = [self.estimate(batch, s) for s in seeds]
-            for _, loss in estimates:
-                check_finite(loss, self.name)  # before the update: the weights stay usable
+            estimates = [self.estimate(batch, s) for s in seeds[:-1]]
+            estimates.append(self._probe(batch, seeds[-1]))  # leaves θ - εz: the update pass restores it
+            try:
+                for _, loss in estimates:
+                    check_finite(loss, self.name)  # before the update: the weights stay usable
+            except BaseException:
+                perturb(self.params, seeds[-1], c.eps)
+                raise
             pairs = [(s, g) for s, (g, _) in zip(seeds, estimates, strict=True)]
-            apply_update(self.params, pairs, self.config)
+            apply_update(self.params, pairs, c, restore=c.eps)
         self.history += pairs
         return sum(loss for _, loss in estimates) / len(estimates)
 
@@ -120,14 +137,22 @@ class MeZO(TrainingMethod):
 
         Leaves the parameters where they were, up to float round-off (a few ulp), even if a pass fails.
         """
+        out = self._probe(batch, seed)
+        perturb(self.params, seed, self.config.eps)
+        return out
+
+    def _probe(self, batch: Batch, seed: int) -> tuple[float, float]:
+        """:meth:`estimate` without its last pass: leaves θ - εz (θ again, up to round-off, if a pass fails)."""
         eps, losses, offset = self.config.eps, [], 0.0
         try:
             for sign in (1.0, -1.0):  # θ + εz, then θ - εz
                 perturb(self.params, seed, sign * eps - offset)
                 offset = sign * eps
                 losses.append(forward_loss(self.model, batch, self.loss_fn).item())
-        finally:
-            perturb(self.params, seed, -offset)
+        except BaseException:
+            if offset:
+                perturb(self.params, seed, -offset)
+            raise
         plus, minus = losses
         return (plus - minus) / (2 * eps), (plus + minus) / 2
 
@@ -194,41 +219,112 @@ def expand_coefficients(like: Mapping[str, Tensor], c: Tensor, pool: Sequence[in
     names = sorted(like)
     rows = c.view(-1, len(pool)).to(torch.float32)  # (n, K)
     out = {n: torch.zeros(len(rows), *like[n].shape, dtype=like[n].dtype) for n in names}
+    buffer = _buffer(like.values())
     for j, seed in enumerate(pool):
         if not rows[:, j].any():
             continue
         for i, n in enumerate(names):
-            z = noise(like[n], seed, i).flatten()
+            z = noise(like[n], seed, i, out=buffer).flatten()
             out[n].view(len(rows), -1).addr_(rows[:, j].to(z), z, alpha=-lr)
     return out if c.dim() == 2 else {n: t[0] for n, t in out.items()}
 
 
-def noise(like: Tensor, seed: int, index: int) -> Tensor:
+BLOCK = 1 << 17  # z is drawn in blocks of this many numbers, each from its own generator: blocks draw in parallel
+
+
+def noise(like: Tensor, seed: int, index: int, *, out: Tensor | None = None) -> Tensor:
     """Draw z ~ N(0, I) shaped like ``like``, for parameter ``index`` of step seed ``seed``.
 
-    Drawn on the CPU in fp32 from its own generator, so it does not depend on the weights' device or
-    dtype, and any parameter's z can be regenerated alone.
+    Drawn on the CPU in fp32, in blocks of :data:`BLOCK` numbers, each from a generator keyed by (seed, index,
+    block), on up to ``torch.get_num_threads()`` threads: z depends neither on the weights' device or dtype
+    nor on the thread count, and any parameter's z can be regenerated alone. ``out``: a flat fp32 CPU buffer
+    of at least ``like.numel()`` numbers to draw into (a pass over many parameters reuses one), else a new one.
     """
-    key = np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0]  # unrelated for nearby keys
-    g = torch.Generator().manual_seed(int(key))
-    return torch.randn(like.shape, generator=g).to(like.device, like.dtype)
+    n = like.numel()
+    if out is not None and (out.dtype != torch.float32 or out.device.type != "cpu" or out.dim() != 1
+                            or not out.is_contiguous() or out.numel() < n):
+        raise ValueError(f"mezo.noise: out should be a flat contiguous fp32 CPU tensor of >= {n} numbers, got "
+                         f"{out.dtype} {tuple(out.shape)} on {out.device}; pass out=None to allocate one")
+    flat = torch.empty(n) if out is None else out[:n]
+    keys = _block_keys(seed, index, -(-n // BLOCK))
+    blocks = [flat[k * BLOCK:(k + 1) * BLOCK] for k in range(len(keys))]
+
+    def draw(k: int) -> None:
+        blocks[k].normal_(generator=torch.Generator().manual_seed(keys[k]))
+
+    workers = min(torch.get_num_threads(), len(blocks))
+    if workers > 1:  # normal_ releases the GIL: the blocks fill in parallel
+        for _ in _executor(workers).map(draw, range(len(blocks))):
+            pass
+    else:
+        for k in range(len(blocks)):
+            draw(k)
+    return flat.view(like.shape).to(like.device, like.dtype)
+
+
+@lru_cache(maxsize=4096)  # a step asks for each parameter's keys three times
+def _block_keys(seed: int, index: int, blocks: int) -> tuple[int, ...]:
+    """Unrelated keys for nearby (seed, index); block 0's is the key of a one-block z before z had blocks.
+
+    torch seeds its CPU generator with a key's low 32 bits only: two blocks of one step coincide with
+    probability ~ (blocks per step)² / 2³³ (1e-4 for SmolLM2's 135M parameters), harmless to the estimate.
+    """
+    return tuple(int(k) for k in np.random.SeedSequence([seed, index]).generate_state(blocks, np.uint64))
+
+
+_pool: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, executor)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads for this process (a forked child gets its own: threads do not fork)."""
+    global _pool
+    if _pool is None or _pool[:2] != (os.getpid(), workers):
+        if _pool is not None and _pool[0] == os.getpid():
+            _pool[2].shutdown(wait=False)
+        _pool = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="mezo-noise"))
+    return _pool[2]
+
+
+def _buffer(tensors: Iterable[Tensor]) -> Tensor:
+    """One fp32 buffer for the z of the largest tensor: a pass reuses it instead of allocating per parameter."""
+    return torch.empty(max((t.numel() for t in tensors), default=0))
 
 
 def perturb(params: Mapping[str, Tensor], seed: int, scale: float) -> None:
     """θ += scale · z(seed), in place, one parameter's z at a time."""
+    buffer = _buffer(params.values())
     for i, p in enumerate(params.values()):
-        p.add_(noise(p, seed, i), alpha=scale)
+        p.add_(noise(p, seed, i, out=buffer), alpha=scale)
 
 
-def apply_update(params: Mapping[str, Tensor], pairs: Sequence[tuple[int, float]], config: MezoConfig
-                 ) -> None:
-    """Apply one step, θ -= lr (mean_k g_k z_k + wd θ) with decay on matrices only (trains and replays)."""
-    lr, n = config.lr, len(pairs)
+def apply_update(params: Mapping[str, Tensor], pairs: Sequence[tuple[int, float]], config: MezoConfig, *,
+                 restore: float = 0.0, round_trip: bool = False) -> None:
+    """Apply one step, θ -= lr (mean_k g_k z_k + wd θ) with decay on matrices only (trains and replays).
+
+    ``restore``: the last pair's perturbation still on θ (training leaves θ - εz after its second forward
+    pass), added back with the update's own draw of z. ``round_trip``: first repeat each pair's
+    +εz -2εz +εz (replay). Either way each number sees the same float ops as in training, in the same
+    order, so a replay matches training bit for bit; z is drawn once per parameter for the last pair.
+    """
+    if restore and round_trip:
+        raise ValueError("mezo.apply_update: restore and round_trip exclude each other (training vs replay)")
+    lr, eps, n = config.lr, config.eps, len(pairs)
+    *rest, (last, g_last) = pairs
+    buffer = _buffer(params.values())
     for i, p in enumerate(params.values()):
+        if round_trip:
+            for seed, _ in rest:
+                _round_trip(p, noise(p, seed, i, out=buffer), eps)
+        z = noise(p, last, i, out=buffer)
+        if round_trip:
+            _round_trip(p, z, eps)
+        elif restore:
+            p.add_(z, alpha=restore)
         if config.weight_decay and p.ndim >= 2:
             p.mul_(1 - lr * config.weight_decay)
-        for seed, g in pairs:
-            p.add_(noise(p, seed, i), alpha=-lr * g / n)
+        p.add_(z, alpha=-lr * g_last / n)
+        for seed, g in rest:
+            p.add_(noise(p, seed, i, out=buffer), alpha=-lr * g / n)
 
 
 @torch.no_grad()
@@ -249,19 +345,13 @@ def replay(params: Mapping[str, Tensor] | nn.Module, history: Sequence[tuple[int
         raise ConfigError(f"mezo replay: history has {len(history)} pairs, not a multiple of "
                           f"n_perturbations={n}; pass the config the history was trained with")
     for start in range(0, len(history), n):
-        pairs = history[start:start + n]
-        if round_trip:
-            for seed, _ in pairs:
-                _round_trip(tensors, seed, config.eps)
-        apply_update(tensors, pairs, config)
+        apply_update(tensors, history[start:start + n], config, round_trip=round_trip)
 
 
-def _round_trip(params: Mapping[str, Tensor], seed: int, eps: float) -> None:
-    """Repeat the float ops of :meth:`MeZO.estimate` (θ + εz - 2εz + εz), drawing z once per parameter."""
-    for i, p in enumerate(params.values()):
-        z = noise(p, seed, i)
-        for scale in (eps, -2 * eps, eps):
-            p.add_(z, alpha=scale)
+def _round_trip(p: Tensor, z: Tensor, eps: float) -> None:
+    """Repeat the float ops :meth:`MeZO.estimate` does to ``p`` (θ + εz - 2εz + εz)."""
+    for scale in (eps, -2 * eps, eps):
+        p.add_(z, alpha=scale)
 
 
 @contextmanager
