@@ -72,20 +72,24 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def lean_lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor | None:
-    """The LM loss through a :class:`QuantHead` (no full logits), or None when the model has no such head."""
-    head = getattr(model, "lm_head", None)
-    decoder = getattr(model, "model", None)
+def _lean_head(model: nn.Module, inputs: Tensor) -> tuple[QuantHead, Tensor] | None:
+    """A transformers LM's :class:`QuantHead` and its decoder's last hidden states, or None without one."""
+    head, decoder = getattr(model, "lm_head", None), getattr(model, "model", None)
     if not isinstance(head, QuantHead) or decoder is None:
         return None
-    return head.loss(decoder(input_ids=inputs).last_hidden_state, targets)
+    return head, decoder(input_ids=inputs).last_hidden_state
+
+
+def lean_lm_loss(model: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor | None:
+    """The LM loss through a :class:`QuantHead` (no full logits), or None when the model has no such head."""
+    found = _lean_head(model, inputs)
+    return None if found is None else found[0].loss(found[1], targets)
 
 
 def lean_lm_scores(model: nn.Module, inputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor] | None:
     """Per-token loss and top-3 word ids through a :class:`QuantHead`, or None without one (for evaluation)."""
-    head = getattr(model, "lm_head", None)
-    decoder = getattr(model, "model", None)
-    if not isinstance(head, QuantHead) or decoder is None:
+    found = _lean_head(model, inputs)
+    if found is None:
         return None
-    hidden = decoder(input_ids=inputs).last_hidden_state
+    head, hidden = found
     return chunked_scores(hidden, targets, head.table.matrix, chunk=head.chunk, softcap=head.softcap)
