@@ -182,3 +182,83 @@ def test_a_seed_pool_makes_the_update_one_coefficient_per_seed():
         torch.testing.assert_close(delta[n], p.detach() - start[n], atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="not in the seed pool"):
         pool_coefficients(method.history, pool_seeds(6, 8))
+
+
+def count_draws(monkeypatch):
+    """Count the z draws MeZO makes (calls of ``mezo.noise``): they, not the arithmetic, cost beyond the forwards."""
+    from pocketlearn.methods import mezo
+
+    calls = []
+    real = mezo.noise
+
+    def counted(*args, **kwargs):
+        calls.append(args[1:3])  # (seed, index)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mezo, "noise", counted)
+    return calls
+
+
+@pytest.mark.parametrize("n_perturbations", [1, 2])
+def test_a_step_draws_z_three_times_per_perturbation_plus_updates(toy, monkeypatch, n_perturbations):
+    model, batch = toy
+    method = MeZO(model, MezoConfig(n_perturbations=n_perturbations, weight_decay=0.1))
+    calls = count_draws(monkeypatch)
+    method.step(batch)
+    params = len(method.params)  # 4
+    # each perturbation: +εz, -2εz, +εz; the last +εz shares its draw with the update (which draws every z once)
+    assert len(calls) == params * (4 * n_perturbations - 1)
+    calls.clear()
+    replay(copy.deepcopy(toy[0]), method.history, method.config)
+    assert len(calls) == params * (2 * n_perturbations - 1)  # a round trip and the update share one draw
+
+
+def test_noise_is_drawn_in_blocks_independent_of_threads_and_buffer():
+    import numpy as np
+
+    from pocketlearn.methods.mezo import BLOCK
+
+    big = torch.empty(3, BLOCK + 7)  # 4 blocks, the last one short
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = noise(big, 11, 2)
+        torch.set_num_threads(2)
+        parallel = noise(big, 11, 2)
+        buffered = noise(big, 11, 2, out=torch.empty(big.numel() + 5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(serial, parallel) and torch.equal(serial, buffered)
+    flat = serial.flatten()
+    assert not torch.equal(flat[:BLOCK], flat[BLOCK:2 * BLOCK])  # every block has its own generator
+    assert abs(flat.mean().item()) < 0.01 and abs(flat.std().item() - 1) < 0.01
+    # a tensor of one block draws the z it drew before blocks existed (histories of small models replay alike)
+    key = np.random.SeedSequence([11, 2]).generate_state(1, np.uint64)[0]
+    small = torch.empty(40, 30)
+    assert torch.equal(noise(small, 11, 2), torch.randn(small.shape, generator=torch.Generator().manual_seed(int(key))))
+    with pytest.raises(ValueError, match="flat contiguous fp32"):
+        noise(big, 11, 2, out=torch.empty(10))
+
+
+@pytest.mark.parametrize("failing_pass", [1, 2])
+def test_a_failing_forward_pass_leaves_the_weights_and_history_alone(toy, failing_pass):
+    model, batch = toy
+
+    class Flaky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner, self.calls = model, 0
+
+        def forward(self, x):
+            self.calls += 1
+            if self.calls == failing_pass:
+                raise RuntimeError("out of memory")
+            return self.inner(x)
+
+    method = MeZO(Flaky(), MezoConfig())
+    start = {n: p.clone() for n, p in method.params.items()}
+    with pytest.raises(RuntimeError, match="out of memory"):
+        method.step(batch)
+    assert method.history == []
+    for name, p in method.params.items():
+        torch.testing.assert_close(p, start[name], rtol=0, atol=1e-12)  # fp64: round-off of ±εz only

@@ -6,7 +6,7 @@ One step (n_perturbations = 1), for the perturbed parameters θ and a fresh step
     θ -= lr (g z + wd θ)
 where z ~ N(0, I) is drawn parameter by parameter from (s, the parameter's position in sorted-name order).
 Drawing z is what costs beyond the two forward passes, so the restore (θ += εz) and the update share one
-draw: three draws of z per step, in chunks that are drawn in parallel (see :func:`noise`).
+draw: three draws of z per step, in blocks that are drawn in parallel (see :func:`noise`).
 A step is fully described by (s, g), so :func:`replay` rebuilds the trained weights from a copy of the
 starting ones and the list of those pairs: the seed exchange of federated zeroth-order training (FedKSeed).
 """
