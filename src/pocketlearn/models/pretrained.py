@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import shutil
+import struct
 import sys
 import time
 from collections.abc import Callable
@@ -146,7 +148,7 @@ def _convert_gemma3(out: Path) -> None:
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
     gguf = gemma3_gguf()
-    _progress("converting Gemma-3-270M from its GGUF (once; ~1-2 min):")
+    _progress("converting Gemma-3-270M from its GGUF (once; ~1 min):")
     start = time.perf_counter()
     config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
     _progress(f"  config ... {time.perf_counter() - start:.0f} s")
@@ -157,32 +159,29 @@ def _convert_gemma3(out: Path) -> None:
     AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name).save_pretrained(out)
     _progress(f"  tokenizer (262,144 words) ... {time.perf_counter() - start:.0f} s")
     GenerationConfig.from_model_config(config).save_pretrained(out)
+    config.architectures, config.dtype = ["Gemma3ForCausalLM"], "float32"  # as save_pretrained would write
     config.save_pretrained(out)  # last: config.json marks a complete cache
 
 
 def _write_gguf_weights(gguf: Path, config: Any, out: Path) -> None:
-    """Dequantize the GGUF's tensors one by one into safetensors shards named as the model expects them."""
+    """Dequantize the GGUF's tensors one by one into safetensors shards named as the model expects them.
+
+    The file is memory-mapped and its tensor table read without the vocabulary (gguf's ``GGUFReader`` would
+    hold ~700 MB of Python objects for it), so the peak is one fp32 tensor plus one shard.
+    """
     import torch
-    from gguf import GGUFReader
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import (
-        TENSOR_PROCESSORS,
-        TensorProcessor,
-        get_gguf_hf_weights_map,
-        read_field,
-    )
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
 
     with torch.device("meta"):  # names and shapes only, no memory
         skeleton = AutoModelForCausalLM.from_config(config)
     expected = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
-    reader = GGUFReader(gguf)
-    architecture = read_field(reader, "general.architecture")[0]
+    architecture, tensors = _gguf_tensors(gguf)
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
     names = get_gguf_hf_weights_map(skeleton, processor)
     weight_map: dict[str, str] = {}
     shard: dict[str, torch.Tensor] = {}
-    total = 0
 
     def flush() -> None:
         file = f"model-{len(set(weight_map.values())) + 1:05d}.safetensors"
@@ -190,17 +189,17 @@ def _write_gguf_weights(gguf: Path, config: Any, out: Path) -> None:
         weight_map.update(dict.fromkeys(shard, file))
         shard.clear()
 
-    for tensor in reader.tensors:
-        name = names.get(tensor.name)
+    total = 0
+    for gguf_name, (shape, ggml_type, data) in tensors.items():
+        name = names.get(gguf_name)
         if name is None:
             continue  # e.g. rope frequencies llama.cpp stores but transformers recomputes
-        value = _dequantize(tensor, processor)
-        if tuple(value.shape) != expected.get(name):
-            raise DataError(f"{gguf.name}: tensor {tensor.name} has shape {tuple(value.shape)}, but {name} needs "
+        if shape != expected.get(name):
+            raise DataError(f"{gguf.name}: tensor {gguf_name} has shape {shape}, but {name} needs "
                             f"{expected.get(name)}; the file does not match its config, reinstall it")
-        shard[name] = value
-        total += value.numel() * value.element_size()
-        if sum(t.numel() * t.element_size() for t in shard.values()) >= _SHARD_BYTES:
+        shard[name] = _dequantize(data, ggml_type, shape, gguf_name, processor)
+        total += shard[name].nbytes
+        if sum(t.nbytes for t in shard.values()) >= _SHARD_BYTES:
             flush()
     if shard:
         flush()
@@ -212,19 +211,46 @@ def _write_gguf_weights(gguf: Path, config: Any, out: Path) -> None:
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=1))
 
 
-def _dequantize(tensor: Any, processor: Any) -> Any:
-    """One GGUF tensor as fp32 torch, row block by row block (llama.cpp quantizes along rows)."""
+def _gguf_tensors(gguf: Path) -> tuple[str, dict[str, tuple[tuple[int, ...], int, Any]]]:
+    """``(architecture, {name: (torch-order shape, ggml type, raw bytes mapped from the file)})``.
+
+    Uses transformers' lean GGUF table reader (pinned version), which skips the string arrays, and gguf's
+    block sizes, which cover every quantization (transformers' own list lacks Q5_0, which Gemma's file uses).
+    """
+    import numpy as np
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from transformers.integrations.gguf.reader import _read_metadata, _read_tensor_table
+
+    blob = np.memmap(gguf, mode="r", dtype=np.uint8)
+    try:
+        metadata, count, pos = _read_metadata(blob, str(gguf))
+        entries, pos = _read_tensor_table(blob, count, pos)
+        alignment = metadata.get("general.alignment", 32)
+        start = (pos + alignment - 1) // alignment * alignment
+        tensors = {}
+        for name, shape, ggml_type, offset in entries:
+            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+            nbytes = math.prod(shape) // block * size
+            if start + offset + nbytes > blob.size:
+                raise ValueError(f"tensor {name} ends at byte {start + offset + nbytes}, past the end")
+            tensors[name] = (shape, ggml_type, blob[start + offset : start + offset + nbytes])
+    except (ValueError, KeyError, struct.error) as err:
+        raise DataError(f"{gguf} is not a readable GGUF ({err}); delete it and it is rebuilt") from err
+    return metadata["general.architecture"], tensors
+
+
+def _dequantize(data: Any, ggml_type: int, shape: tuple[int, ...], name: str, processor: Any) -> Any:
+    """One GGUF tensor (its raw bytes) as fp32 torch, row block by row block (llama.cpp quantizes along rows)."""
     import numpy as np
     import torch
-    from gguf import dequantize
+    from gguf import GGMLQuantizationType, dequantize
 
-    data = tensor.data
-    first = dequantize(data[:_DEQUANT_ROWS], tensor.tensor_type)
-    weights = np.empty((len(data), *first.shape[1:]), dtype=np.float32)  # writable, unlike a view of the file
-    weights[: len(first)] = first
-    for i in range(_DEQUANT_ROWS, len(data), _DEQUANT_ROWS):
-        weights[i : i + _DEQUANT_ROWS] = dequantize(data[i : i + _DEQUANT_ROWS], tensor.tensor_type)
-    weights = processor.process(weights=weights, name=tensor.name).weights
+    kind = GGMLQuantizationType(ggml_type)
+    rows = data.reshape(-1, data.size // math.prod(shape[:-1])) if len(shape) > 1 else data.reshape(1, -1)
+    weights = np.empty((len(rows), shape[-1]), dtype=np.float32)  # writable, unlike a view of the file
+    for i in range(0, len(rows), _DEQUANT_ROWS):
+        weights[i : i + _DEQUANT_ROWS] = dequantize(rows[i : i + _DEQUANT_ROWS], kind)
+    weights = processor.process(weights=weights.reshape(shape), name=name).weights
     return torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
 
 
