@@ -16,7 +16,7 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -231,8 +231,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="SmolLM2 only, a few steps (CI)")
+    parser.add_argument("--models", help="comma-separated subset of the models (default: all of the run's)")
     args = parser.parse_args()
     s = QUICK if args.quick else FULL
+    if args.models:
+        s = replace(s, models=tuple(args.models.split(",")))
     torch.set_num_threads(2)
     results: dict[str, Any] = {"models": {}}
     for model in s.models:
