@@ -283,5 +283,6 @@ def test_a_restarted_server_resumes_from_its_checkpoint(tmp_path, processes):
     processes.start("server-again", *serve)
     assert processes.wait("server-again", 600) == 0, processes.logs()
     assert "resuming" in (tmp_path / "server-again.log").read_text()
-    assert [r["round"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3]
+    records = read_metrics(run_dir / "metrics.jsonl")
+    assert [(r["round"], r["finished"]) for r in records] == [(1, 5), (2, 5), (3, 5)], processes.logs()
     assert_same_params(torch.load(run_dir / "state.pt")["params"], simulated_params(config(name="restart")))

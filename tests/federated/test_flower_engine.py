@@ -214,3 +214,31 @@ def test_only_a_resumed_run_starts_before_all_its_devices_joined(tmp_path, rnd):
     assert engine.wait_for_devices(5, timeout_s=3.0) == 2
     waited = time.monotonic() - t0
     assert waited >= 3.0 if rnd == 0 else waited < 2.0  # a first run's devices may still be starting
+
+
+class BusyFirstGrid(LocalGrid):
+    """Node 1000's worker is busy with a task of the crashed run: its first query expires unanswered."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.busy = {1000}
+
+    def push_messages(self, messages):
+        busy = [m for m in messages if m.metadata.dst_node_id in self.busy]
+        self.busy -= {m.metadata.dst_node_id for m in busy}
+        return [m.object_id for m in busy] + super().push_messages([m for m in messages if m not in busy])
+
+
+def test_a_resumed_run_asks_a_node_that_missed_its_first_query_again_before_it_starts(tmp_path):
+    from types import SimpleNamespace
+
+    from pocketlearn.federated.flower.engine import FlowerEngine
+
+    cfg = config()
+    files = write_partition(cfg, tmp_path / "data")
+    nodes = [describe_examples(f, "laptop-16g").node_config() for f in files]
+    grid = BusyFirstGrid(nodes, ServeSettings(cfg, tmp_path / "run").run_config())
+    engine = FlowerEngine(grid, round_timeout_s=1.0, query_timeout_s=0.5, poll_s=0.01, say=lambda line: None)
+    engine.resume_settle_s = 0.2  # shorter than the wait before a node that missed once is asked again
+    engine.bind(SimpleNamespace(round=1, clients=SimpleNamespace(sizes=[1] * 5)))
+    assert engine.wait_for_devices(5, timeout_s=20.0) == 5  # (4 before: the busy node counted as gone)

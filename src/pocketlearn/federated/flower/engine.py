@@ -72,6 +72,7 @@ class FlowerEngine:
         self.devices: dict[int, DeviceInfo] = {}  # node id -> what it holds
         self.node_of: dict[int, int] = {}  # client id -> node id
         self.silent: dict[int, float] = {}  # node id -> when to ask again (it did not answer a query)
+        self.misses: dict[int, int] = {}  # node id -> queries in a row it did not answer
         self.traffic = Traffic()
         self.server: Any = None
         self._weights: tuple[int, bytes] | None = None  # (round, payload) sent to every client of the round
@@ -85,8 +86,7 @@ class FlowerEngine:
     def discover(self, timeout_s: float | None = None) -> list[DeviceInfo]:
         """Ask SuperNodes not seen before which client they hold; forget nodes Flower no longer lists.
 
-        A node that does not answer within the timeout is asked again only after ``5 * query_timeout_s``, so a
-        dead node Flower still lists does not hold up every round.
+        A node that does not answer within the timeout is asked again later (:meth:`_ask_again_after`).
         """
         now = time.monotonic()
         online = set(self.grid.get_node_ids())
@@ -112,15 +112,25 @@ class FlowerEngine:
             if info is None:
                 self.say(f"SuperNode {node} did not say which client it holds ({reason}); asking again later")
                 log.warning("SuperNode %s left out until asked again: %s", node, reason)
-                self.silent[node] = time.monotonic() + 5 * self.query_timeout_s
+                self.misses[node] = self.misses.get(node, 0) + 1
+                self.silent[node] = time.monotonic() + self._ask_again_after(node)
                 continue
             self.silent.pop(node, None)
+            self.misses.pop(node, None)
             if info.client_id in self.node_of:
                 self.say(f"client {info.client_id} is now on SuperNode {node} (was {self.node_of[info.client_id]})")
                 self._forget(self.node_of[info.client_id])
             self.devices[node], self.node_of[info.client_id] = info, node
             found.append(info)
         return found
+
+    def _ask_again_after(self, node: int) -> float:
+        """Seconds until a node that did not answer is asked again.
+
+        A first miss soon (its worker may have been busy with a task of a crashed run); after that only in
+        ``5 * query_timeout_s``, so a dead node Flower still lists does not hold up every round.
+        """
+        return min(5.0, self.query_timeout_s) if self.misses[node] == 1 else 5 * self.query_timeout_s
 
     def _check_info(self, info: DeviceInfo) -> DeviceInfo:
         """A device's answer if it names a client of the run and a plausible number of examples."""
@@ -160,9 +170,10 @@ class FlowerEngine:
             time.sleep(max(self.poll_s, 0.5))
 
     def _every_node_known(self, now: float) -> bool:
-        """Every node Flower lists as online has said which client it holds, or stayed silent when asked."""
+        """Every node Flower lists as online has said which client it holds, or stayed silent when asked twice."""
         online = set(self.grid.get_node_ids())
-        return all(n in self.devices or self.silent.get(n, 0.0) > now for n in online)
+        return all(n in self.devices or self.misses.get(n, 0) >= 2 and self.silent.get(n, 0.0) > now
+                   for n in online)
 
     def _forget(self, node: int) -> None:
         info = self.devices.pop(node, None)

@@ -51,7 +51,7 @@ PRELOAD = ("pocketlearn.federated.flower.device", "pocketlearn.federated.flower.
            "pocketlearn.federated.codecs", "pocketlearn.trainer", "pocketlearn.methods", "pocketlearn.data.files")
 POLL_S = (0.05, 0.25)  # wait between task claims: the shortest right after a task, doubling up to the longest
 TASK_RETRY_S = 30.0  # a task's calls retry an unreachable SuperNode this long, then the task is given up
-TASK_PULL_S = 60.0  # a task whose message the SuperNode cannot hand over (2 h in Flower) is given up after this
+TASK_PULL_S = 15.0  # a task whose message the SuperNode cannot hand over (2 h in Flower) is given up after this
 
 
 class AppCache:
@@ -153,7 +153,8 @@ def bound_message_pulls() -> None:
 
     A task of a run the server abandoned (it crashed mid-round) can lose its message's objects; a process per
     task would hang alone, this worker would hang every later task behind it. The SuperNode pulled the objects
-    before it offered the task, so a minute is plenty. (``pull_task_input`` reads the function from its module.)
+    before it offered the task (a pull is a local call), so 15 s is plenty; a stale task blocks the
+    worker no longer than that. (``pull_task_input`` reads the function from its module.)
     """
     pull = run_clientapp.pull_and_inflate_object_from_tree
     if not isinstance(pull, functools.partial):
