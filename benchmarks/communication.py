@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
+from pocketlearn.progress import progress_bars
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,7 +135,7 @@ def main() -> None:
     jobs = [(w, c, [codec_config(w, c, rounds[w], s) for s in range(seeds[w])]) for w in SEEDS for c in CODECS]
     jobs += [("mezo", up, [mezo_config(up, rounds["mezo"])]) for up in ("float32", "seeds")]
     runs = []
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         task = progress.add_task("codecs", total=len(jobs))
         for workload, codec, raw in jobs:
             progress.update(task, description=f"{workload}: {codec}")

@@ -36,6 +36,7 @@ from pocketlearn.federated.flower.launch import stop_trees
 from pocketlearn.federated.flower.partition import write_partition
 from pocketlearn.federated.flower.tls import default_names, device_key, self_signed
 from pocketlearn.federated.metrics import read_metrics
+from pocketlearn.progress import working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -226,9 +227,9 @@ def main() -> None:
         raw = config(rounds, devices, secagg)
         work = RESULTS / f"{stem}-runs" / raw["name"]
         work.mkdir(parents=True, exist_ok=True)
-        with console.status(f"{name}: simulating"):
+        with working(console, f"{name}: simulating"):
             sim = simulate(raw)
-        with console.status(f"{name}: deploying to {devices} device processes (a minute or two)"):
+        with working(console, f"{name}: deploying to {devices} device processes (a minute or two)"):
             dep = deploy(raw, work, devices)
         dep["load_average"] = os.getloadavg()
         max_diff = max(float((dep["params"][n] - sim["params"][n]).detach().abs().max()) for n in sim["params"])

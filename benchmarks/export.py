@@ -32,6 +32,7 @@ from rich.console import Console
 from pocketlearn.devices import format_bytes
 from pocketlearn.errors import PocketlearnError
 from pocketlearn.memory.measure import _MALLOC_ENV
+from pocketlearn.progress import working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -168,7 +169,7 @@ def main() -> None:
         return
     start, steps, load = time.time(), 3 if args.quick else 5, os.getloadavg()[0]
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="pocketlearn-export-") as tmp, console.status("exporting") as status:
+    with tempfile.TemporaryDirectory(prefix="pocketlearn-export-") as tmp, working(console, "exporting") as status:
         for case in QUICK if args.quick else CASES:
             status.update(f"exporting {case.model} ({case.method})")
             row, program = export_case(case, Path(tmp))

@@ -26,6 +26,7 @@ from rich.console import Console
 from pocketlearn.apps.har.federated import FederatedHarConfig, FederatedHarResult, run_federated
 from pocketlearn.apps.har.personalize import HarResult, PersonalizeConfig, run_personalization
 from pocketlearn.apps.har.report import federated_rows, markdown_table, not_run, summary_header, summary_rows
+from pocketlearn.progress import working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -114,7 +115,7 @@ def main() -> None:
     else:
         config = PersonalizeConfig()
         fed_config = FederatedHarConfig(rounds=60, clients_per_round=10, local_epochs=2, eval_every=3)
-    with console.status("personalising") as status:
+    with working(console, "personalising") as status:
         result = run_personalization(config, devices=DEVICES, on_progress=lambda msg: status.update(msg))
         status.update("federated")
         fed = run_federated(fed_config)

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.apps.keyboard.pretrain import PretrainConfig
 from pocketlearn.apps.keyboard.run import KeyboardConfig, run_keyboard
+from pocketlearn.progress import progress_bars
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     runs, rows, before = configs(args.quick), [], {}
     work = Path("runs") / "bench-keyboard"
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         task = progress.add_task("keyboard", total=len(runs))
         for label, cfg in runs.items():
             progress.update(task, description=f"keyboard: {label}")

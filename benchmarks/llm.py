@@ -33,6 +33,7 @@ from pocketlearn.apps.llm import (
 from pocketlearn.apps.llm.federated import federated_users
 from pocketlearn.devices import format_bytes
 from pocketlearn.models.pretrained import load_smollm2
+from pocketlearn.progress import working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +68,7 @@ def one_device(s: Settings, tokenizer: Any) -> list[dict[str, Any]]:
     rows = []
     for method, steps, batch in (("lora", s.lora_steps, s.batch_size), ("mezo", s.mezo_steps, s.mezo_batch_size)):
         model = load_smollm2(with_tokenizer=False)[0]
-        with console.status(f"one device: {method}, {steps} steps (memory measured in fresh processes)"):
+        with working(console, f"one device: {method}, {steps} steps (memory measured in fresh processes)"):
             _, report = finetune(model, data, FinetuneConfig(method, steps, batch), factory=MODEL)
         rows.append(report.to_dict())
         console.print(f"{method}: perplexity {report.perplexity_before:.2f} → {report.perplexity_after:.2f}, "
@@ -91,7 +92,7 @@ def federated(s: Settings, tokenizer: Any) -> list[dict[str, Any]]:
     ]
     for config in configs:
         data = federated_users(tokenizer, config)
-        with console.status(f"federated {config.mode}: {config.rounds} rounds"):
+        with working(console, f"federated {config.mode}: {config.rounds} rounds"):
             _, report = run_federated(template, data, config, on_round=lambda p, m=config.mode: console.print(
                 f"  {m} round {p.round}: perplexity {p.perplexity:.2f}, {p.bytes_up_per_client / 1e3:,.1f} KB up "
                 f"per client, {p.seconds:.0f} s", highlight=False))

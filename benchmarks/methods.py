@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.devices import format_bytes
 from pocketlearn.errors import TrainingError, UnsupportedModelError
@@ -30,6 +29,7 @@ from pocketlearn.evaluate import batches_of, evaluate
 from pocketlearn.memory import measure
 from pocketlearn.methods import make_method
 from pocketlearn.models import build_model, get_model_spec
+from pocketlearn.progress import progress_bars
 from pocketlearn.trainer import LocalTrainer, TrainerConfig
 from readme_table import write_readme_section
 
@@ -190,7 +190,7 @@ def llm_quality(variant: Variant, steps: int, data: Any) -> tuple[float, float]:
     return before, evaluate(method.model, held_out)["loss"]
 
 
-def run_suite(suite: Suite, quick: bool, progress: Progress) -> list[Row]:
+def run_suite(suite: Suite, quick: bool, progress: Any) -> list[Row]:
     spec = get_model_spec(suite.model)
     batch = spec.example_batch(suite.memory_batch, LLM_SEQ if spec.task == "lm" else None)
     task = progress.add_task(f"{suite.name}: memory", total=len(suite.variants) * 2 + 1)
@@ -295,7 +295,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.time()
     rows: list[Row] = []
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         for name in args.suites.split(","):
             rows += run_suite(SUITES[name], args.quick, progress)
     goal_rows = goals(rows)

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.apps.keyboard.pretrain import MODEL, PretrainConfig, pretrain
 from pocketlearn.federated.config import RunConfig, parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.report import method_summary
+from pocketlearn.progress import progress_bars, working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -144,14 +144,14 @@ def main() -> None:
     args = parser.parse_args()
     stem = "mixed-quick" if args.quick else "mixed"
     RESULTS.mkdir(exist_ok=True)
-    with console.status("pretraining (cached)"):
+    with working(console, "pretraining (cached)"):
         init = pretrain(PretrainConfig(limit=256) if args.quick else PretrainConfig())
     budgets = device_budgets(init)
     profiles = RESULTS / f"{stem}.devices.toml"
     profiles.write_text("".join(f'[devices.{d}]\nmemory_budget_bytes = {b}\ndescription = "{d} (budget from the '
                                 f'planner\'s estimates)"\n' for d, b in budgets.items()))
     rows = []
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         task = progress.add_task("mixed", total=len(SCENARIOS))
         for label, scenario in SCENARIOS.items():
             progress.update(task, description=f"mixed: {label}")

@@ -23,6 +23,7 @@ from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server, dp_population
 from pocketlearn.federated.privacy import calibrate_noise
 from pocketlearn.federated.secagg import measure_cost
+from pocketlearn.progress import working
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -79,10 +80,10 @@ def main() -> None:
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # dp-accounting logs every Renyi order it drops
     rounds = 5 if args.quick else 30
-    with console.status("DP-FedAvg at several epsilons"):
+    with working(console, "DP-FedAvg at several epsilons"):
         dp = [dp_run(eps, rounds) for eps in (1.0, 4.0, 8.0, math.inf)]
     sizes = [(10, None), (100, None)] if args.quick else [(10, None), (100, None), (100, 14), (1000, 20)]
-    with console.status("secure aggregation rounds"):
+    with working(console, "secure aggregation rounds"):
         sec = secagg_rows(sizes)
     stem = "privacy-quick" if args.quick else "privacy"
     RESULTS.mkdir(exist_ok=True)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
+from pocketlearn.progress import progress_bars
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -121,7 +121,7 @@ def main() -> None:
     fractions = [0.2] if args.quick else [0.1, 0.2, 0.3]
     todo = cells(fractions)
     rows, start = [], time.perf_counter()
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         task = progress.add_task("runs", total=len(todo))
         for strategy, attack, fraction in todo:
             progress.update(task, description=f"{strategy}: {attack} {fraction or ''}")

@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pocketlearn.progress import progress_bars
 from readme_table import write_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def run_all(args: argparse.Namespace, scratch: Path) -> list[Run]:
     plan = schedule(args.configs, args.variants, args.reps)
     runs: list[Run] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with progress_bars(*columns, console=console) as progress:
         task = progress.add_task("runs", total=len(plan))
         for i, (rep, config, variant) in enumerate(plan):
             progress.update(task, description=f"rep {rep + 1}/{args.reps} {config:5} {variant:11}")

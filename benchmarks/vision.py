@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.progress import Progress
 
 from pocketlearn.data import load_tensors
 from pocketlearn.evaluate import batches_of, evaluate
@@ -32,6 +31,7 @@ from pocketlearn.federated.experiment import build_server
 from pocketlearn.memory.estimate import estimate
 from pocketlearn.methods import make_method
 from pocketlearn.models import build_model
+from pocketlearn.progress import progress_bars
 from readme_table import write_readme_section
 
 RESULTS = Path(__file__).parent / "results"
@@ -132,7 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     rounds, limit, steps = (2, 3000, 20) if args.quick else (15, 30000, 200)
     fed: list[FedRow] = []
-    with Progress(console=console) as progress:
+    with progress_bars(console=console) as progress:
         task = progress.add_task("vision", total=len(MODELS) * len(ALPHAS) + 1)
         for model in MODELS:
             for alpha in ALPHAS:

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from pocketlearn.cli.train import parse_options, progress_bar
+from pocketlearn.progress import working
 
 
 def export_command(
@@ -33,7 +34,7 @@ def export_command(
     if fmt != "executorch":
         raise ConfigError(f"unknown export format {fmt!r}; the one supported is 'executorch'")
     console = Console()
-    with console.status(f"exporting {model} ({method}) for ExecuTorch"):
+    with working(console, f"exporting {model} ({method}) for ExecuTorch"):
         info = export_training(model, output, method=method, options=parse_options(option or []),
                                batch_size=batch, seq_len=seq_len, init=init)
     console.print(info.extra["summary"])

@@ -83,8 +83,9 @@ def _warn_if_not_private(summary: dict[str, Any], console: Console) -> None:
 
 def _personalize(cfg: Any, server: Any, data: Any, run_dir: Path, console: Console) -> dict[str, float]:
     from pocketlearn.federated.personalize import personalize
+    from pocketlearn.progress import working
 
-    with console.status(f"personalizing {cfg.eval.personalize_clients} clients"):
+    with working(console, f"personalizing {cfg.eval.personalize_clients} clients"):
         result = personalize(server.model, server.params, server.engine.template, data.x, data.y, data.indices,
                              server.local, num_clients=cfg.eval.personalize_clients,
                              epochs=cfg.eval.personalize_epochs, seed=cfg.seed)
@@ -93,11 +94,13 @@ def _personalize(cfg: Any, server: Any, data: Any, run_dir: Path, console: Conso
 
 
 def _run_rounds(server: Any, rounds: int, console: Console) -> list[Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    from pocketlearn.progress import progress_bars
 
     columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
+    with progress_bars(*columns, console=console, transient=False) as progress:
         task = progress.add_task("rounds", total=rounds, completed=server.round, status="")
 
         def on_round(r: Any) -> None:

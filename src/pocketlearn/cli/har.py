@@ -36,13 +36,14 @@ def har_command(
 
     from pocketlearn.apps.har.personalize import PersonalizeConfig, run_personalization
     from pocketlearn.apps.har.report import not_run, rich_table, summary_header, summary_rows, user_rows
+    from pocketlearn.progress import working
 
     console = Console()
     config = PersonalizeConfig(pretrain_users=_ints(pretrain_users), users=_ints(users),
                                methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
                                models=tuple(m.strip() for m in models.split(",") if m.strip()), device=device,
                                epochs=epochs)
-    with console.status("HAR") as status:
+    with working(console, "HAR") as status:
         result = run_personalization(config, on_progress=lambda msg: status.update(msg))
     for model in config.models:
         header, rows = user_rows(result, model)

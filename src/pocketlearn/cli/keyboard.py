@@ -36,15 +36,16 @@ def keyboard_command(
 
 def run_and_report(config: Any, run_dir: Path, console: Console, *, fresh: bool = False) -> Any:
     """Run the keyboard job with progress bars, then print and save its summary and plots."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pocketlearn.apps.keyboard.report import device_summary, plot_keyboard, summary_table
     from pocketlearn.apps.keyboard.run import run_keyboard
     from pocketlearn.federated.report import plot_run
+    from pocketlearn.progress import progress_bars
 
     columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with progress_bars(*columns, console=console) as progress:
         pre = progress.add_task("pretraining on public text (cached after)", total=None, status="")
         fed = progress.add_task("federated fine-tuning, round", total=config.rounds, status="", visible=False)
 

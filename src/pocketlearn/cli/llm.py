@@ -11,8 +11,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from pocketlearn.progress import progress_bars, working
 
 llm_app = typer.Typer(help="Fine-tune SmolLM2-135M or Gemma-3-270M on Shakespeare users: on one device, or "
                       "federated.", no_args_is_help=True)
@@ -62,7 +64,7 @@ def _finetune(console: Console, model: Any, data: Any, config: Any, name: str) -
                   f"checking {config.method} against {config.device or 'no device budget'}…")
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("loss {task.fields[loss]:.3f}"))
-    with Progress(*columns, console=console, transient=True) as progress:
+    with progress_bars(*columns, console=console, transient=True) as progress:
         task = progress.add_task(f"fine-tuning ({config.method})", total=config.steps, loss=float("nan"))
         return finetune(model, data, config, factory=name,
                         on_step=lambda s, loss: progress.update(task, completed=s, loss=loss))
@@ -212,7 +214,7 @@ def federated_command(
         console.print(f"round {p.round}: held-out perplexity {p.perplexity:.2f}, "
                       f"{p.bytes_up_per_client / 1e3:,.1f} KB up per client", highlight=False)
 
-    with console.status(f"federated {mode}…"):
+    with working(console, f"federated {mode}…"):
         _, report = run_federated(net, data, config, on_round=show)
     if json_:
         print(json.dumps(report.to_dict(), indent=1))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from pocketlearn.devices import format_bytes, get_device
 from pocketlearn.memory.planner import Plan
+from pocketlearn.progress import working
 
 
 def plan_command(
@@ -33,7 +34,7 @@ def plan_command(
     example = spec.example_batch(batch, seq_len)
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     console = Console(stderr=True)
-    with console.status("planning") as status:
+    with working(console, "planning") as status:
         result = plan(model, profile, example, methods=chosen, measure_memory=measure,
                       progress=lambda m: status.update(f"measuring [bold]{m}[/] on {model}, batch {batch}"))
     if as_json:

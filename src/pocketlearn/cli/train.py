@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
+from pocketlearn.progress import progress_bars
 
 
 def train_command(
@@ -79,7 +81,7 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return options
 
 
-def progress_bar(console: Console) -> Progress:
+def progress_bar(console: Console) -> Any:
     """A training progress bar that shows the latest loss."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), console=console)
+    return progress_bars(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                         TimeRemainingColumn(), TextColumn("loss {task.fields[loss]:.4f}"), console=console)
