@@ -3,6 +3,7 @@ import json
 from typer.testing import CliRunner
 
 from pocketlearn.cli.main import app
+from pocketlearn.errors import ConfigError
 
 runner = CliRunner()
 
@@ -52,3 +53,52 @@ def test_a_bad_key_is_named(tmp_path):
     result = runner.invoke(app, ["fed", "simulate", str(config), "--runs", str(tmp_path)])
     assert result.exit_code != 0
     assert "client.lrr" in str(result.exception) + result.output
+
+
+def _simulate(tmp_path, *overrides, fresh=False):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    args = ["fed", "simulate", str(config), "--runs", str(tmp_path / "runs"), "--set", "rounds=1",
+            "--set", "eval.personalize_clients=0"]
+    for item in overrides:
+        args += ["--set", item]
+    return runner.invoke(app, [*args, *(["--fresh"] if fresh else [])])
+
+
+def test_more_clients_per_round_than_clients_is_refused_before_anything_is_written(tmp_path):
+    result = _simulate(tmp_path, "clients_per_round=500", "devices.availability=false")
+    assert isinstance(result.exception, ConfigError), result.output
+    message = str(result.exception)
+    assert "clients_per_round = 500" in message and "12 clients" in message and "at most 12" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_folder_holds_one_run(tmp_path):
+    first = _simulate(tmp_path, "checkpoint=false", "rounds=2")
+    assert first.exit_code == 0, first.output
+    metrics = tmp_path / "runs" / "cli" / "metrics.jsonl"
+    assert len(metrics.read_text().splitlines()) == 2
+
+    again = _simulate(tmp_path, "checkpoint=false", "rounds=2")  # the same run, no checkpoint: starts over
+    assert again.exit_code == 0, again.output
+    assert "starting over" in again.output and "checkpoint = false" in again.output
+    assert [json.loads(line)["round"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+    other = _simulate(tmp_path, "checkpoint=false", "client.lr=0.2", "clients_per_round=3")
+    assert isinstance(other.exception, ConfigError), other.output
+    message = str(other.exception)
+    assert "client.lr" in message and "clients_per_round" in message and "--fresh" in message
+    assert "rounds" not in message.replace("clients_per_round", "")
+    assert json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())["client"]["lr"] == 0.05
+
+    fresh = _simulate(tmp_path, "checkpoint=false", "client.lr=0.2", fresh=True)
+    assert fresh.exit_code == 0, fresh.output
+    assert json.loads((tmp_path / "runs" / "cli" / "config.json").read_text())["client"]["lr"] == 0.2
+
+
+def test_more_rounds_continue_a_checkpointed_run(tmp_path):
+    assert _simulate(tmp_path).exit_code == 0
+    more = _simulate(tmp_path, "rounds=2")
+    assert more.exit_code == 0, more.output
+    assert "resuming" in more.output
+    assert len((tmp_path / "runs" / "cli" / "metrics.jsonl").read_text().splitlines()) == 2

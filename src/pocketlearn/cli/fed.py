@@ -49,8 +49,11 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     from pocketlearn.data.partition import Partition, partition_stats, save_stats, stats_table
     from pocketlearn.federated.experiment import build_server
     from pocketlearn.federated.report import device_table, summarize
+    from pocketlearn.federated.run_folder import check_run_folder
 
     t0 = time.perf_counter()
+    if not fresh:
+        check_run_folder(cfg, run_dir)  # one run per folder: other settings are refused before anything is written
     server, data = build_server(cfg, run_dir, fresh=fresh)
     resumed = server.resume()
     setup_s = time.perf_counter() - t0
@@ -63,7 +66,9 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     if resumed:
         console.print(f"resuming {run_dir} after round {server.round}")
     elif server.discarded_rounds:
-        console.print(f"{run_dir} had metrics of {server.discarded_rounds} round(s) but no checkpoint: starting over")
+        why = "checkpoint = false" if not cfg.checkpoint else "no checkpoint"
+        console.print(f"{run_dir} had metrics of {server.discarded_rounds} round(s) but {why}: starting over (its "
+                      "metrics.jsonl is replaced)")
     records = _run_rounds(server, cfg.rounds, console)
     summary = summarize(cfg, server, records, setup_s=setup_s, resumed=resumed)
     if cfg.eval.personalize_clients:

@@ -225,6 +225,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
 def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module
                  ) -> tuple[ClientSampler, list[DeviceFit], np.ndarray]:
     """The run's client sampler (only clients whose device can train), with the devices' fits and classes."""
+    _check_round_size(config, len(data.indices))
     example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
     devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
                                            config.devices.profiles)
@@ -235,6 +236,17 @@ def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module
     sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
                             availability=availability, availability_seed=config.devices.seed, allowed=allowed)
     return sampler, fits, device_index
+
+
+def _check_round_size(config: RunConfig, num_clients: int) -> None:
+    """A round samples distinct clients: it cannot ask for more than the run has (counted on the loaded data)."""
+    if config.clients_per_round <= num_clients:
+        return
+    d = config.data
+    source = (f"data {d.name!r} has {num_clients} users (its natural partition)" if d.partition == "natural"
+              else f"the run has {num_clients} clients (data.num_clients = {d.num_clients})")
+    raise ConfigError(f"clients_per_round = {config.clients_per_round}, but {source}; set clients_per_round to at "
+                      f"most {num_clients}" + ("" if d.partition == "natural" else ", or raise data.num_clients"))
 
 
 def dp_population(config: RunConfig, data: FederatedData | None = None) -> int:

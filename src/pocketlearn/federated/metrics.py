@@ -18,11 +18,11 @@ from pocketlearn.checkpoint import write_atomic
 
 class MetricsLog:
     def __init__(self, path: Path):
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path  # the folder is made by the first line: a run that fails to start leaves nothing
 
     def append(self, record: dict[str, Any]) -> None:
         """Add one round's line, on disk before the round's checkpoint is written."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()

@@ -71,6 +71,10 @@ def serve(config: RunConfig, run_dir: Path, options: ServeOptions, *, fresh: boo
         refuse_for_deployment(config.strategy.options.get("dp"))
     run_dir = run_dir.resolve()  # Flower's processes and the CLI config want absolute paths
     keys = [k.resolve() for path in options.authorized_keys for k in public_keys(path)] if options.node_auth else []
+    if not fresh:
+        from pocketlearn.federated.run_folder import check_run_folder
+
+        check_run_folder(config, run_dir)  # before config.json is replaced: one run per folder
     _prepare(run_dir, fresh)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=1))
     tls = None if options.insecure else options.certificates or self_signed(
