@@ -68,6 +68,7 @@ class LocalTrainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.settings = dict(settings or {})
         self.resume_anyway = resume_anyway
+        self._restored: tuple[int, list[str]] | None = None  # (step, notes) once the checkpoint was looked at
 
     def check_budget(self, batch: Batch) -> int:
         """Estimated peak of one step; raises :class:`BudgetError` when it exceeds the device's budget."""
@@ -86,9 +87,8 @@ class LocalTrainer:
         """Train for ``config.epochs`` epochs, resuming from the checkpoint if one exists."""
         cfg = self.config
         per_epoch = -(-len(x) // cfg.batch_size)
-        self._run_settings = self.run_settings(x, y) if self.checkpoint_path else {}
-        notes: list[str] = []
-        start = self._resume(self._run_settings, cfg.epochs * per_epoch, notes)
+        start = self.restore(x, y)
+        notes = list(self._restored[1]) if self._restored else []
         result = TrainResult(steps=start, resumed_from_step=start, notes=notes)
         self.check_budget((x[: cfg.batch_size], y[: cfg.batch_size]))
         shuffled: tuple[int, list[Batch]] = (-1, [])
@@ -107,6 +107,18 @@ class LocalTrainer:
             if end_of_epoch or (step + 1) % cfg.checkpoint_every == 0:
                 self._save(step + 1)
         return result
+
+    def restore(self, x: Tensor, y: Tensor) -> int:
+        """Load the checkpoint, if any, into the method: the step the run continues from (0 for a new run).
+
+        :meth:`fit` does it when the caller did not; a caller does it first to evaluate or report the weights
+        the run starts from. A step equal to ``total_steps(len(x))`` means the checkpoint's run is complete.
+        """
+        if self._restored is None:
+            notes: list[str] = []
+            self._run_settings = self.run_settings(x, y) if self.checkpoint_path else {}
+            self._restored = (self._resume(self._run_settings, self.total_steps(len(x)), notes), notes)
+        return self._restored[0]
 
     def total_steps(self, n: int) -> int:
         return self.config.epochs * -(-n // self.config.batch_size)

@@ -22,7 +22,7 @@ def train_command(
                                         "checkpoint's run continues it (said in the output); fewer is a "
                                         "mismatch.")] = 1,
     batch: Annotated[int, typer.Option(min=1)] = 32,
-    limit: Annotated[int | None, typer.Option(help="Use only this many examples (quick runs).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only this many examples (quick runs).")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option key=value.")] = None,
     checkpoint: Annotated[Path | None, typer.Option(
         help="Checkpoint file; an existing one is resumed when it was written with the same model, data, limit, "
@@ -54,9 +54,21 @@ def train_command(
                            settings={"model": model, "data": data, "limit": limit}, resume_anyway=resume_anyway)
     console = Console()
     console.print(trainer.method.summary())
-    before = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+    start, total = trainer.restore(x, y), trainer.total_steps(len(x))
+    if start >= total:
+        console.print(f"checkpoint {checkpoint} is complete: {start}/{total} steps ({epochs} epoch(s) of "
+                      f"{len(x)} examples); to train longer, run again with more --epochs (e.g. --epochs {epochs + 1})",
+                      soft_wrap=True)
+        after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+        console.print(json.dumps({"steps": start, "resumed_from_step": start, "after": after}, indent=2))
+        return
+    if start:
+        console.print(f"resuming {checkpoint} from step {start}/{total}", soft_wrap=True)
+    rng = torch.get_rng_state()  # evaluating must not move the random stream a resumed run continues
+    before = evaluate(trainer.method.model, batches_of(xt, yt, 256))  # the weights this run starts from
+    torch.set_rng_state(rng)
     with progress_bar(console) as progress:
-        task = progress.add_task(f"training ({method})", total=trainer.total_steps(len(x)), loss=float("nan"))
+        task = progress.add_task(f"training ({method})", total=total, completed=start, loss=float("nan"))
         result = trainer.fit(x, y, on_step=lambda s, loss: progress.update(task, completed=s, loss=loss))
     after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
     for note in result.notes:

@@ -11,11 +11,16 @@ DATASETS = ("digits", "fashion-mnist", "shakespeare", "hapt")
 
 
 def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> Split:
-    """Train and test tensors of a named data set (Shakespeare: next-character windows of ``seq_len``)."""
+    """Train and test tensors of a named data set (Shakespeare: next-character windows of ``seq_len``).
+
+    ``limit``: at most this many training (and test) examples, for quick runs.
+    """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit {limit}: use at least 1 example (or no limit for the whole data set)")
     if name == "digits":
         from pocketlearn.data.digits import load_digits_tensors
 
-        return load_digits_tensors()
+        return _first(load_digits_tensors(), limit)
     if name == "fashion-mnist":
         from pocketlearn.data.fashion_mnist import load_fashion_mnist
 
@@ -39,5 +44,11 @@ def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> S
         from pocketlearn.data.hapt import federated_hapt
 
         fed = federated_hapt()  # users 1-24 train, 25-30 test
-        return fed.x, fed.y, fed.x_test, fed.y_test
+        return _first((fed.x, fed.y, fed.x_test, fed.y_test), limit)
     raise ConfigError(f"unknown data set {name!r}; choose one of {list(DATASETS)}")
+
+
+def _first(split: Split, limit: int | None) -> Split:
+    """The first ``limit`` training and test examples (all without a limit), as Fashion-MNIST's reader keeps."""
+    x, y, xt, yt = split
+    return (x, y, xt, yt) if limit is None else (x[:limit], y[:limit], xt[:limit], yt[:limit])

@@ -26,8 +26,8 @@ class DataSection(_Section):
     num_clients: int = Field(100, ge=1)
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (label or quantity skew)
     seed: int = 0
-    limit: int | None = None  # use only the first N training samples (quick runs)
-    test_limit: int | None = None
+    limit: int | None = Field(None, ge=1)  # use only the first N training samples (quick runs)
+    test_limit: int | None = Field(None, ge=1)
 
 
 class ClientSection(_Section):

@@ -15,7 +15,8 @@ from typing import Any
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.config import RunConfig, parse_config
 
-MAY_CHANGE = ("rounds", "engine", "checkpoint")  # a run continued with more rounds, elsewhere, is the same run
+# a run continued with more rounds, elsewhere, watched from another folder, is the same run
+MAY_CHANGE = ("rounds", "engine", "checkpoint", "tracking.tensorboard")
 
 
 def check_run_folder(config: RunConfig, run_dir: Path) -> None:

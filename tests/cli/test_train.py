@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pocketlearn.cli.main import app
+
+runner = CliRunner()
+
+
+def _train(tmp_path, *extra):
+    args = ["train", "--model", "digits-mlp", "--data", "digits", "--batch", "64", "-o", "lr=0.1",
+            "--checkpoint", str(tmp_path / "c.pt")]
+    return runner.invoke(app, [*args, *extra])
+
+
+def _summary(output):
+    return json.loads(output[output.index('{\n  "steps"'):])
+
+
+@pytest.mark.parametrize("limit", ["0", "-5"])
+def test_a_limit_below_one_is_refused(limit):
+    result = runner.invoke(app, ["train", "--model", "digits-mlp", "--data", "digits", "--limit", limit])
+    assert result.exit_code == 2
+    assert "--limit" in result.stderr and ">=1" in result.stderr
+
+
+def test_a_limit_is_applied_to_every_data_set():
+    from pocketlearn.data import load_tensors
+    from pocketlearn.errors import ConfigError
+
+    x, y, xt, yt = load_tensors("digits", limit=100)
+    assert len(x) == len(y) == 100 and len(xt) <= 100
+    with pytest.raises(ConfigError, match="limit 0"):
+        load_tensors("digits", limit=0)
+
+
+def test_a_resumed_run_says_so_and_evaluates_the_weights_it_starts_from(tmp_path):
+    first = _train(tmp_path, "--epochs", "1")
+    assert first.exit_code == 0, first.output
+    longer = _train(tmp_path, "--epochs", "2")
+    assert longer.exit_code == 0, longer.output
+    assert "resuming" in longer.output and "from step 23/46" in longer.output
+    assert _summary(longer.output)["before"] == pytest.approx(_summary(first.output)["after"])
+
+
+def test_a_complete_checkpoint_says_so_instead_of_training(tmp_path):
+    assert _train(tmp_path, "--epochs", "1").exit_code == 0
+    again = _train(tmp_path, "--epochs", "1")
+    assert again.exit_code == 0, again.output
+    assert "is complete: 23/23 steps" in again.output and "--epochs 2" in again.output
+    assert "loss nan" not in again.output and "0/23" not in again.output and "training (" not in again.output
+    assert _summary(again.output)["steps"] == 23
