@@ -34,5 +34,5 @@ def main() -> None:
     try:
         app()
     except PocketlearnError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {err}", highlight=False)  # one line
         sys.exit(2)

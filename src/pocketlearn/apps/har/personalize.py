@@ -60,6 +60,10 @@ class PersonalizeConfig:
             raise ConfigError(f"no HAR settings for methods {unknown}; choose from {sorted(METHOD_OPTIONS)}")
         if not self.users:
             raise ConfigError("no users to personalise; pass at least one user id (1-30) not used for pretraining")
+        if self.device:
+            from pocketlearn.devices import get_device
+
+            get_device(self.device)  # an unknown device fails here, before minutes of pretraining
 
 
 @dataclass
