@@ -10,6 +10,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+TENSORBOARD_HELP = ("Also write each round's metrics as TensorBoard event files in this folder (view: tensorboard "
+                    "--logdir DIR); overrides the config's [tracking] tensorboard.")
+
 fed_app = typer.Typer(help="Federated learning: simulate many devices on this machine (or a Ray cluster), or "
                       "run on real devices over the network (serve, join, partition).",
                       no_args_is_help=True)
@@ -25,6 +28,7 @@ def simulate_command(
     address: Annotated[str | None, typer.Option(help="Ray cluster HOST:PORT (default: a local Ray).")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write a summary JSON here.")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar or tables.")] = False,
+    tensorboard: Annotated[Path | None, typer.Option(help=TENSORBOARD_HELP)] = None,
 ) -> None:
     """Run (or resume) the federated simulation described by CONFIG; metrics go to RUNS/<name>/metrics.jsonl."""
     t_command = time.perf_counter()
@@ -33,7 +37,7 @@ def simulate_command(
     overrides = list(set_ or [])
     if engine:
         overrides.append(f"engine='{engine}'")
-    cfg = load_config(config, overrides)
+    cfg = with_tensorboard(load_config(config, overrides), tensorboard)
     if address:
         import os
 
@@ -50,8 +54,10 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     from pocketlearn.federated.experiment import build_server
     from pocketlearn.federated.report import device_table, summarize
     from pocketlearn.federated.run_folder import check_run_folder
+    from pocketlearn.tracking import ScalarLog
 
     t0 = time.perf_counter()
+    track = ScalarLog(cfg.tracking.tensorboard) if cfg.tracking.tensorboard else None  # no package: fail first
     if not fresh:
         check_run_folder(cfg, run_dir)  # one run per folder: other settings are refused before anything is written
     server, data = build_server(cfg, run_dir, fresh=fresh)
@@ -69,7 +75,7 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
         why = "checkpoint = false" if not cfg.checkpoint else "no checkpoint"
         console.print(f"{run_dir} had metrics of {server.discarded_rounds} round(s) but {why}: starting over (its "
                       "metrics.jsonl is replaced)")
-    records = _run_rounds(server, cfg.rounds, console)
+    records = _run_rounds(server, cfg.rounds, console, track)
     summary = summarize(cfg, server, records, setup_s=setup_s, resumed=resumed)
     if cfg.eval.personalize_clients:
         summary["personalization"] = _personalize(cfg, server, data, run_dir, console)
@@ -98,10 +104,19 @@ def _personalize(cfg: Any, server: Any, data: Any, run_dir: Path, console: Conso
     return result["mean"]
 
 
-def _run_rounds(server: Any, rounds: int, console: Console) -> list[Any]:
+def with_tensorboard(cfg: Any, folder: Path | None) -> Any:
+    """``cfg`` with ``--tensorboard`` (if given) as its tracking folder, made absolute (serve's app runs elsewhere)."""
+    folder = folder or (Path(cfg.tracking.tensorboard) if cfg.tracking.tensorboard else None)
+    if folder is None:
+        return cfg
+    return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"tensorboard": str(folder.resolve())})})
+
+
+def _run_rounds(server: Any, rounds: int, console: Console, track: Any = None) -> list[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 
     from pocketlearn.progress import progress_bars
+    from pocketlearn.tracking import round_values
 
     columns = (TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn())
@@ -112,8 +127,14 @@ def _run_rounds(server: Any, rounds: int, console: Console) -> list[Any]:
             acc = r.eval.get("accuracy")
             status = f"acc {acc:.4f}" if acc is not None else ""
             progress.update(task, completed=r.round, status=f"{status} finished {r.finished}/{r.sampled}")
+            if track:
+                track.write(r.round, round_values(r))
 
-        return server.run(rounds, on_round)
+        try:
+            return server.run(rounds, on_round)
+        finally:
+            if track:
+                track.close()
 
 
 @fed_app.command("serve")
@@ -142,6 +163,7 @@ def serve_command(
     join_timeout: Annotated[float, typer.Option(help="Seconds to wait for those devices.")] = 600.0,
     out: Annotated[Path | None, typer.Option(help="Also write the summary JSON here.")] = None,
     verbose: Annotated[bool, typer.Option(help="Also show Flower's own log lines.")] = False,
+    tensorboard: Annotated[Path | None, typer.Option(help=TENSORBOARD_HELP)] = None,
 ) -> None:
     """Serve CONFIG to real devices through Flower: start a SuperLink, submit the run, follow it to the end.
 
@@ -152,7 +174,11 @@ def serve_command(
     from pocketlearn.federated.flower.serve import ServeOptions, serve
     from pocketlearn.federated.flower.tls import TlsFiles
 
-    cfg = load_config(config, list(set_ or []))
+    cfg = with_tensorboard(load_config(config, list(set_ or [])), tensorboard)
+    if cfg.tracking.tensorboard:
+        from pocketlearn.tracking import require_tensorboard
+
+        require_tensorboard()  # here, not in the ServerApp's log after the SuperLink started
     certificates = None
     if ssl_certfile and ssl_keyfile and ssl_ca_certfile:
         certificates = TlsFiles(ssl_ca_certfile, ssl_certfile, ssl_keyfile)

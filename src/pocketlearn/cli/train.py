@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +33,9 @@ def train_command(
         "--resume-anyway", help="Resume a checkpoint written with other settings: its weights (and its optimizer "
                                 "state, unless the method options changed) continue from its step under the new "
                                 "settings; the result then matches no single uninterrupted run.")] = False,
+    tensorboard: Annotated[Path | None, typer.Option(
+        help="Also write the loss of each step and the test metrics before and after as TensorBoard event files "
+             "in this folder (view: tensorboard --logdir DIR).")] = None,
 ) -> None:
     """Train MODEL on DATA with METHOD; checkpoints atomically and resumes a killed run where it stopped."""
     import torch
@@ -41,8 +45,10 @@ def train_command(
     from pocketlearn.evaluate import batches_of, evaluate
     from pocketlearn.methods import make_method
     from pocketlearn.models import build_model, get_model_spec
+    from pocketlearn.tracking import ScalarLog
     from pocketlearn.trainer import LocalTrainer, TrainerConfig
 
+    track = ScalarLog(tensorboard, flush_each=False) if tensorboard else None  # a missing package fails first
     spec = get_model_spec(model)
     x, y, xt, yt = load_tensors(data, seq_len=spec.seq_len or 64, limit=limit)
     torch.manual_seed(seed)
@@ -67,14 +73,30 @@ def train_command(
     rng = torch.get_rng_state()  # evaluating must not move the random stream a resumed run continues
     before = evaluate(trainer.method.model, batches_of(xt, yt, 256))  # the weights this run starts from
     torch.set_rng_state(rng)
-    with progress_bar(console) as progress:
-        task = progress.add_task(f"training ({method})", total=total, completed=start, loss=float("nan"))
-        result = trainer.fit(x, y, on_step=lambda s, loss: progress.update(task, completed=s, loss=loss))
-    after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+    with track or nullcontext():  # closed (flushed) even when training fails
+        if track and not start:  # a resumed run's earlier steps (its start included) are in the log already
+            track.write(0, eval_tags(before))
+        with progress_bar(console) as progress:
+            task = progress.add_task(f"training ({method})", total=total, completed=start, loss=float("nan"))
+
+            def on_step(step: int, loss: float) -> None:
+                progress.update(task, completed=step, loss=loss)
+                if track:
+                    track.write(step, {"train_loss": loss})
+
+            result = trainer.fit(x, y, on_step=on_step)
+        after = evaluate(trainer.method.model, batches_of(xt, yt, 256))
+        if track:
+            track.write(result.steps, eval_tags(after))
     for note in result.notes:
         console.print(f"note: {note}")
     console.print(json.dumps({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                               "before": before, "after": after}, indent=2))
+
+
+def eval_tags(metrics: dict[str, float]) -> dict[str, float]:
+    """Test metrics under the tags a federated run uses (``test_accuracy``...), so both plot alike."""
+    return {f"test_{k}": v for k, v in metrics.items()}
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:

@@ -100,6 +100,12 @@ class EvalSection(_Section):
     personalize_epochs: int = Field(1, ge=1)
 
 
+class TrackingSection(_Section):
+    # metrics of every round as TensorBoard event files in this folder (view: tensorboard --logdir DIR); where a
+    # run is watched, not what it is: it may change when the run resumes
+    tensorboard: str | None = None
+
+
 class RunConfig(_Section):
     name: str = "run"
     seed: int = 0  # model initialisation (torch.manual_seed)
@@ -118,6 +124,7 @@ class RunConfig(_Section):
     attack: AttackSection = AttackSection()
     secagg: SecAggSection = SecAggSection()
     eval: EvalSection = EvalSection()
+    tracking: TrackingSection = TrackingSection()
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:

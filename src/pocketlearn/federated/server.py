@@ -388,6 +388,6 @@ def _rows(u: RoundUpdates, rows: list[int]) -> RoundUpdates:
 
 
 def fingerprint(config: dict[str, Any]) -> str:
-    """What must match for a checkpoint to be resumed (everything but the number of rounds and the engine)."""
-    relevant = {k: v for k, v in config.items() if k not in ("rounds", "engine", "checkpoint")}
+    """What must match for a checkpoint to be resumed (everything but the number of rounds, engine, tracking)."""
+    relevant = {k: v for k, v in config.items() if k not in ("rounds", "engine", "checkpoint", "tracking")}
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -78,11 +78,13 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
     from pocketlearn.federated.experiment import build_server
     from pocketlearn.federated.flower.engine import FlowerEngine
     from pocketlearn.federated.report import summarize
+    from pocketlearn.tracking import ScalarLog, round_values
 
     t0 = time.perf_counter()
     settings = ServeSettings.from_run_config(run_config)
     cfg = settings.config
     check_deployable(cfg)
+    track = ScalarLog(cfg.tracking.tensorboard) if cfg.tracking.tensorboard else None
     engine = FlowerEngine(grid, round_timeout_s=settings.round_timeout_s, say=say)
     server, data = build_server(cfg, settings.run_dir, engine=engine)
     if cfg.devices.deadline_s is not None:
@@ -105,8 +107,14 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
         acc = r.eval.get("accuracy")
         say(f"round {r.round}/{cfg.rounds}: {r.finished}/{r.sampled} clients finished"
             + (f", accuracy {acc:.4f}" if acc is not None else "") + f" ({r.round_time_s:.1f} s)")
+        if track:
+            track.write(r.round, round_values(r))
 
-    records = server.run(cfg.rounds, on_round)
+    try:
+        records = server.run(cfg.rounds, on_round)
+    finally:
+        if track:
+            track.close()
     summary = summarize(cfg, server, records, setup_s=setup_s, resumed=resumed)
     summary.update(engine="flower", devices=len(engine.node_of), traffic=engine.traffic.to_json())
     (settings.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
