@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from pocketlearn.errors import ConfigError
 
@@ -78,6 +79,16 @@ class CodecSection(_Section):
     error_feedback: bool = True  # biased uplink (topk, sign): clients keep what was not sent, add it next time
     seed: int = 4
 
+    @field_validator("up", "down")
+    @classmethod
+    def _known_codec(cls, spec: str, info: ValidationInfo) -> str:
+        if spec == "seeds" and info.field_name == "up":
+            return spec
+        from pocketlearn.federated.codecs import make_codec
+
+        make_codec(spec)  # its error names the stage and the form it takes (topk0.01, q8, ...)
+        return spec
+
 
 class SecAggSection(_Section):
     enabled: bool = False  # the server only ever sees the sum of the clients' (weighted) updates
@@ -127,13 +138,38 @@ class RunConfig(_Section):
     tracking: TrackingSection = TrackingSection()
 
 
-def parse_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
-    """Validate a config dict; the error names each bad key by its dotted path."""
+def parse_config(raw: dict[str, Any], *, source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:
+    """Validate a config dict; the error names each bad key by its dotted path, and the value seen.
+
+    ``overrides``: the ``--set`` items applied to ``raw``; a bad value that came from one is blamed on it, not on
+    ``source``.
+    """
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}" for e in err.errors()]
-        raise ConfigError(f"invalid {source}:\n" + "\n".join(lines)) from None
+        problems = [(".".join(str(p) for p in e["loc"]) or "(top)", e) for e in err.errors()]
+        blamed = [_override_of(key, overrides) for key, _ in problems]
+        lines = [f"  {key}: {e['msg']}{_seen(e)}" + (f" (from --set {item})" if item else "")
+                 for (key, e), item in zip(problems, blamed, strict=True)]
+        where = "--set value" if all(blamed) else source
+        raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None
+
+
+def _override_of(key: str, overrides: Sequence[str]) -> str | None:
+    """The last ``--set`` item that set ``key`` (or a section or value around it), if any."""
+    for item in reversed(overrides):
+        set_key = item.partition("=")[0].strip()
+        if key == set_key or key.startswith(set_key + ".") or set_key.startswith(key + "."):
+            return item
+    return None
+
+
+def _seen(error: Any) -> str:
+    value = error.get("input")
+    if isinstance(value, dict) or error.get("type") == "missing":
+        return ""
+    shown = repr(value)
+    return f" (got {shown if len(shown) <= 60 else shown[:57] + '...'})"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -164,4 +200,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
-    return parse_config(apply_overrides(raw, overrides or []), source=str(path))
+    return parse_config(apply_overrides(raw, overrides or []), source=str(path), overrides=overrides or ())

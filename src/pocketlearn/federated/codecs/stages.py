@@ -11,6 +11,7 @@ Inverses trust nothing in the frame: every metadata entry is type-checked and ev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -468,6 +469,14 @@ class Rows(Stage):
         return Frame(out, meta)
 
 
+# stages that carry a number, with the form their spec takes (named in the error of a spec that does not parse)
+_NUMBERED: dict[str, tuple[Callable[[Any], Stage], Callable[[str], Any], str]] = {
+    "rand": (RandomSubset, float, "rand<fraction>, the share of values kept, in (0, 1], e.g. rand0.3"),
+    "q": (Quantize, int, "q<bits>, with 1, 2, 4 or 8 bits per value, e.g. q8"),
+    "topk": (TopK, float, "topk<fraction>, the share of largest values kept, in (0, 1], e.g. topk0.01"),
+}
+
+
 def parse_stage(spec: str) -> Stage:
     """``fp16``, ``bf16``, ``q8``/``q4``/``q2``/``q1``, ``topk0.01``, ``sign``, ``rot``, ``rand0.25``, ``rows``."""
     try:
@@ -481,13 +490,13 @@ def parse_stage(spec: str) -> Stage:
             return Rotate()
         if spec == "rows":
             return Rows()
-        if spec.startswith("rand"):
-            return RandomSubset(float(spec[4:]))
-        if spec.startswith("q"):
-            return Quantize(int(spec[1:]))
-        if spec.startswith("topk"):
-            return TopK(float(spec[4:]))
     except ValueError as err:
         raise ValueError(f"codec stage {spec!r}: {err}") from None
+    for prefix, (make, number, form) in _NUMBERED.items():
+        if spec.startswith(prefix):
+            try:
+                return make(number(spec[len(prefix):]))
+            except ValueError:  # "topk", "topkx", "topk2": the number is missing, not a number, or out of range
+                raise ValueError(f"codec stage {spec!r}: write {form}") from None
     raise ValueError(f"unknown codec stage {spec!r}; use fp16, bf16, q8, q4, q2, q1, topk<fraction> (e.g. topk0.01), "
                      "sign, rot, rand<fraction> (e.g. rand0.3), rows")
