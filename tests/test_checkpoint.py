@@ -120,3 +120,17 @@ def test_a_digest_matching_non_dict_payload_is_refused(tmp_path):
     (tmp_path / "c.pt").write_bytes(payload + trailer)
     with pytest.raises(CheckpointError, match="format version None"):
         load_checkpoint(tmp_path / "c.pt")
+
+
+def test_weights_of_another_shape_are_named_not_dumped(tmp_path):
+    from torch import nn
+
+    from pocketlearn.checkpoint import CheckpointError, load_weights, save_checkpoint
+
+    save_checkpoint(tmp_path / "w.pt", {"model": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict()})
+    with pytest.raises(CheckpointError) as err:
+        load_weights(nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)), tmp_path / "w.pt")
+    message = str(err.value)
+    assert "0.weight (3, 4) vs (5, 4)" in message and "model.init" in message
+    with pytest.raises(CheckpointError, match="2 unexpected tensor"):
+        load_weights(nn.Sequential(nn.Linear(4, 3)), tmp_path / "w.pt")

@@ -176,8 +176,43 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
                                            "(e.g. by pretraining)").get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {path} holds no 'model' state dict")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights in {path} do not fit the model: {str(err).splitlines()[0]} "
-                              "(is model.init for another model?)") from None
+    load_model_state(model, weights, what=f"weights in {path}",
+                     remedy="is model.init (or --init) for another model or method?")
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, Any], *, what: str, remedy: str) -> None:
+    """``model.load_state_dict(state)``; a state of another shape is a :class:`CheckpointError` naming what differs.
+
+    torch's own error lists every tensor; ours says the cause a user can act on (a LoRA rank, say) and ``remedy``.
+    """
+    problem = state_mismatch(model.state_dict(), state)
+    if problem:
+        raise CheckpointError(f"{what} do not fit this model: {problem}; {remedy}")
+    model.load_state_dict(state)
+
+
+def state_mismatch(own: dict[str, Any], state: dict[str, Any]) -> str | None:
+    """What keeps ``state`` from loading into a model whose state dict is ``own`` (None: it loads)."""
+    old, new = _lora_ranks(state), _lora_ranks(own)
+    if old and new and old != new:
+        return (f"they were written with LoRA rank {_listed(old)}, this model has rank {_listed(new)} (train or "
+                f"export with -o rank={min(old)} to use them)")
+    problems = []
+    if missing := sorted(set(own) - set(state)):
+        problems.append(f"{len(missing)} tensor(s) missing, e.g. {', '.join(missing[:3])}")
+    if unexpected := sorted(set(state) - set(own)):
+        problems.append(f"{len(unexpected)} unexpected tensor(s), e.g. {', '.join(unexpected[:3])}")
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(own) & set(state))
+              if hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes:
+        problems.append(f"{len(shapes)} tensor(s) of other shapes (saved vs this model), e.g. {'; '.join(shapes[:3])}")
+    return "; ".join(problems) or None
+
+
+def _lora_ranks(state: dict[str, Any]) -> set[int]:
+    """The ranks of a LoRA model's adapters (PEFT's ``lora_A`` weights are rank x in_features); empty if none."""
+    return {int(v.shape[0]) for k, v in state.items() if "lora_A" in k and k.endswith(".weight") and v.dim() == 2}
+
+
+def _listed(values: set[int]) -> str:
+    return ", ".join(str(v) for v in sorted(values))

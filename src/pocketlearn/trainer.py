@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pocketlearn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from pocketlearn.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from pocketlearn.devices import DeviceProfile, format_bytes
 from pocketlearn.errors import BudgetError, ConfigError
 from pocketlearn.evaluate import batches_of, evaluate
@@ -161,10 +161,9 @@ class LocalTrainer:
         if step > total_steps:
             raise CheckpointError(f"checkpoint {path} is at step {step}, past the {total_steps} steps this run asks "
                                   "for; ask for more epochs, or pass another checkpoint path to start a new run")
-        try:
-            self.method.model.load_state_dict(state["model"])
-        except RuntimeError as err:
-            raise CheckpointError(f"checkpoint {path} is for another model: {err}") from err
+        load_model_state(self.method.model, state["model"], what=f"the weights in checkpoint {path}",
+                         remedy="pass another checkpoint path to start a new run (--resume-anyway continues under "
+                                "new settings, not with weights of another shape)")
         method_state = state["method_state"]
         if "options" in differing:  # the saved optimizer would bring back the old options (torch keeps its lr)
             method_state = {"steps_done": method_state.get("steps_done", 0)}

@@ -51,3 +51,15 @@ def test_a_complete_checkpoint_says_so_instead_of_training(tmp_path):
     assert "is complete: 23/23 steps" in again.output and "--epochs 2" in again.output
     assert "loss nan" not in again.output and "0/23" not in again.output and "training (" not in again.output
     assert _summary(again.output)["steps"] == 23
+
+
+def test_a_lora_checkpoint_of_another_rank_names_the_ranks(tmp_path):
+    from pocketlearn.checkpoint import CheckpointError
+
+    args = ["--method", "lora", "--limit", "100", "--epochs", "1"]
+    assert _train(tmp_path, *args, "-o", "rank=4").exit_code == 0
+    other = _train(tmp_path, *args, "-o", "rank=8", "--resume-anyway")
+    assert isinstance(other.exception, CheckpointError), other.output
+    message = str(other.exception)
+    assert "LoRA rank 4" in message and "rank 8" in message and "-o rank=4" in message
+    assert "size mismatch" not in message and "lora_B" not in message

@@ -59,8 +59,8 @@ def train_command(
                            device=get_device(device) if device else None, checkpoint_path=checkpoint,
                            settings={"model": model, "data": data, "limit": limit}, resume_anyway=resume_anyway)
     console = Console()
+    start, total = trainer.restore(x, y), trainer.total_steps(len(x))  # a checkpoint that does not fit fails first
     console.print(trainer.method.summary())
-    start, total = trainer.restore(x, y), trainer.total_steps(len(x))
     if start >= total:
         console.print(f"checkpoint {checkpoint} is complete: {start}/{total} steps ({epochs} epoch(s) of "
                       f"{len(x)} examples); to train longer, run again with more --epochs (e.g. --epochs {epochs + 1})",

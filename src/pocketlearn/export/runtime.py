@@ -169,12 +169,13 @@ def plain_state(info: ProgramInfo, state: dict[str, Tensor]) -> dict[str, Tensor
     Other methods' state dicts already are the plain model's. No autograd: PEFT's merge and a concatenation.
     """
     if info.method == "lora":
+        from pocketlearn.checkpoint import load_model_state
         from pocketlearn.methods import make_method
         from pocketlearn.methods.lora import merge_lora
         from pocketlearn.models import build_model
 
         model = make_method("lora", build_model(info.model), **info.options).model
-        model.load_state_dict(state)
+        load_model_state(model, state, what="the program's weights", remedy="export the program again")
         with torch.no_grad():
             return {k: v.detach().clone() for k, v in merge_lora(model).state_dict().items()}
     out = dict(state)
