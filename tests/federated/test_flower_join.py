@@ -217,3 +217,19 @@ def test_a_task_whose_message_cannot_be_pulled_is_given_up_and_the_next_one_runs
     runtime_api.send(RecordDict())
     _run_next_task(runtime_api, apps)
     assert any(not r.has_error() for r in runtime_api.replies())
+
+
+def test_join_without_a_server_says_so_in_one_line_on_stderr_after_max_wait(tmp_path, capfd):
+    from pocketlearn.federated.flower.join import join
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    setup = DeviceSetup(tmp_path / "c.pt", "laptop-16g", 0, 10)
+    options = JoinOptions(f"127.0.0.1:{port}", insecure=True, home=tmp_path / "home", max_wait_s=2)
+    code = join(setup, options, say=lambda _: None)
+    out, err = capfd.readouterr()
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: fed join: no server answered at 127.0.0.1:")
+    assert "connection refused" in err and "--max-wait 2 s" in err and "fed serve" in err
+    assert "\x1b" not in out + err and "Uvicorn" not in out + err and "Connection attempt" not in out + err

@@ -197,8 +197,8 @@ def serve_command(
 @fed_app.command("join")
 def join_command(
     server: Annotated[str, typer.Option(help="The server's HOST:PORT.")],
-    data: Annotated[Path, typer.Option(help="This device's examples (a file from `fed partition`, or "
-                                       "pocketlearn.data.files.save_examples).")],
+    data: Annotated[Path, typer.Option(help="This device's examples: a client's file that `pocketlearn fed partition "
+                                       "CONFIG --out DIR` wrote (or pocketlearn.data.files.save_examples).")],
     device: Annotated[str, typer.Option(help="Device preset (`pocketlearn devices`), or a name in --profiles.")],
     profiles: Annotated[Path | None, typer.Option(help="TOML file of device profiles.")] = None,
     root_certificates: Annotated[Path | None, typer.Option(help="The server's CA certificate (ca.pem).")] = None,
@@ -209,7 +209,8 @@ def join_command(
     local_port: Annotated[int, typer.Option(help="Port of the SuperNode's local API on 127.0.0.1 (0: any free "
                                             "one).")] = 0,
     max_wait: Annotated[float | None, typer.Option(help="Give up after this many seconds without reaching the "
-                                                   "server.")] = None,
+                                                   "server (one line on stderr, exit code 2); default: keep "
+                                                   "trying.")] = None,
 ) -> None:
     """Make this machine a device: a Flower SuperNode that trains on DATA with pocketlearn when sampled."""
     from pocketlearn.federated.flower.device import describe_examples

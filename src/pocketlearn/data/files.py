@@ -26,7 +26,8 @@ def load_examples(path: str | Path) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """(x, y, meta) from a file written by :func:`save_examples`; anything else is a clear error."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"no data file at {path}; write one with pocketlearn.data.files.save_examples")
+        raise DataError(f"no data file at {path}; write one per client with `pocketlearn fed partition CONFIG "
+                        "--out DIR`, or with pocketlearn.data.files.save_examples")
     state = load_checkpoint(path)
     if state.get("kind") != "examples":
         raise DataError(f"{path} is not an examples file (it holds {sorted(state)}); write one with "

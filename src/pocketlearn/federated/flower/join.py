@@ -39,6 +39,10 @@ from pocketlearn.federated.flower.tls import device_key
 
 # Flower's exit codes a user can act on (flwr.supercore.exit.ExitCode); the process itself exits with 1.
 _EXIT_CODE = re.compile(r"Exit Code: (\d+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Flower colours its level names even into a pipe
+_WEB_SERVER = re.compile(r"^(INFO|WARNING|ERROR|DEBUG):\s")  # uvicorn's lines for the SuperNode's local API
+_CONNECTED = "SuperNode ID:"  # Flower's first line once the SuperLink registered this node
+_REASON = re.compile(r"\[Errno \d+\] (.+)")  # why a connection failed ("Connection refused", ...)
 _EXIT_HINTS = {
     302: "the device key is not an EC private key Flower can read",
     305: "the server could not be reached, or refused this device: check --server and --root-certificates, and "
@@ -151,7 +155,8 @@ def join(setup: DeviceSetup, options: JoinOptions, *, say: Callable[[str], None]
         say(f"client {setup.client_id} ({setup.num_examples} examples, device {setup.device}) joining "
             f"{options.server}")
         flower_code: list[int] = []
-        echo = threading.Thread(target=_echo, args=(proc, flower_code), daemon=True)
+        log = SuperNodeLog()
+        echo = threading.Thread(target=_echo, args=(proc, flower_code, log), daemon=True)
         echo.start()
 
         def stop(signum: int, _frame: FrameType | None) -> None:
@@ -171,10 +176,27 @@ def join(setup: DeviceSetup, options: JoinOptions, *, say: Callable[[str], None]
             echo.join(timeout=5)
     if failure is not None:
         say(failure)
+    elif code not in (0, 130) and not log.connected:
+        return _never_connected(options, flower_code[-1] if flower_code else None, log.held)
     elif code not in (0, 130):
         known = flower_code[-1] if flower_code else None
         say(f"the SuperNode stopped (Flower exit code {known}): {_EXIT_HINTS.get(known or 0, 'see its log above')}")
     return code
+
+
+def _never_connected(options: JoinOptions, known: int | None, held: list[str]) -> int:
+    """One line on stderr (the SuperNode's log too, unless the server was simply not there); exit code 2."""
+    reason = next((m.group(1).lower() for line in held if (m := _REASON.search(line))), None)
+    waited = f" within --max-wait {options.max_wait_s:g} s" if options.max_wait_s is not None else ""
+    if known == 305 and reason:
+        message = (f"no server answered at {options.server} ({reason}){waited}; start `pocketlearn fed serve` "
+                   "there first, or check --server")
+    else:
+        sys.stderr.writelines(held)
+        message = (f"the SuperNode stopped before reaching {options.server}{waited} (Flower exit code {known}): "
+                   f"{_EXIT_HINTS.get(known or 0, 'see its log above')}")
+    print(f"error: fed join: {message}", file=sys.stderr, flush=True)
+    return 2
 
 
 def _watch(proc: subprocess.Popen[str], worker: Worker, every_s: float = 0.5) -> int:
@@ -185,14 +207,34 @@ def _watch(proc: subprocess.Popen[str], worker: Worker, every_s: float = 0.5) ->
     return code
 
 
-def _echo(proc: subprocess.Popen[str], codes: list[int]) -> None:
-    """Pass the SuperNode's log through, noting Flower's exit code (the process itself exits with 1)."""
-    assert proc.stdout is not None
-    for line in proc.stdout:
+class SuperNodeLog:
+    """The SuperNode's lines, held until it reached the server: a device that never does shows one error instead."""
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.held: list[str] = []
+
+    def add(self, line: str) -> None:
+        if not self.connected and _CONNECTED not in line:
+            self.held.append(line)
+            return
+        if not self.connected:
+            self.connected = True
+            sys.stdout.writelines(self.held)
+            self.held = []
         sys.stdout.write(line)
         sys.stdout.flush()
+
+
+def _echo(proc: subprocess.Popen[str], codes: list[int], log: SuperNodeLog) -> None:
+    """Pass the SuperNode's log on without colour codes or web-server lines, noting Flower's exit code."""
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = _ANSI.sub("", raw)
         if found := _EXIT_CODE.search(line):
             codes.append(int(found.group(1)))
+        if not _WEB_SERVER.match(line):
+            log.add(line)
 
 
 def _free_port() -> int:
