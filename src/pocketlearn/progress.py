@@ -87,8 +87,10 @@ class PlainProgress(rich_progress.Progress):
         """``"training (lora): 40/135 (30%), 12 s elapsed, ETA 28 s, loss 0.4100"``."""
         texts = [t for c in self.columns if isinstance(c, rich_progress.TextColumn)
                  if (t := c.render(task).plain.strip())]
-        if not any(task.description in t for t in texts) and task.description:
-            texts.insert(0, task.description)
+        description = " ".join(task.description.split())
+        texts = [" ".join(t.split()) for t in texts if t != f"{task.percentage:.0f}%"]  # said with the count
+        if description and not any(description in t for t in texts):
+            texts.insert(0, description)
         count = f"{task.completed:g}"
         if task.total is not None:
             count += f"/{task.total:g} ({task.percentage:.0f}%)"
@@ -110,8 +112,10 @@ def working(console: Console, text: str) -> Iterator[Any]:
     plain = PlainStatus(console, text)
     try:
         yield plain
-    finally:
-        plain.stop()
+    except BaseException:
+        plain.stop(failed=True)
+        raise
+    plain.stop()
 
 
 class PlainStatus:
@@ -129,10 +133,11 @@ class PlainStatus:
         self.text = text
         self._say(f"{text} ({duration(time.monotonic() - self.started)} elapsed)")
 
-    def stop(self) -> None:
+    def stop(self, *, failed: bool = False) -> None:
         self._stop.set()
         self._thread.join(timeout=1.0)
-        self._say(f"{self.text}: done in {duration(time.monotonic() - self.started)}")
+        ended = "stopped after" if failed else "done in"
+        self._say(f"{self.text}: {ended} {duration(time.monotonic() - self.started)}")
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.every_s):

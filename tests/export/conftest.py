@@ -38,7 +38,7 @@ def programs(tmp_path_factory):
 def cli_export(path, model, method, options, batch):
     """``pocketlearn export`` from a plain-model checkpoint written next to ``path`` (init.pt)."""
     save_checkpoint(path.parent / "init.pt", {"model": build_model(model).state_dict()})
-    args = ["export", model, "--method", method, "--format", "executorch", "-o", str(path), "--batch", str(batch),
+    args = ["export", model, "--method", method, "--format", "executorch", "--out", str(path), "--batch", str(batch),
             "--init", str(path.parent / "init.pt")]
     for key, value in options.items():
         args += ["--option", f"{key}={value}"]

@@ -30,7 +30,7 @@ def test_export_then_device_train_writes_a_loadable_checkpoint(exported, digits,
     save_examples(tmp_path / "data.pt", digits[0][:200], digits[1][:200], client=0)
     out = tmp_path / "trained.pt"
     result = runner.invoke(app, ["device-train", str(exported), "--data", str(tmp_path / "data.pt"), "--steps", "12",
-                                 "-o", str(out)])
+                                 "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "step     12  loss" in result.output
     summary = json.loads(result.output[result.output.index("{"):])
@@ -51,7 +51,7 @@ def test_device_train_refuses_another_batch_size_or_data_shape(exported, tmp_pat
 
 def test_export_unknown_method_or_format_is_a_config_error(tmp_path):
     out = str(tmp_path / "x.pte")
-    method = runner.invoke(app, ["export", "digits-mlp", "--method", "nope", "-o", out])
+    method = runner.invoke(app, ["export", "digits-mlp", "--method", "nope", "--out", out])
     assert isinstance(method.exception, ConfigError) and "unknown training method 'nope'" in str(method.exception)
-    fmt = runner.invoke(app, ["export", "digits-mlp", "--format", "onnx", "-o", out])
+    fmt = runner.invoke(app, ["export", "digits-mlp", "--format", "onnx", "--out", out])
     assert isinstance(fmt.exception, ConfigError) and "'executorch'" in str(fmt.exception)

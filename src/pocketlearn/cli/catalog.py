@@ -20,6 +20,7 @@ def devices_command() -> None:
 
 def methods_command() -> None:
     """List the training methods and their options."""
+    import inspect
     from dataclasses import fields
 
     from pocketlearn.methods import available_methods, get_method_class
@@ -27,7 +28,7 @@ def methods_command() -> None:
     table = Table("method", "what it does", "options")
     for name in available_methods():
         cls = get_method_class(name)
-        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        doc = (inspect.getdoc(cls) or "").partition("\n")[0]
         opts = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls.config_cls))
         table.add_row(name, doc, opts)
     Console().print(table)
@@ -41,3 +42,18 @@ def models_command() -> None:
     for spec in MODELS.values():
         table.add_row(spec.name, spec.task, spec.description)
     Console().print(table)
+
+
+def doctor_command() -> None:
+    """Which optional data sets, models and libraries are installed, what each one enables, how to add it."""
+    from pocketlearn.doctor import check_all
+
+    table = Table("component", "status", "enables", "install")
+    missing = 0
+    for check in check_all():
+        missing += not check.found
+        status = f"[green]yes[/] {check.where}" if check.found else "[red]no[/]"
+        table.add_row(check.name, status, check.enables, "" if check.found else check.install)
+    Console().print(table)
+    Console().print(f"{missing} missing; pocketlearn runs without them, and the commands that need one say so."
+                    if missing else "everything is installed.")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from pocketlearn.cli.train import parse_options, progress_bar
+from pocketlearn.cli.train import parse_options, progress_bar, refuse_option_as_path
 from pocketlearn.progress import working
 
 
@@ -17,12 +17,12 @@ def export_command(
     model: Annotated[str, typer.Argument(help="Model name (see `pocketlearn models`).")],
     method: Annotated[str, typer.Option(help="backprop | bias | sparse | lora: which parameters train.")] = "backprop",
     fmt: Annotated[str, typer.Option("--format", help="Runtime to export for (executorch).")] = "executorch",
-    output: Annotated[Path, typer.Option("--output", "-o", help="The .pte to write (+ a .pte.json sidecar).")
+    output: Annotated[Path, typer.Option("--out", help="The .pte to write (+ a .pte.json sidecar).")
                       ] = Path("train.pte"),
     batch: Annotated[int, typer.Option(min=1, help="Examples per step; fixed in the exported program.")] = 32,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per example, for language models.")] = None,
-    option: Annotated[list[str] | None, typer.Option("--option", help="Method option key=value (lr, rank...).")
-                      ] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Method option key=value (lr, "
+                                                     "rank...), as for `train`.")] = None,
     init: Annotated[Path | None, typer.Option(help="Checkpoint to start from (plain or method-wrapped model).")
                     ] = None,
 ) -> None:
@@ -31,6 +31,7 @@ def export_command(
     from pocketlearn.errors import ConfigError
     from pocketlearn.export import export_training
 
+    refuse_option_as_path(output)
     if fmt != "executorch":
         raise ConfigError(f"unknown export format {fmt!r}; the one supported is 'executorch'")
     console = Console()
@@ -51,7 +52,7 @@ def device_train_command(
     lr: Annotated[float | None, typer.Option(help="SGD learning rate (default: the exported method's lr).")] = None,
     batch: Annotated[int | None, typer.Option(help="Must equal the exported batch size (static).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the per-epoch shuffle.")] = 0,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Checkpoint to write (default: "
+    output: Annotated[Path | None, typer.Option("--out", help="Checkpoint to write (default: "
                                                 "PROGRAM-trained.pt).")] = None,
     merge: Annotated[bool, typer.Option(help="Write the plain model's weights (LoRA folded, sparse slices "
                                         "joined) instead of the method-wrapped model's.")] = False,
@@ -61,6 +62,8 @@ def device_train_command(
     from pocketlearn.errors import ConfigError
     from pocketlearn.export import device_train, read_info, save_trained
 
+    if output is not None:
+        refuse_option_as_path(output)
     info = read_info(program)
     if batch is not None and batch != info.batch_size:
         raise ConfigError(f"{program} was exported for batch {info.batch_size}, a static size; export again with "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -11,13 +12,30 @@ from pocketlearn.cli import catalog, demo, export, fed, har, ids, keyboard, llm,
 from pocketlearn.errors import PocketlearnError
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"pocketlearn {version('pocketlearn')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                   help="Print pocketlearn's version and exit.")] = False) -> None:
+    """Train neural networks where the data lives."""
+
 app.command("plan")(plan.plan_command)
 app.command("train")(train.train_command)
 app.command("demo")(demo.demo_command)
 app.command("devices")(catalog.devices_command)
 app.command("methods")(catalog.methods_command)
 app.command("models")(catalog.models_command)
+app.command("doctor")(catalog.doctor_command)
 app.command("report")(report.report_command)
 app.command("privacy")(privacy.privacy_command)
 app.command("keyboard")(keyboard.keyboard_command)
@@ -36,3 +54,7 @@ def main() -> None:
     except PocketlearnError as err:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {err}", highlight=False)  # one line
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

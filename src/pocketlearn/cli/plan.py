@@ -22,7 +22,8 @@ def plan_command(
     seq_len: Annotated[int | None, typer.Option(help="Tokens per example, for language models.")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated subset of methods to consider.")] = None,
     devices_file: Annotated[Path | None, typer.Option(help="TOML file with [devices.NAME] tables.")] = None,
-    measure: Annotated[bool, typer.Option(help="Measure each method in a fresh process (else estimate only).")] = True,
+    measure: Annotated[bool, typer.Option(help="Also measure each method in a fresh process (minutes: loads the "
+                                          "weights); else estimate from the model's shapes, instantly.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
 ) -> None:
     """Estimate and measure every training method's peak memory and step time, and recommend one that fits."""

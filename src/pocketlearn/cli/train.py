@@ -115,6 +115,16 @@ def parse_options(pairs: list[str]) -> dict[str, object]:
     return options
 
 
+def refuse_option_as_path(path: Path) -> None:
+    """An output path like ``rank=4`` is a method option typed where a file name goes: refuse it."""
+    from pocketlearn.errors import ConfigError
+
+    key, sep, _ = path.name.partition("=")
+    if sep and key.isidentifier():
+        raise ConfigError(f"output path {str(path)!r} looks like a method option; options go after -o/--option "
+                          f"(-o {path.name}), the file after --out")
+
+
 def progress_bar(console: Console) -> Any:
     """A training progress bar that shows the latest loss."""
     return progress_bars(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.methods.base import Batch, TrainingMethod, cross_entropy, forward_loss, micro_batches
+from pocketlearn.methods.base import Batch, TrainingMethod, cross_entropy, forward_loss
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,9 @@ class Estimate:
 
 
 def _storage_key(t: Tensor) -> int:
-    return t.untyped_storage().data_ptr()
+    """One key per storage (views and tied weights share it); a meta tensor's storage has no address, only an id."""
+    storage = t.untyped_storage()
+    return storage._cdata if t.is_meta else storage.data_ptr()
 
 
 def model_state_bytes(model: nn.Module) -> int:
@@ -127,7 +129,9 @@ def estimate(method: TrainingMethod, batch: Batch) -> Estimate:
     With micro-batches, activations are those of one micro-batch (the parts run one after the other).
     """
     model, traits = method.model, method.memory_traits()
-    batch = micro_batches(batch, getattr(method.config, "micro_batch", 0))[0][0]
+    size = getattr(method.config, "micro_batch", 0)
+    if size:  # the first of the parts micro_batches() makes (shapes only: it works on a skeleton too)
+        batch = (batch[0][:size], batch[1][:size])
     trainable = sum(p.numel() for p in method.trainable_parameters().values())
     largest_param = max((p.numel() * p.element_size() for p in model.parameters()), default=0)
     if traits.activations == "autograd":

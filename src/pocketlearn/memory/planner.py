@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from pocketlearn.devices import DeviceProfile, format_bytes
-from pocketlearn.errors import BudgetError, UnsupportedModelError
+from pocketlearn.errors import BudgetError, PocketlearnError, UnsupportedModelError
 from pocketlearn.memory.estimate import Estimate, estimate, estimate_inference
 from pocketlearn.memory.measure import Measurement, ModelFactory, measure
 from pocketlearn.methods import available_methods, make_method
@@ -104,12 +104,37 @@ class Plan:
                 "inference": row(self.inference), "methods": [row(r) for r in self.rows]}
 
 
-def _build(model: ModelFactory, base: str = "fp32") -> nn.Module:
+def _build(model: ModelFactory, base: str = "fp32", *, meta: bool = False) -> nn.Module:
+    """The model to estimate on; with ``meta``, a named pretrained LM without its weights (instant)."""
     if isinstance(model, str):
-        from pocketlearn.models import build_model
+        from pocketlearn.models import get_model_spec
 
-        return build_model(model, base)
+        spec = get_model_spec(model)
+        return spec.build_for_estimate(base) if meta else spec.build_with_base(base)
     return model()
+
+
+def _like(batch: Batch, model: nn.Module) -> Batch:
+    """``batch`` on the device of ``model``'s parameters (the meta device for a skeleton)."""
+    device = next(model.parameters()).device
+    return (batch[0].to(device), batch[1].to(device)) if device.type == "meta" else batch
+
+
+def _estimated(model: ModelFactory, method: str, options: dict[str, Any], batch: Batch) -> tuple[Estimate, int]:
+    """A method's estimate and trainable parameters, on the model's skeleton where that works, else on weights.
+
+    A method that reads weight values while it prepares (a data-dependent choice) cannot run on the meta
+    device; it is estimated on the real model instead.
+    """
+    if isinstance(model, str):
+        try:
+            trainer = make_method(method, _build(model, options.get("base", "fp32"), meta=True), **options)
+            return estimate(trainer, _like(batch, trainer.model)), trainer.num_trainable()
+        except (NotImplementedError, RuntimeError) as err:
+            if isinstance(err, PocketlearnError):
+                raise
+    trainer = make_method(method, _build(model, options.get("base", "fp32")), **options)
+    return estimate(trainer, batch), trainer.num_trainable()
 
 
 def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dict[str, Any],
@@ -117,12 +142,9 @@ def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dic
     method, preset = variant(name)
     options = {**preset, **options}
     try:
-        trainer = make_method(method, _build(model, options.get("base", "fp32")), **options)
+        est, trainable = _estimated(model, method, options, batch)
     except UnsupportedModelError as err:
         return PlanRow(name, supported=False, note=str(err).split(";")[0])
-    est = estimate(trainer, batch)
-    trainable = trainer.num_trainable()
-    del trainer
     measured = measure(model, method, batch, options=options, steps=steps) if do_measure else None
     peak = measured.peak_bytes if measured else est.total
     return PlanRow(name, True, "", trainable, est, measured, fits=peak <= budget)
@@ -145,8 +167,8 @@ def plan(model: ModelFactory, device: DeviceProfile, batch: Batch, *, methods: S
         if progress:
             progress(name)
         rows.append(_row(model, name, batch, budget, options.get(name, {}), measure_memory, steps))
-    net = _build(model, inference_base)
-    inference = PlanRow("inference", True, "", 0, estimate_inference(net, batch),
+    net = _build(model, inference_base, meta=isinstance(model, str))
+    inference = PlanRow("inference", True, "", 0, estimate_inference(net, _like(batch, net)),
                         measure(model, "inference", batch, options={"base": inference_base}, steps=steps)
                         if measure_memory else None)
     del net

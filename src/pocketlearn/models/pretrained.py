@@ -97,6 +97,25 @@ def load_gemma3(*, with_tokenizer: bool = True) -> tuple[Any, Any]:
     return model, _tokenizer(cached) if with_tokenizer else None
 
 
+def skeleton(name: str) -> Any:
+    """A pretrained LM's structure on the meta device, no weights: what an estimate needs, in a second.
+
+    The config comes from the converted cache, or else from the GGUF's metadata (nothing is converted).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _offline()
+    cached = cache_dir() / name
+    if (cached / "config.json").exists():
+        config = AutoConfig.from_pretrained(cached)
+    else:
+        gguf = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}[name]()
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+
+
 def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -60,7 +60,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
 def _logsumexp(hidden: Tensor, table: QuantizedMatrix, chunk: int, cap: float | None) -> Tensor:
     """The log Σ_v exp(logit_v) per row of ``hidden``, a vocabulary chunk at a time."""
-    lse = torch.full((hidden.shape[0],), float("-inf"))
+    lse = torch.full((hidden.shape[0],), float("-inf"), device=hidden.device)
     for v in range(0, table.rows, chunk):
         lse = torch.logaddexp(lse, chunk_logits(hidden, table, v, min(v + chunk, table.rows), cap).logsumexp(-1))
     return lse
