@@ -85,3 +85,14 @@ def test_each_clients_payload_row_is_its_dense_encoding():
         one = {n: t[k] for n, t in stacked.items()}
         assert rows[k].tobytes() == encode_dense(one)
         assert all(torch.equal(decode_dense(rows[k].tobytes())[n], one[n]) for n in one)
+
+
+def test_the_warm_up_trains_one_batch_per_client_not_a_round():
+    x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
+    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients(60, [20, 30, 10]))
+    seen = []
+    train = engine._train_vectorized
+    engine._train_vectorized = lambda params, ids, orders, local: seen.append(orders) or train(params, ids, orders,
+                                                                                               local)
+    engine.warm_up(3, LocalTraining(batch_size=4, epochs=2))
+    assert [o.shape for o in seen[0]] == [(1, 4)] * 3  # 12 samples, not the round's 2 x 60

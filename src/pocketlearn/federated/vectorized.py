@@ -209,11 +209,20 @@ def train_stacked(forward: StackedForward, start: Params, data: PaddedBatches, s
     loss_sum = torch.zeros(k)
     plain = not (sgd.momentum or sgd.weight_decay or sgd.proximal_mu)
     buffers = [torch.zeros_like(t) for t in tensors] if sgd.momentum else []
+    active = data.active
     for s in range(data.x.shape[1]):
-        per = per_sample_loss(forward(stack, data.x[:, s]), data.y[:, s]) * data.w[:, s]  # (K, B)
-        grads = torch.autograd.grad(per.sum(), tensors)
+        rows = None if bool(active[:, s].all()) else active[:, s].nonzero().squeeze(1)
+        if rows is None:
+            per = per_sample_loss(forward(stack, data.x[:, s]), data.y[:, s]) * data.w[:, s]  # (K, B)
+        else:  # clients of unequal size: only those with a batch left run the model (padding cost half a round)
+            sub = {n: t[rows] for n, t in stack.items()}
+            per = per_sample_loss(forward(sub, data.x[rows, s]), data.y[rows, s]) * data.w[rows, s]
+        grads = torch.autograd.grad(per.sum(), tensors)  # an idle client's rows are zero
         with torch.no_grad():
-            loss_sum += per.detach().sum(1)
+            if rows is None:
+                loss_sum += per.detach().sum(1)
+            else:
+                loss_sum.index_add_(0, rows, per.detach().sum(1))
             if plain:  # an idle client's gradient is exactly zero: no masking needed
                 torch._foreach_add_(tensors, grads, alpha=-sgd.lr)
             else:
