@@ -96,3 +96,16 @@ def test_the_warm_up_trains_one_batch_per_client_not_a_round():
                                                                                                local)
     engine.warm_up(3, LocalTraining(batch_size=4, epochs=2))
     assert [o.shape for o in seen[0]] == [(1, 4)] * 3  # 12 samples, not the round's 2 x 60
+
+
+def test_only_clients_with_a_batch_left_run_the_model():
+    from pocketlearn.federated.vectorized import SGDConfig, pad_batches, stacked_forward, train_stacked
+
+    model = mlp(4, (8,), 2)
+    x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
+    forward = stacked_forward(model)
+    rows = []
+    data = pad_batches(x, y, [np.arange(8)[None], np.arange(8, 10)[None]], 2)  # 4 steps and 1 step
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    train_stacked(lambda p, xs: rows.append(len(xs)) or forward(p, xs), params, data, SGDConfig(0.1, 0.9))
+    assert rows == [2, 1, 1, 1]
