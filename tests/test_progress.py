@@ -61,3 +61,10 @@ def test_in_a_terminal_the_live_bar_stays():
     from rich.progress import Progress
 
     assert type(progress_bars(console=Console(force_terminal=True))) is Progress
+
+
+def test_a_status_line_in_a_log_has_no_markup():
+    out, console = _log()
+    with working(console, "measuring [bold]lora[/] on smollm2"):
+        pass
+    assert out.getvalue().splitlines()[0] == "measuring lora on smollm2 …"

@@ -17,6 +17,8 @@ from typing import Any
 
 from rich import progress as rich_progress
 from rich.console import Console
+from rich.errors import MarkupError
+from rich.text import Text
 
 DEFAULT_EVERY_S = 15.0
 
@@ -144,4 +146,8 @@ class PlainStatus:
             self._say(f"{self.text}: still running, {duration(time.monotonic() - self.started)} elapsed")
 
     def _say(self, line: str) -> None:
+        try:
+            line = Text.from_markup(line).plain  # the status's [bold] is for a terminal
+        except MarkupError:
+            pass
         self.console.print(line, highlight=False, markup=False, soft_wrap=True)

@@ -7,7 +7,9 @@ The recommendation is the first fitting method in :data:`QUALITY_ORDER` (an fp32
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,12 +131,28 @@ def _estimated(model: ModelFactory, method: str, options: dict[str, Any], batch:
     if isinstance(model, str):
         try:
             trainer = make_method(method, _build(model, options.get("base", "fp32"), meta=True), **options)
-            return estimate(trainer, _like(batch, trainer.model)), trainer.num_trainable()
+            with _no_packed_sequences():
+                return estimate(trainer, _like(batch, trainer.model)), trainer.num_trainable()
         except (NotImplementedError, RuntimeError) as err:
             if isinstance(err, PocketlearnError):
                 raise
     trainer = make_method(method, _build(model, options.get("base", "fp32")), **options)
     return estimate(trainer, batch), trainer.num_trainable()
+
+
+@contextmanager
+def _no_packed_sequences() -> Iterator[None]:
+    """Transformers looks for packed sequences in the position ids (a data-dependent test): a skeleton has none."""
+    masking = sys.modules.get("transformers.masking_utils")
+    find = getattr(masking, "find_packed_sequence_indices", None)
+    if find is None:
+        yield
+        return
+    masking.find_packed_sequence_indices = lambda ids: None if ids.is_meta else find(ids)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        masking.find_packed_sequence_indices = find  # type: ignore[union-attr]
 
 
 def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dict[str, Any],

@@ -44,11 +44,11 @@ class ModelSpec:
     def build_for_estimate(self, base: str = "fp32") -> nn.Module:
         """What an estimate needs: a pretrained LM's skeleton on the meta device (no weights), else the model.
 
-        A quantized base has no meta form: it is loaded from its cache (memory-mapped, quick once converted).
+        A quantized base is loaded from its cache (memory-mapped, quick once converted), then moved to meta.
         A small model is built as usual: quick, and its estimate then runs the same kernels as training.
         """
         if base != "fp32" and self.load_base is not None:
-            return self.load_base(base)
+            return self.load_base(base).to("meta")
         return self.skeleton() if self.skeleton is not None else self.build()
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:

@@ -73,6 +73,8 @@ def quantize(weight: Tensor, bits: Bits = 4) -> QuantizedMatrix:
     if bits not in (4, 8):
         raise ConfigError(f"bits should be 4 or 8, got {bits}")
     rows, cols = weight.shape
+    if weight.is_meta:  # a skeleton (a model file's layout, or an estimate): shapes only, nothing to fit
+        return _meta_matrix(rows, cols, bits)
     pad = -cols % GROUP
     x = torch.nn.functional.pad(weight.detach().float(), (0, pad)).view(rows, -1, GROUP)
     if bits == 8:
@@ -82,6 +84,15 @@ def quantize(weight: Tensor, bits: Bits = 4) -> QuantizedMatrix:
     scale, offset, q = _fit_q4(x)
     packed = (q[..., :16] | (q[..., 16:] << 4)).to(torch.uint8)
     return QuantizedMatrix(packed, scale, offset, cols)
+
+
+def _meta_matrix(rows: int, cols: int, bits: Bits) -> QuantizedMatrix:
+    groups = -(-cols // GROUP)
+    scale = torch.empty(rows, groups, dtype=torch.float16, device="meta")
+    if bits == 8:
+        return QuantizedMatrix(torch.empty(rows, groups, GROUP, dtype=torch.int8, device="meta"), scale, None, cols)
+    packed = torch.empty(rows, groups, GROUP // 2, dtype=torch.uint8, device="meta")
+    return QuantizedMatrix(packed, scale, torch.empty_like(scale), cols)
 
 
 def _fit_q4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
