@@ -111,7 +111,12 @@ ANCHORS ?= ../shared/anchors
 ANCHORS_VENV := .anchors-venv
 ANCHORS_STAMP := $(ANCHORS_VENV)/.installed-stamp
 
-.PHONY: anchors-venv bench-sim bench-sim-quick
+.PHONY: anchors-venv bench-sim bench-sim-quick first-hour
+
+# A newcomer's first minutes, timed from a clean clone with empty caches (stdlib only: no .venv needed).
+first-hour:
+	$(PYTHON) benchmarks/first_hour.py
+
 
 $(ANCHORS_STAMP): $(ANCHORS)/requirements.txt
 	test -x $(ANCHORS_VENV)/bin/python || $(PYTHON) -m venv $(ANCHORS_VENV)

@@ -1,0 +1,135 @@
+"""A newcomer's first minutes, timed: clone, install, `make demo`, `make test`, with empty caches.
+
+The clone gets its own HOME, pip cache and pocketlearn cache (a fresh temporary folder), so nothing this
+machine downloaded or converted before helps: what a new user waits for is what is measured. Writes
+benchmarks/results/first_hour.{json,md} and the README's `first-hour` section.
+
+    python benchmarks/first_hour.py              # install, demo, test
+    python benchmarks/first_hour.py --skip-test  # install and demo only (what CI times)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from readme_table import write_readme_section
+
+ROOT = Path(__file__).parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+# Goals from issue #15: install + demo within 5 minutes, the test suite within 10.
+GOALS = {"install + demo": 300.0, "test": 600.0}
+
+
+def fresh_env(home: Path) -> dict[str, str]:
+    """This environment with HOME and every cache pointed into ``home`` (empty)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    env.update(HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"), PIP_CACHE_DIR=str(home / ".cache" / "pip"),
+               POCKETLEARN_CACHE=str(home / ".cache" / "pocketlearn"), HF_HOME=str(home / ".cache" / "hf"))
+    env.pop("POCKETLEARN_PROGRESS_EVERY", None)
+    return env
+
+
+def timed(step: str, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, object]:
+    """Run one step with its output in ``log``; its wall time and exit code."""
+    print(f"{step}: {' '.join(command)} (log: {log})", flush=True)
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.run(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - start
+    print(f"{step}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {seconds:.0f} s", flush=True)
+    return {"step": step, "command": " ".join(command), "seconds": seconds, "exit_code": code}
+
+
+def run(skip_test: bool, keep: bool) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="pocketlearn-first-hour-"))
+    try:
+        home, clone = work / "home", work / "pocketlearn"
+        home.mkdir()
+        shared = ROOT.parent / "shared"
+        if shared.is_dir():  # the design notes and anchors live beside a checkout
+            (work / "shared").symlink_to(shared)
+        env = fresh_env(home)
+        steps = [timed("clone", ["git", "clone", "-q", str(ROOT), str(clone)], work, env, work / "clone.log")]
+        steps.append(timed("install", ["make", ".venv/.installed-stamp"], clone, env, work / "install.log"))
+        steps.append(timed("demo", ["make", "demo"], clone, env, work / "demo.log"))
+        if not skip_test:
+            steps.append(timed("test", ["make", "test"], clone, env, work / "test.log"))
+        tail = {s["step"]: _tail(work / f"{s['step']}.log") for s in steps if s["exit_code"] != 0}
+        return {"steps": steps, "failed_logs": tail, "commit": _commit(), "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                "cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "platform": platform.platform()}
+    finally:
+        if keep:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def goals(steps: list[dict[str, object]]) -> list[tuple[str, float, float, bool]]:
+    seconds = {str(s["step"]): float(s["seconds"]) for s in steps if s["exit_code"] == 0}  # type: ignore[arg-type]
+    rows = []
+    if "install" in seconds and "demo" in seconds:
+        total = seconds["install"] + seconds["demo"]
+        rows.append(("install + demo", total, GOALS["install + demo"], total <= GOALS["install + demo"]))
+    if "test" in seconds:
+        rows.append(("test", seconds["test"], GOALS["test"], seconds["test"] <= GOALS["test"]))
+    return rows
+
+
+def minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+
+
+def markdown(result: dict[str, object]) -> str:
+    steps: list[dict[str, object]] = result["steps"]  # type: ignore[assignment]
+    load = result["load_avg_at_start"]
+    lines = [f"Measured by `python benchmarks/first_hour.py` at commit {result['commit']} on {result['cpus']} CPUs "
+             f"(load average {load[0]:.1f} at start), from a clean clone with HOME and every cache empty:",  # type: ignore[index]
+             "", "| step | command | time | result |", "|---|---|---:|---|"]
+    for s in steps:
+        ok = "ok" if s["exit_code"] == 0 else f"failed (exit {s['exit_code']})"
+        lines.append(f"| {s['step']} | `{s['command']}` | {minutes(float(s['seconds']))} | {ok} |")  # type: ignore[arg-type]
+    lines += ["", "| goal | measured | target | met |", "|---|---:|---:|---|"]
+    lines += [f"| {name} | {minutes(value)} | ≤ {minutes(target)} | {'yes' if met else 'no'} |"
+              for name, value, target, met in goals(steps)]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--skip-test", action="store_true", help="install and demo only")
+    parser.add_argument("--keep", action="store_true", help="keep the clone and its logs")
+    args = parser.parse_args()
+    result = run(args.skip_test, args.keep)
+    name = "first_hour-quick" if args.skip_test else "first_hour"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
+    text = markdown(result)
+    (RESULTS / f"{name}.md").write_text(text)
+    if not args.skip_test:
+        write_readme_section("first-hour", text)
+    print(text)
+    for step, log in result["failed_logs"].items():  # type: ignore[union-attr]
+        print(f"--- end of the {step} log ---\n{log}", file=sys.stderr)
+    return 1 if result["failed_logs"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
