@@ -21,3 +21,57 @@ def test_the_ids_example_loads_and_a_typo_names_the_fields(tmp_path):
     (tmp_path / "bad.toml").write_text('[learner]\ndetektor = "adwin"\n')
     with pytest.raises(ConfigError, match="detektor"):
         load_ids_config(tmp_path / "bad.toml")
+
+
+# Each example at --set rounds=1 through the CLI, under a time limit (seconds on a shared 2-core machine: about
+# 4x what the header states, so that a busy machine passes and a setup that regressed to minutes does not).
+# Slow ones (a CCT round) run with `pytest -m slow`; the rest stay in the default suite.
+ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed-quick.toml": 300, "mixed.toml": 400,
+                     "phones.toml": 60, "vision-quick.toml": 300, "vision.toml": 400}
+SLOW = {"mixed.toml", "mixed-quick.toml", "vision.toml", "vision-quick.toml"}
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _one_round_case(path: Path) -> object:
+    marks = [pytest.mark.timeout(ONE_ROUND_LIMIT_S[path.name])]
+    if path.name in SLOW:
+        marks.append(pytest.mark.slow)
+    if "fashion-mnist" in path.read_text() and not (FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").is_file():
+        marks.append(pytest.mark.skip(reason=f"needs Debian's dataset-fashion-mnist in {FASHION_MNIST} "
+                                             "(sudo apt-get install dataset-fashion-mnist)"))
+    return pytest.param(path, marks=marks, id=path.name)
+
+
+def test_every_example_has_a_one_round_time_limit_and_states_its_duration():
+    assert sorted(ONE_ROUND_LIMIT_S) == [p.name for p in RUN_CONFIGS]
+    for path in [*RUN_CONFIGS, EXAMPLES / "ids.toml"]:
+        header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+        assert "on 2 cores" in header, f"{path.name}: its header comment states no duration on 2 cores"
+
+
+@pytest.mark.parametrize("path", [_one_round_case(p) for p in RUN_CONFIGS])
+def test_every_federated_example_runs_one_round_through_the_cli(path, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pocketlearn.cli.main import app
+
+    out = tmp_path / "summary.json"
+    result = CliRunner().invoke(app, ["fed", "simulate", str(path), "--set", "rounds=1", "--runs",
+                                      str(tmp_path / "runs"), "--quiet", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert len(summary["round_times"]) == 1 and summary["setup_s"] >= 0
+    assert (tmp_path / "runs" / load_config(path, []).name / "metrics.jsonl").is_file()
+
+
+@pytest.mark.timeout(60)
+def test_the_ids_example_runs_whole_through_the_cli():
+    from typer.testing import CliRunner
+
+    from pocketlearn.cli.main import app
+
+    result = CliRunner().invoke(app, ["ids", "--config", str(EXAMPLES / "ids.toml")])
+    assert result.exit_code == 0, result.output
+    assert "on-device" in result.output and "federated rounds:" in result.output
