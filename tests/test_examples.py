@@ -23,12 +23,12 @@ def test_the_ids_example_loads_and_a_typo_names_the_fields(tmp_path):
         load_ids_config(tmp_path / "bad.toml")
 
 
-# Each example at --set rounds=1 through the CLI, under a time limit (seconds on a shared 2-core machine: about
-# 4x what the header states, so that a busy machine passes and a setup that regressed to minutes does not).
-# Slow ones (a CCT round) run with `pytest -m slow`; the rest stay in the default suite.
-ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed-quick.toml": 300, "mixed.toml": 400,
-                     "phones.toml": 60, "vision-quick.toml": 300, "vision.toml": 400}
-SLOW = {"mixed.toml", "mixed-quick.toml", "vision.toml", "vision-quick.toml"}
+# Each example at --set rounds=1 through the CLI, under a time limit in seconds: many times what its header
+# states, as a busy shared 2-core machine runs them up to 10x slower; a setup that regresses to minutes fails.
+# The CCT ones run with `pytest -m slow`; the rest stay in the default suite.
+ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed.toml": 300, "phones.toml": 60,
+                     "vision-quick.toml": 120, "vision.toml": 400}
+SLOW = {"vision.toml", "vision-quick.toml"}  # a CCT round, and the Fashion-MNIST package
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
