@@ -32,7 +32,7 @@ class ModelSpec:
     # loads the model with its frozen base already stored as ``base`` ("q4", "q8"), never holding it in fp32;
     # None: build() in fp32, and a method with a quantized base converts it in place
     load_base: Callable[[str], nn.Module] | None = None
-    # the structure without weights (for a pretrained model, built from its config); None: build() on meta
+    # a pretrained model's structure on the meta device, built from its config (no weights); None: use build()
     skeleton: Callable[[], nn.Module] | None = None
 
     def build_with_base(self, base: str = "fp32") -> nn.Module:
