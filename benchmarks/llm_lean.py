@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pocketlearn.apps.llm import FederatedLLMConfig, find_user, run_federated, tokenize_user
+from pocketlearn.apps.llm import FederatedLLMConfig, find_user, get_choice, run_federated, tokenize_user
 from pocketlearn.apps.llm.federated import federated_users
 from pocketlearn.devices import format_bytes, get_device
 from pocketlearn.evaluate import batches_of, evaluate
@@ -37,7 +37,7 @@ from readme_table import write_readme_section
 RESULTS = Path(__file__).parent / "results"
 USER = "Hamlet/HAMLET"
 LORA = {"rank": 8, "optimizer": "adamw", "lr": 1e-3}
-MEZO = {"subset": "lora", "rank": 8, "lr": 1e-3, "eps": 1e-3}
+MEZO = {"subset": "lora", "rank": 8, "lr": 1e-3, "eps": 1e-3}  # trained with the app's lr for the architecture
 # cell name -> (method, options); "q4" is the 4-bit frozen base
 CELLS: dict[str, tuple[str, dict[str, Any]]] = {
     "inference fp32": ("inference", {}),
@@ -96,7 +96,10 @@ def train_curve(model: str, cell: str, steps: int, s: Settings, data: Any) -> li
     """(training seconds, held-out perplexity) every ``eval_every`` steps, starting at (0, before)."""
     method_name, options = CELLS[cell]
     torch.manual_seed(0)
-    method = make_method(method_name, build_model(model, options.get("base", "fp32")), **options)
+    net = build_model(model, options.get("base", "fp32"))
+    if method_name == "mezo":  # the app's stable learning rate for this architecture
+        options = options | {"lr": get_choice("mezo").with_overrides(model=net)["lr"]}
+    method = make_method(method_name, net, **options)
     x_test, y_test = data.x_test[:s.test_windows], data.y_test[:s.test_windows]
     batches = batches_of(data.x, data.y, 4, seed=0)
     curve, seconds = [(0.0, perplexity(method.model, x_test, y_test))], 0.0

@@ -87,10 +87,11 @@ def _quantized(name: str, load_fp32: Callable[[], nn.Module]) -> Callable[[str],
     """A loader of ``name`` with a quantized frozen base, cached as one file (built once from fp32)."""
 
     def load(base: str) -> nn.Module:
-        from pocketlearn.models.pretrained import cache_dir
+        from pocketlearn.models.pretrained import cache_dir, stored_widths
         from pocketlearn.quant.store import cached_quantized
 
-        return cached_quantized(cache_dir() / f"{name}-{base}.pt", base, load_fp32)
+        path = cache_dir() / f"{name}-{base}.pt"
+        return cached_quantized(path, base, load_fp32, widths=lambda: stored_widths(name))
 
     return load
 

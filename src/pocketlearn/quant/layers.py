@@ -27,11 +27,12 @@ class QuantizedWeights(nn.Module):
         self.register_buffer("qweight", matrix.data)
         self.register_buffer("qscale", matrix.scale)
         self.register_buffer("qoffset", matrix.offset)
+        self.register_buffer("qhigh", matrix.high)
         self.cols = matrix.cols
 
     @property
     def matrix(self) -> QuantizedMatrix:
-        return QuantizedMatrix(self.qweight, self.qscale, self.qoffset, self.cols)
+        return QuantizedMatrix(self.qweight, self.qscale, self.qoffset, self.cols, self.qhigh)
 
 
 class _QuantLinearFn(torch.autograd.Function):

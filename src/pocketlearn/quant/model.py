@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from typing import Literal
 
 from torch import Tensor, nn
@@ -23,18 +24,18 @@ def base_bits(base: str) -> Bits | None:
 
 
 def quantized_bits(model: nn.Module) -> Bits | None:
-    """The bits of the model's quantized layers (None when it has none)."""
+    """The bits of the model's base: its narrowest quantized layers (None when it has none)."""
     found = {m.matrix.bits for m in model.modules() if isinstance(m, QuantLinear | QuantEmbedding)}
-    if len(found) > 1:
-        raise ConfigError(f"the model mixes {sorted(found)}-bit layers; quantize it with one base")
-    return found.pop() if found else None
+    return min(found) if found else None
 
 
-def quantize_base(model: nn.Module, base: str, *, keep: tuple[str, ...] = ()) -> nn.Module:
+def quantize_base(model: nn.Module, base: str, *, keep: Collection[str] = (),
+                  widths: Mapping[str, Bits] | None = None) -> nn.Module:
     """Store every frozen Linear, the input embedding and a tied output head of ``model`` quantized, in place.
 
-    Layers named in ``keep`` (and any with a trainable weight) stay fp32. A model already quantized with the
-    same bits is left as it is, so a factory may hand over a model loaded quantized.
+    Layers named in ``keep`` (and any with a trainable weight) stay fp32; a layer named in ``widths`` gets
+    that many bits where the base has fewer (a model file that stored it wider). A model already quantized
+    with the same base is left as it is, so a factory may hand over a model loaded quantized.
     """
     bits = base_bits(base)
     if bits is None:
@@ -44,21 +45,26 @@ def quantize_base(model: nn.Module, base: str, *, keep: tuple[str, ...] = ()) ->
         if have != bits:
             raise ConfigError(f"the model's base is already {have}-bit; ask for base='q{have}' or load it in fp32")
         return model
-    _swap_embedding_and_head(model, bits, keep)
+    widths = widths or {}
+
+    def bits_of(name: str) -> Bits:
+        return max(bits, widths.get(name, bits))
+
+    _swap_embedding_and_head(model, bits_of, keep)
     for name, module in list(model.named_modules()):
         if type(module) is nn.Linear and name not in keep and not module.weight.requires_grad:
-            _replace(model, name, QuantLinear.from_linear(module, bits))
+            _replace(model, name, QuantLinear.from_linear(module, bits_of(name)))
     return model
 
 
-def _swap_embedding_and_head(model: nn.Module, bits: Bits, keep: tuple[str, ...]) -> None:
+def _swap_embedding_and_head(model: nn.Module, bits_of: Callable[[str], Bits], keep: Collection[str]) -> None:
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
     embedding = get_in() if callable(get_in) else None
     if not isinstance(embedding, nn.Embedding) or embedding.weight.requires_grad:
         return
     head = get_out() if callable(get_out) else None
     names = {m: n for n, m in model.named_modules()}
-    table = QuantEmbedding.from_embedding(embedding, bits)
+    table = QuantEmbedding.from_embedding(embedding, bits_of(names[embedding]))
     if names[embedding] not in keep:
         _replace(model, names[embedding], table)
     tied = isinstance(head, nn.Linear) and head.weight is embedding.weight and head.bias is None

@@ -67,3 +67,12 @@ def test_finetune_is_reproducible(repetitive_user):
     runs = [finetune(tiny_llama(), repetitive_user, FinetuneConfig("lora", steps=3))[1] for _ in range(2)]
     assert runs[0].losses == runs[1].losses
     torch.testing.assert_close(runs[0].perplexity_after, runs[1].perplexity_after)
+
+
+def test_a_choice_has_its_learning_rate_per_architecture_and_the_run_s_comes_first():
+    from tests.quant.conftest import tiny_gemma
+
+    mezo = get_choice("mezo")
+    assert mezo.with_overrides(model=tiny_llama())["lr"] == mezo.options["lr"]
+    assert mezo.with_overrides(model=tiny_gemma())["lr"] == mezo.lr_by_architecture["gemma3_text"] < mezo.options["lr"]
+    assert mezo.with_overrides(5e-5, model=tiny_gemma())["lr"] == 5e-5

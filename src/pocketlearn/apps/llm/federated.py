@@ -120,9 +120,9 @@ def federated_users(tokenizer: Tokenizer, config: FederatedLLMConfig) -> Federat
     return FederatedData(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), indices, names)
 
 
-def local_training(config: FederatedLLMConfig) -> LocalTraining:
+def local_training(config: FederatedLLMConfig, model: nn.Module | None = None) -> LocalTraining:
     choice = CHOICES[MODE_CHOICE[config.mode]]
-    options = choice.with_overrides(config.lr, config.options)
+    options = choice.with_overrides(config.lr, config.options, model)
     lr = float(options.pop("lr"))
     return LocalTraining(choice.method, config.epochs, config.batch_size, lr, options=tuple(sorted(options.items())),
                          shuffle_seed=config.seed + 2)
@@ -149,7 +149,7 @@ def _fits(template: nn.Module, config: FederatedLLMConfig, local: LocalTraining,
 
 def build_llm_server(template: nn.Module, data: FederatedData, config: FederatedLLMConfig) -> FederatedServer:
     """A :class:`FederatedServer` whose clients fine-tune ``template`` (left untouched) on their users' text."""
-    local = local_training(config)
+    local = local_training(config, template)
     torch.manual_seed(config.seed)
     options: dict[str, Any] = local.method_options()
     method = make_method(local.method, copy.deepcopy(template), **options)  # the global model

@@ -91,7 +91,7 @@ def finetune(model: nn.Module, data: UserData, config: FinetuneConfig, *, factor
     ``"smollm2-135m"``, needed to measure in a fresh process); without it the check is skipped.
     """
     choice = get_choice(config.method)
-    options = choice.with_overrides(config.lr, config.options)
+    options = choice.with_overrides(config.lr, config.options, model)
     batches = training_batches(data, config.batch_size, config.steps, config.seed)
     device = get_device(config.device) if config.device else None
     if device is not None and factory is None:
