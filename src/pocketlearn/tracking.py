@@ -14,8 +14,6 @@ from typing import Any
 
 from pocketlearn.errors import ConfigError
 
-TENSORBOARD_PIN = "tensorboard==2.21.0"  # pyproject.toml's pin
-
 
 def require_tensorboard() -> type:
     """``SummaryWriter``, or a :class:`ConfigError` saying how to install the package it needs."""
@@ -23,9 +21,9 @@ def require_tensorboard() -> type:
         import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it; its own error names no command)
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ConfigError(f"tracking to TensorBoard needs the tensorboard package, which is not installed: run "
-                          f"`pip install -c constraints.txt {TENSORBOARD_PIN}`, or leave out --tensorboard and the "
-                          "config's tracking.tensorboard") from None
+        raise ConfigError("tracking to TensorBoard needs the tensorboard package, which is not installed: run "
+                          "`pip install 'pocketlearn[tracking]'`, or leave out --tensorboard and the config's "
+                          "tracking.tensorboard") from None
     return SummaryWriter
 
 

@@ -130,3 +130,15 @@ def test_train_into_a_log_prints_progress_lines(tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("training (backprop): ")]
     assert len(lines) >= 4 and "elapsed, ETA" in lines[0] and lines[-1].split(", ")[-2] == "done", result.stdout
+
+
+def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path):
+    """Run as a user would, in a process where the tensorboard package cannot be imported."""
+    hide = "import sys, runpy; sys.modules['tensorboard'] = None; sys.argv[0] = 'pocketlearn'; " \
+           "runpy.run_module('pocketlearn.cli.main', run_name='__main__')"
+    result = subprocess.run([sys.executable, "-c", hide, "train", "--model", "digits-mlp", "--data", "digits",
+                             "--limit", "64", "--tensorboard", str(tmp_path / "tb")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'pocketlearn[tracking]'" in lines[0] and "Traceback" not in result.stderr

@@ -148,3 +148,32 @@ def test_frozen_a_from_a_shared_seed_is_the_same_on_every_device():
     a_second = dict(second.model.named_parameters())
     assert a_first and all(torch.equal(p, a_second[n]) for n, p in a_first.items())
     assert all(".lora_A." not in n for n in first.trainable_parameters())
+
+
+def test_the_factor_names_are_peft_s():
+    from peft.tuners.lora import LoraLayer
+
+    from pocketlearn.methods.lora import FACTORS
+
+    assert tuple(LoraLayer.adapter_layer_names) == FACTORS
+
+
+def test_the_fused_adapter_on_a_quantized_layer_matches_peft_s_forward_and_gradients():
+    import peft
+
+    from pocketlearn.methods.lora import inject_lora
+    from pocketlearn.quant import QuantLinear
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(QuantLinear.from_linear(torch.nn.Linear(40, 24), 4), torch.nn.LayerNorm(24))
+    inject_lora(net, rank=4, target_modules=["0"])
+    layer = net[0]
+    torch.nn.init.normal_(layer.lora_B["default"].weight)  # B starts at zero: make the adapter matter
+    x = torch.randn(3, 5, 40, requires_grad=True)
+    fused, reference = layer(x), peft.tuners.lora.Linear.forward(layer, x)
+    assert type(layer).forward is not peft.tuners.lora.Linear.forward
+    torch.testing.assert_close(fused, reference)
+    factors = [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
+    grads = [torch.autograd.grad(out.square().sum(), [x, *factors]) for out in (fused, reference)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -7,9 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pocketlearn.cli import catalog, demo, export, fed, har, ids, keyboard, llm, plan, privacy, report, train
 from pocketlearn.errors import PocketlearnError
+from pocketlearn.extras import missing_extra
 
 app = typer.Typer(help="Train neural networks where the data lives.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False,
@@ -48,12 +50,21 @@ llm.register(app)  # generate, llm finetune, llm federated
 
 
 def main() -> None:
-    """Run the CLI, turning pocketlearn's own errors into one clear line and exit code 2."""
+    """Run the CLI, turning pocketlearn's own errors (and a missing extra) into one clear line and exit code 2."""
     try:
         app()
     except PocketlearnError as err:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {err}", highlight=False)  # one line
-        sys.exit(2)
+        _fail(err)
+    except ModuleNotFoundError as err:
+        extra = missing_extra(err.name or "")
+        if extra is None:
+            raise
+        _fail(extra)
+
+
+def _fail(err: Exception) -> None:
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)  # one line
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from torch import nn
 
 from pocketlearn.devices import DeviceProfile, format_bytes
 from pocketlearn.errors import BudgetError, PocketlearnError, UnsupportedModelError
+from pocketlearn.extras import MissingExtra
 from pocketlearn.memory.estimate import Estimate, estimate, estimate_inference
 from pocketlearn.memory.measure import Measurement, ModelFactory, measure
 from pocketlearn.methods import available_methods, make_method
@@ -163,6 +164,8 @@ def _row(model: ModelFactory, name: str, batch: Batch, budget: int, options: dic
         est, trainable = _estimated(model, method, options, batch)
     except UnsupportedModelError as err:
         return PlanRow(name, supported=False, note=str(err).split(";")[0])
+    except MissingExtra as err:
+        return PlanRow(name, supported=False, note=str(err).split(": ", 1)[1])
     measured = measure(model, method, batch, options=options, steps=steps) if do_measure else None
     peak = measured.peak_bytes if measured else est.total
     return PlanRow(name, True, "", trainable, est, measured, fits=peak <= budget)
