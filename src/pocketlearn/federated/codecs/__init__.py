@@ -105,7 +105,8 @@ def _check_shapes(out: dict[str, Tensor], expected: dict[str, torch.Size]) -> No
 def make_codec(spec: str | None) -> Codec:
     """A codec from its spec: ``None``/``"float32"`` is uncompressed, else stages joined by ``+``.
 
-    Stages: fp16, bf16, q8/q4/q2/q1, topk0.01, sign, rot, rand0.3.
+    Stages are those of :data:`~pocketlearn.federated.codecs.stages.STAGES`: fp16, bf16, q8/q4/q2/q1, topk0.01,
+    sign, rot, rand0.3, rows.
     """
     if not spec or spec == "float32":
         return Codec()
