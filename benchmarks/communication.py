@@ -1,6 +1,6 @@
 """Accuracy against bytes uploaded, for every codec, on one federated workload; and MeZO's seed exchange.
 
-    python benchmarks/communication.py           # full: writes results/communication.{json,md,png} and README
+    python benchmarks/communication.py           # results/communication.{json,md,png}, docs/communication.md
     python benchmarks/communication.py --quick   # fewer rounds (CI)
 
 Workloads: digits, MLP 64-128-10, 100 clients (Dirichlet 0.5), 10 per round, FedAvg, 1 local epoch of SGD,
@@ -13,8 +13,6 @@ for MeZO clients (>= 1000x, on the tiny GPT: Shakespeare roles as clients).
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,12 +20,11 @@ from typing import Any
 
 from rich.console import Console
 
+from harness import Bench, goal, goal_table, parser, pyplot, save_figure
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.progress import progress_bars
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 CODECS = ["float32", "fp16", "bf16", "q8", "q4", "q2", "topk0.1", "topk0.1+q8", "topk0.01+q8", "sign",
           "topk0.01+q8 (no EF)", "rot+q2", "rot+rand0.5+q2", "rot+rand0.3+q2", "rot+rand0.2+q2", "rot+rand0.1+q2"]
@@ -81,11 +78,11 @@ def goals(runs: list[Run]) -> list[dict[str, Any]]:
         mine = [r for r in runs if r.workload == workload]
         base = next(r for r in mine if r.codec == "float32")
         best = max((r for r in mine if r.accuracy >= base.accuracy - 0.01), key=lambda r: r.ratio)
-        found.append({"goal": f"{workload}: upload compression within 1 point of float32 FedAvg",
-                      "value": best.ratio, "codec": best.codec, "target": ">= 32", "met": best.ratio >= 32})
+        found.append(goal(f"{workload}: upload compression within 1 point of float32 FedAvg", best.ratio, ">= 32",
+                          best.ratio >= 32, codec=best.codec))
     seeds = next(r for r in runs if r.workload == "mezo" and r.codec == "seeds")
-    found.append({"goal": "MeZO seed exchange upload compression (same model)", "value": seeds.ratio,
-                  "codec": "seeds", "target": ">= 1000", "met": seeds.ratio >= 1000})
+    found.append(goal("MeZO seed exchange upload compression (same model)", seeds.ratio, ">= 1000",
+                      seeds.ratio >= 1000, codec="seeds"))
     return found
 
 
@@ -101,19 +98,12 @@ def table(runs: list[Run], found: list[dict[str, Any]], rounds: dict[str, int]) 
     for r in runs:
         lines.append(f"| {r.workload} | {r.codec} | {r.bytes_up / 2**20:.3f} | {r.ratio:.1f}x | "
                      f"{r.bytes_down / 2**20:.2f} | {r.accuracy:.4f} |")
-    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {g['goal']} ({g['codec']}) | {g['value']:.1f}x | {g['target']} | {'yes' if g['met'] else '**no**'} |"
-              for g in found]
-    return "\n".join(lines) + "\n"
+    named = [g | {"goal": f"{g['goal']} ({g['codec']})"} for g in found]
+    return "\n".join(lines) + "\n\n" + goal_table(named, "{:.1f}x")
 
 
 def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(SEEDS), figsize=(12, 4.5))
+    fig, axes = pyplot().subplots(1, len(SEEDS), figsize=(12, 4.5))
     for ax, workload in zip(axes, SEEDS, strict=True):
         for r in (r for r in runs if r.workload == workload):
             ax.scatter(r.bytes_up / 2**20, r.accuracy)
@@ -121,15 +111,11 @@ def plot(runs: list[Run], path: Path) -> None:
                         textcoords="offset points")
         ax.set(xscale="log", xlabel="MiB uploaded by all clients (log)", ylabel="final test accuracy",
                title=f"accuracy vs upload, per codec ({workload}, FedAvg)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, no README update (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "fewer rounds (CI)").parse_args()
     rounds = {"digits": 10, "hapt": 5, "mezo": 1} if args.quick else {"digits": 40, "hapt": 30, "mezo": 3}
     seeds = {w: 1 if args.quick else n for w, n in SEEDS.items()}
     jobs = [(w, c, [codec_config(w, c, rounds[w], s) for s in range(seeds[w])]) for w in SEEDS for c in CODECS]
@@ -147,14 +133,10 @@ def main() -> None:
             if r.workload == workload:
                 r.ratio = base.bytes_up / r.bytes_up
     found = goals(runs)
-    stem = "communication-quick" if args.quick else "communication"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"runs": [asdict(r) for r in runs], "goals": found}, indent=1))
     text = table(runs, found, rounds)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(runs, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("communication", text)
+    Bench("communication", args.quick).publish({"runs": [asdict(r) for r in runs], "goals": found}, text,
+                                               plot=lambda path: plot(runs, path),
+                                               figure="accuracy against upload, per codec")
     console.print(text)
 
 

@@ -1,6 +1,6 @@
 """Real devices through Flower against the in-process simulator: rounds per minute and bytes on the wire.
 
-    python benchmarks/deploy.py           # full: writes results/deploy.{json,md}
+    python benchmarks/deploy.py           # full: writes results/deploy.{json,md} and docs/deploy.md
     python benchmarks/deploy.py --quick   # fewer rounds (CI); results/deploy-quick.*
 
 Workload: digits, MLP 64-128-10, 5 clients (Dirichlet 0.5), all 5 every round, FedAvg, 1 local epoch of SGD;
@@ -16,7 +16,6 @@ join``'s worker); all processes share this machine's cores, so a deployed round 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,6 +29,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, parser
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.flower.launch import stop_trees
@@ -37,9 +37,7 @@ from pocketlearn.federated.flower.partition import write_partition
 from pocketlearn.federated.flower.tls import default_names, device_key, self_signed
 from pocketlearn.federated.metrics import read_metrics
 from pocketlearn.progress import working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 POCKETLEARN = str(Path(sys.executable).parent / "pocketlearn")
 console = Console()
 
@@ -217,15 +215,13 @@ def table(runs: dict[str, tuple[dict[str, Any], dict[str, Any], float]], rounds:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 5 (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "2 rounds instead of 5 (CI)").parse_args()
     rounds, devices = (2, 5) if args.quick else (5, 5)
-    stem = "deploy-quick" if args.quick else "deploy"
+    bench = Bench("deploy", args.quick)
     runs: dict[str, tuple[dict[str, Any], dict[str, Any], float]] = {}
     for name, secagg in (("plain", False), ("secure aggregation", True)):
         raw = config(rounds, devices, secagg)
-        work = RESULTS / f"{stem}-runs" / raw["name"]
+        work = bench.path("-runs") / raw["name"]
         work.mkdir(parents=True, exist_ok=True)
         with working(console, f"{name}: simulating"):
             sim = simulate(raw)
@@ -238,10 +234,7 @@ def main() -> None:
     out = {name: {k: v for k, v in dep.items() if k != "params"} | {
         "simulator": {k: v for k, v in sim.items() if k != "params"}, "max_weight_diff": max_diff}
         for name, (sim, dep, max_diff) in runs.items()} | {"rounds": rounds, "devices": devices}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
-    (RESULTS / f"{stem}.md").write_text(text)
-    if not args.quick:
-        write_readme_section("deploy", text)
+    bench.publish(out, text)
     console.print(text)
 
 

@@ -1,6 +1,6 @@
 """The training step exported to ExecuTorch vs the same step in eager PyTorch: .pte size, peak memory, step time.
 
-    python benchmarks/export.py            # full run (4-9 min on 2 shared cores): writes results/export.{json,md}
+    python benchmarks/export.py            # 4-9 min on 2 shared cores: results/export.{json,md}, docs/export.md
     python benchmarks/export.py --quick    # MLP and CNN only, fewer steps: writes results/export-quick.*
 
 Each (model, runtime) runs in a fresh process, one thread. The child imports torch, pocketlearn's methods and
@@ -29,13 +29,12 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, parser
 from pocketlearn.devices import format_bytes
 from pocketlearn.errors import PocketlearnError
 from pocketlearn.memory.measure import _MALLOC_ENV
 from pocketlearn.progress import working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 
 
@@ -160,10 +159,9 @@ def markdown(rows: list[Row], header: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="MLP and CNN only, fewer steps (CI)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    cli = parser(__doc__, "MLP and CNN only, fewer steps (CI)")
+    cli.add_argument("--child", help=argparse.SUPPRESS)
+    args = cli.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
@@ -178,17 +176,12 @@ def main() -> None:
                     status.update(f"measuring {case.model} ({case.method}) in {runtime}")
                     setattr(row, runtime, run_child(runtime, case, program, steps))
             rows.append(row)
-    stem = "export-quick" if args.quick else "export"
     header = (f"Measured by `python benchmarks/export.py{' --quick' if args.quick else ''}` in "
               f"{time.time() - start:.0f} s: one thread, {steps} steps after a warm-up, SGD; peak = RSS above an "
               f"import-matched baseline, in a fresh process per cell. Load average {load:.1f} → "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: above ~1 per core, step times are noisy.")
     table = markdown(rows, header)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps([asdict(r) for r in rows], indent=2))
-    (RESULTS / f"{stem}.md").write_text(table)
-    if not args.quick:
-        write_readme_section("export", table)
+    Bench("export", args.quick).publish([asdict(r) for r in rows], table)
     print(table)
 
 

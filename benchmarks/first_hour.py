@@ -5,7 +5,7 @@ and data packages), and that is part of its time.
 
 The clone gets its own HOME, pip cache and pocketlearn cache (a fresh temporary folder), so nothing this
 machine downloaded or converted before helps: what a new user waits for is what is measured. Writes
-benchmarks/results/first_hour.{json,md} and the README's `first-hour` section.
+benchmarks/results/first_hour.{json,md} and the README's `first-hour` section (--skip-test: first_hour-quick.*).
 
     python benchmarks/first_hour.py              # install, demo, test
     python benchmarks/first_hour.py --skip-test  # install and demo only (what CI times)
@@ -14,7 +14,6 @@ benchmarks/results/first_hour.{json,md} and the README's `first-hour` section.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -24,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from readme_table import write_readme_section
+from harness import Bench, goal, goal_table
 
 ROOT = Path(__file__).parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 # Goals from issue #15: install + demo within 5 minutes, the test suite within 10.
 GOALS = {"install + demo": 300.0, "test": 600.0}
 
@@ -85,15 +83,12 @@ def _commit() -> str:
                           text=True).stdout.strip()
 
 
-def goals(steps: list[dict[str, object]]) -> list[tuple[str, float, float, bool]]:
+def goals(steps: list[dict[str, object]]) -> list[dict[str, object]]:
     seconds = {str(s["step"]): float(s["seconds"]) for s in steps if s["exit_code"] == 0}  # type: ignore[arg-type]
-    rows = []
     if "install" in seconds and "demo" in seconds:
-        total = seconds["install"] + seconds["demo"]
-        rows.append(("install + demo", total, GOALS["install + demo"], total <= GOALS["install + demo"]))
-    if "test" in seconds:
-        rows.append(("test", seconds["test"], GOALS["test"], seconds["test"] <= GOALS["test"]))
-    return rows
+        seconds["install + demo"] = seconds["install"] + seconds["demo"]
+    return [goal(name, minutes(seconds[name]), f"≤ {minutes(limit)}", seconds[name] <= limit)
+            for name, limit in GOALS.items() if name in seconds]
 
 
 def minutes(seconds: float) -> str:
@@ -109,10 +104,7 @@ def markdown(result: dict[str, object]) -> str:
     for s in steps:
         ok = "ok" if s["exit_code"] == 0 else f"failed (exit {s['exit_code']})"
         lines.append(f"| {s['step']} | `{s['command']}` | {minutes(float(s['seconds']))} | {ok} |")  # type: ignore[arg-type]
-    lines += ["", "| goal | measured | target | met |", "|---|---:|---:|---|"]
-    lines += [f"| {name} | {minutes(value)} | ≤ {minutes(target)} | {'yes' if met else 'no'} |"
-              for name, value, target, met in goals(steps)]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(goals(steps), "{}")
 
 
 def main() -> int:
@@ -121,13 +113,8 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the clone and its logs")
     args = parser.parse_args()
     result = run(args.skip_test, args.keep)
-    name = "first_hour-quick" if args.skip_test else "first_hour"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1))
     text = markdown(result)
-    (RESULTS / f"{name}.md").write_text(text)
-    if not args.skip_test:
-        write_readme_section("first-hour", text)
+    Bench("first_hour", args.skip_test, section="first-hour").publish(result, text)
     print(text)
     for step, log in result["failed_logs"].items():  # type: ignore[union-attr]
         print(f"--- end of the {step} log ---\n{log}", file=sys.stderr)

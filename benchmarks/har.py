@@ -1,7 +1,7 @@
 """Activity recognition personalised per user: accuracy before/after per method, measured memory vs budgets,
 and FedAvg across all 30 users.
 
-    python benchmarks/har.py            # full run (~75 s on 2 cores), rewrites results/har.* and README
+    python benchmarks/har.py            # full run (~75 s on 2 cores), rewrites results/har.* and docs/har.md
     python benchmarks/har.py --quick    # small slices, for CI; writes results/har-quick.*
 
 A base model is pretrained on users 1-20; each of users 21-30 personalises it on the first half of each of their
@@ -13,8 +13,6 @@ weights alone (0.8 MB) exceed a 512 KiB MCU, so the MCU candidate is har-tiny (7
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,13 +21,12 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, goal_summary, goal_table, parser, pyplot, save_figure
 from pocketlearn.apps.har.federated import FederatedHarConfig, FederatedHarResult, run_federated
 from pocketlearn.apps.har.personalize import HarResult, PersonalizeConfig, run_personalization
 from pocketlearn.apps.har.report import federated_rows, markdown_table, not_run, summary_header, summary_rows
 from pocketlearn.progress import working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 DEVICES = ("mcu-512k", "pi-zero-512m", "phone-1g")
 console = Console()
 
@@ -58,13 +55,8 @@ def goals(result: HarResult, fed: FederatedHarResult) -> list[dict[str, Any]]:
 
 
 def plot(result: HarResult, fed: FederatedHarResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = result.config["models"]
-    fig, axes = plt.subplots(1, len(models) + 1, figsize=(5 * (len(models) + 1), 4.2))
+    fig, axes = pyplot().subplots(1, len(models) + 1, figsize=(5 * (len(models) + 1), 4.2))
     for ax, model in zip(axes, models, strict=False):
         rows = [s for s in result.summary() if s["model"] == model]
         names = [s["method"] for s in rows]
@@ -77,9 +69,7 @@ def plot(result: HarResult, fed: FederatedHarResult, path: Path) -> None:
     scored = [(r["round"], r["test_accuracy"]) for r in fed.rounds if "test_accuracy" in r]
     axes[-1].plot([r for r, _ in scored], [a for _, a in scored], marker=".")
     axes[-1].set(xlabel="round", ylabel="accuracy on users' later windows", title="FedAvg, 30 users as clients")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(result: HarResult, fed: FederatedHarResult, found: list[dict[str, Any]]) -> str:
@@ -97,15 +87,11 @@ def report(result: HarResult, fed: FederatedHarResult, found: list[dict[str, Any
     fed_rows = federated_rows(fed)
     shown = fed_rows[:: max(1, len(fed_rows) // 6)]
     text += markdown_table(["round", "accuracy", "bytes up"], shown + [r for r in fed_rows[-1:] if r not in shown])
-    text += "\n"
-    text += "\n".join(f"- {'met' if g['met'] else 'NOT met'}: {g['goal']} ({g['detail']})" for g in found) + "\n"
-    return text
+    return text + "\n" + goal_table(found, columns=("detail",))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two users, one small model, few rounds (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "two users, one small model, few rounds (CI)").parse_args()
     torch.set_num_threads(1)  # shared cores: timings and memory of one thread
     start = time.perf_counter()
     if args.quick:
@@ -120,17 +106,13 @@ def main() -> None:
         status.update("federated")
         fed = run_federated(fed_config)
     found = goals(result, fed)
-    stem = "har-quick" if args.quick else "har"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(
-        {"personalization": result.to_json(), "federated": fed.to_json(), "goals": found,
-         "seconds": time.perf_counter() - start}, indent=1))
     text = report(result, fed, found)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(result, fed, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("har", text)
+    Bench("har", args.quick).publish({"personalization": result.to_json(), "federated": fed.to_json(), "goals": found,
+                                      "seconds": time.perf_counter() - start}, text,
+                                     plot=lambda path: plot(result, fed, path),
+                                     figure="personalised accuracy per method, and FedAvg across users")
     console.print(text)
+    console.print(goal_summary(found), style="bold")
     console.print(f"{time.perf_counter() - start:.0f} s; mean before "
                   f"{statistics.mean(u.before for u in result.users):.3f}")
 

@@ -1,27 +1,22 @@
 """IDS under drift: frozen cloud model vs. on-device updates on drift vs. federated, on KDD-Cup-99 and Phishing.
 
-Writes benchmarks/results/ids.{json,md,png}; ``--quick`` runs a smaller setting for CI. Full run: a few minutes
-on 2 cores.
+    python benchmarks/ids.py           # a few minutes on 2 cores: results/ids.{json,md,png} and docs/ids.md
+    python benchmarks/ids.py --quick   # two devices, fewer epochs (CI): results/ids-quick.*
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from pocketlearn.apps.ids.device import LearnerConfig  # noqa: E402
-from pocketlearn.apps.ids.model import BaseModelConfig  # noqa: E402
-from pocketlearn.apps.ids.run import IdsConfig, IdsResult, rolling_accuracy, run_ids  # noqa: E402
-from pocketlearn.apps.ids.stream import ScenarioConfig  # noqa: E402
-from pocketlearn.devices import format_bytes  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
+from harness import Bench, goal_summary, goal_table, parser, pyplot, save_figure
+from pocketlearn.apps.ids.device import LearnerConfig
+from pocketlearn.apps.ids.model import BaseModelConfig
+from pocketlearn.apps.ids.run import IdsConfig, IdsResult, rolling_accuracy, run_ids
+from pocketlearn.apps.ids.stream import ScenarioConfig
+from pocketlearn.devices import format_bytes
 
 
 def summarize(name: str, result: IdsResult, seconds: float) -> dict:
@@ -56,13 +51,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(result: IdsResult, width: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     streams = result.scenario.streams
-    fig, axes = plt.subplots(1, len(streams), figsize=(4 * len(streams), 3.2), sharey=True, squeeze=False)
+    fig, axes = pyplot().subplots(1, len(streams), figsize=(4 * len(streams), 3.2), sharey=True, squeeze=False)
     for ax, s in zip(axes[0], streams, strict=True):
         for mode, res in result.modes.items():
             ax.plot(rolling_accuracy(res.correct[s.device], width), label=mode)
@@ -75,15 +65,24 @@ def plot(result: IdsResult, width: int, path: Path) -> None:
         ax.set_xlabel("stream position")
     axes[0][0].set_ylabel(f"prequential accuracy (last {width})")
     axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+def goals(row: dict) -> list[dict]:
+    """Claims checked against the first (KDD, ADWIN) run."""
+    after = row["accuracy_after_drift"]
+    claims = {
+        "(b) on-device beats (a) frozen after drift": after["on-device"] > after["frozen"],
+        "(c) federated >= (b) on-device after drift": after["federated"] >= after["on-device"],
+        "new type detected on every device": all(d is not None for d in next(iter(row["detection_delay"].values()))),
+        "no false alarm in the stable prefix": row["false_alarms_stable_prefix"] == 0,
+        "updates fit the device budget": row["peak_update_bytes"] > 0,
+    }
+    return [{"goal": text, "met": ok} for text, ok in claims.items()]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small setting for CI")
-    args = parser.parse_args()
+    args = parser(__doc__, "small setting for CI").parse_args()
     kdd = IdsConfig()
     if args.quick:
         kdd = replace(kdd, scenario=ScenarioConfig(devices=2), learner=LearnerConfig(epochs=6),
@@ -102,29 +101,12 @@ def main() -> None:
         first = first or result
         print(f"{name}: {json.dumps(rows[-1]['accuracy_after_drift'])} delay {rows[-1]['detection_delay']} "
               f"({rows[-1]['seconds']} s)", flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    suffix = "-quick" if args.quick else ""  # ids-quick.*: CI never overwrites the full results (git-ignored)
-    (RESULTS / f"ids{suffix}.json").write_text(json.dumps(rows, indent=2) + "\n")
     text = markdown(rows)
-    (RESULTS / f"ids{suffix}.md").write_text(text)
-    plot(first, kdd.rolling, RESULTS / f"ids{suffix}.png")
+    Bench("ids", args.quick).publish(rows, text, plot=lambda path: plot(first, kdd.rolling, path),
+                                     figure="prequential accuracy per device under drift")
     print(text)
-    main_row = rows[0]
-    after = main_row["accuracy_after_drift"]
-    goals = {
-        "(b) on-device beats (a) frozen after drift": after["on-device"] > after["frozen"],
-        "(c) federated >= (b) on-device after drift": after["federated"] >= after["on-device"],
-        "new type detected on every device": all(d is not None
-                                                 for d in next(iter(main_row["detection_delay"].values()))),
-        "no false alarm in the stable prefix": main_row["false_alarms_stable_prefix"] == 0,
-        "updates fit the device budget": main_row["peak_update_bytes"] > 0,
-    }
-    for goal, ok in goals.items():
-        print(f"[{'MET' if ok else 'NOT MET'}] {goal}")
-    if not args.quick:
-        from readme_table import write_readme_section
-
-        print("README updated" if write_readme_section("ids", text) else "README markers for ids absent")
+    found = goals(rows[0])
+    print(goal_table(found, columns=()) + goal_summary(found))
 
 
 if __name__ == "__main__":

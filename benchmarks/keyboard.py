@@ -1,6 +1,6 @@
 """Keyboard next-word prediction: what federated fine-tuning gains over the pretrained model, with and without DP.
 
-    python benchmarks/keyboard.py           # writes results/keyboard.{json,md,png} and the README section
+    python benchmarks/keyboard.py           # writes results/keyboard.{json,md,png} and docs/keyboard.md
     python benchmarks/keyboard.py --quick   # 20 users, 2 rounds, a sliver of pretraining (CI)
 
 The model (word-level GPT, 10,000-word vocabulary, 3.0M parameters) is pretrained on the fortune database,
@@ -12,8 +12,6 @@ pretrained-only with and without DP, and the upload saved by partial embedding u
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,12 +19,11 @@ from typing import Any
 
 from rich.console import Console
 
+from harness import Bench, goal, goal_table, parser, pyplot, save_figure
 from pocketlearn.apps.keyboard.pretrain import PretrainConfig
 from pocketlearn.apps.keyboard.run import KeyboardConfig, run_keyboard
 from pocketlearn.progress import progress_bars
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 
 
@@ -75,9 +72,7 @@ def table(rows: list[Row], before: dict[str, float], cfg: KeyboardConfig, found:
         eps = f"{r.epsilon:.2f}" if r.epsilon is not None else "∞"
         lines.append(f"| federated {r.run} | {r.update} | {eps} | {r.top1:.2%} | {r.top3:.2%} | {r.perplexity:.1f} | "
                      f"{r.upload_per_client / 2**10:,.0f} KiB | {r.peak_bytes / 2**20:.0f} MiB |")
-    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {g['goal']} | {g['value']} | {g['target']} | {'yes' if g['met'] else '**no**'} |" for g in found]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(found, "{}")
 
 
 def goals(rows: list[Row], before: dict[str, float]) -> list[dict[str, Any]]:
@@ -85,22 +80,15 @@ def goals(rows: list[Row], before: dict[str, float]) -> list[dict[str, Any]]:
     gain, dp_gain = by["partial"].top1 - before["accuracy"], by["dp"].top1 - before["accuracy"]
     saved = by["full"].upload_per_client / by["partial"].upload_per_client
     return [
-        {"goal": "top-1 gain of federated fine-tuning (partial rows, no DP)", "value": f"{gain * 100:+.2f} pts",
-         "target": "> 0", "met": gain > 0},
-        {"goal": f"top-1 gain with DP-FedAvg (ε = {by['dp'].epsilon:.2f})", "value": f"{dp_gain * 100:+.2f} pts",
-         "target": "> 0 at ε ≤ 8", "met": dp_gain > 0 and (by["dp"].epsilon or 99) <= 8},
-        {"goal": "upload saved by partial embedding updates vs full model", "value": f"{saved:.1f}x",
-         "target": "> 1", "met": saved > 1},
+        goal("top-1 gain of federated fine-tuning (partial rows, no DP)", f"{gain * 100:+.2f} pts", "> 0", gain > 0),
+        goal(f"top-1 gain with DP-FedAvg (ε = {by['dp'].epsilon:.2f})", f"{dp_gain * 100:+.2f} pts", "> 0 at ε ≤ 8",
+             dp_gain > 0 and (by["dp"].epsilon or 99) <= 8),
+        goal("upload saved by partial embedding updates vs full model", f"{saved:.1f}x", "> 1", saved > 1),
     ]
 
 
 def plot(rows: list[Row], before: dict[str, float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = pyplot().subplots(figsize=(7, 4.5))
     for r in rows:
         ax.scatter(r.upload_per_client / 2**10, r.top1 * 100, s=40)
         ax.annotate(f"{r.run} ({r.update})", (r.upload_per_client / 2**10, r.top1 * 100), fontsize=8,
@@ -109,15 +97,11 @@ def plot(rows: list[Row], before: dict[str, float], path: Path) -> None:
     ax.set(xscale="log", xlabel="upload per client per round (KiB, log)", ylabel="next-word top-1 accuracy (%)",
            title="keyboard: federated fine-tuning on Shakespeare users")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny run, no README update (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "20 users, 2 rounds, a sliver of pretraining (CI)").parse_args()
     runs, rows, before = configs(args.quick), [], {}
     work = Path("runs") / "bench-keyboard"
     with progress_bars(console=console) as progress:
@@ -128,15 +112,10 @@ def main() -> None:
             rows.append(row)
             progress.advance(task)
     found = goals(rows, before)
-    stem = "keyboard-quick" if args.quick else "keyboard"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"before": before, "runs": [r.__dict__ for r in rows],
-                                                       "goals": found}, indent=1))
     text = table(rows, before, runs["partial"], found)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(rows, before, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("keyboard", text)
+    Bench("keyboard", args.quick).publish({"before": before, "runs": [r.__dict__ for r in rows], "goals": found},
+                                          text, plot=lambda path: plot(rows, before, path),
+                                          figure="top-1 accuracy against upload per client")
     console.print(text)
 
 

@@ -1,6 +1,6 @@
 """SmolLM2-135M fine-tuned on Shakespeare users: on one device (LoRA, MeZO) and federated (FedIT, MeZO seeds).
 
-    python benchmarks/llm.py            # full run (~12 min on 2 cores): results/llm.{json,md,png}, README "llm"
+    python benchmarks/llm.py            # full run (~12 min on 2 cores): results/llm.{json,md,png}, docs/llm.md
     python benchmarks/llm.py --quick    # a few steps of each, for CI: results/llm-quick.*
 
 One device: held-out perplexity of one user's last 20% lines before and after fine-tuning, the step's peak
@@ -11,8 +11,6 @@ after each round, and the bytes each client uploads (serialized payloads). Ratio
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, goal, goal_summary, goal_table, parser, pyplot, save_figure
 from pocketlearn.apps.llm import (
     FederatedLLMConfig,
     FinetuneConfig,
@@ -34,9 +33,7 @@ from pocketlearn.apps.llm.federated import federated_users
 from pocketlearn.devices import format_bytes
 from pocketlearn.models.pretrained import load_smollm2
 from pocketlearn.progress import working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 USER = "Hamlet/HAMLET"  # the role with the most lines
 MODEL = "smollm2-135m"
 console = Console()
@@ -101,26 +98,26 @@ def federated(s: Settings, tokenizer: Any) -> list[dict[str, Any]]:
 
 
 def goals(device_rows: list[dict[str, Any]], fed_runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-
-    def goal(text: str, value: float, target: str, ok: bool) -> None:
-        out.append({"goal": text, "value": value, "target": target, "met": bool(ok)})
-
+    out: list[dict[str, Any]] = []
+    add = out.append
     by = {r["method"]: r for r in device_rows}
-    goal("one device: mezo peak / inference peak", by["mezo"]["peak_vs_inference"], "<= 1.3",
-         by["mezo"]["peak_vs_inference"] <= 1.3)
+    add(goal("one device: mezo peak / inference peak", by["mezo"]["peak_vs_inference"], "<= 1.3",
+             by["mezo"]["peak_vs_inference"] <= 1.3))
     for m in ("lora", "mezo"):
         r = by[m]["perplexity_after"] / by[m]["perplexity_before"]
-        goal(f"one device: {m} held-out perplexity after / before", r, "< 1", r < 1)
+        add(goal(f"one device: {m} held-out perplexity after / before", r, "< 1", r < 1))
     up = {run["mode"]: sum(p["bytes_up_per_client"] for p in run["rounds"][1:]) / max(len(run["rounds"]) - 1, 1)
           for run in fed_runs}
-    goal("federated: mezo seeds upload per client-round (KB)", up["mezo"] / 1e3, "<= 10", up["mezo"] <= 10e3)
-    goal("federated: fedit LoRA upload per client-round (MB)", up["fedit"] / 1e6, "(reference)", True)
-    goal("federated: fedit upload / mezo upload", up["fedit"] / up["mezo"], ">= 100", up["fedit"] / up["mezo"] >= 100)
-    goal("federated: portion upload / fedit upload", up["portion"] / up["fedit"], "< 1", up["portion"] < up["fedit"])
+    add(goal("federated: mezo seeds upload per client-round (KB)", up["mezo"] / 1e3, "<= 10", up["mezo"] <= 10e3))
+    add(goal("federated: fedit LoRA upload per client-round (MB)", up["fedit"] / 1e6, "(reference)", True))
+    add(goal("federated: fedit upload / mezo upload", up["fedit"] / up["mezo"], ">= 100",
+             up["fedit"] / up["mezo"] >= 100))
+    add(goal("federated: portion upload / fedit upload", up["portion"] / up["fedit"], "< 1",
+             up["portion"] < up["fedit"]))
     for run in fed_runs:
         first, last = run["rounds"][0]["perplexity"], run["rounds"][-1]["perplexity"]
-        goal(f"federated {run['mode']}: held-out perplexity last round / round 0", last / first, "< 1", last < first)
+        add(goal(f"federated {run['mode']}: held-out perplexity last round / round 0", last / first, "< 1",
+                 last < first))
     return out
 
 
@@ -142,10 +139,7 @@ def markdown(device_rows: list[dict[str, Any]], fed_runs: list[dict[str, Any]], 
             size = "" if p["round"] == 0 else _size(p["bytes_up_per_client"])
             lines.append(f"| {run['mode']} | {p['round']} | {p['perplexity']:.2f} | {size} | {p['clients']} | "
                          f"{p['seconds']:.0f} |")
-    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {g['goal']} | {g['value']:.3f} | {g['target']} | {'yes' if g['met'] else '**no**'} |"
-              for g in goal_rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(goal_rows)
 
 
 def _size(n: float) -> str:
@@ -153,12 +147,7 @@ def _size(n: float) -> str:
 
 
 def plot(fed_runs: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for run in fed_runs:
         rounds = run["rounds"]
         up = sum(p["bytes_up_per_client"] for p in rounds[1:]) / max(len(rounds) - 1, 1)
@@ -168,18 +157,15 @@ def plot(fed_runs: list[dict[str, Any]], path: Path) -> None:
     ax.set_ylabel("held-out perplexity")
     ax.set_title("SmolLM2-135M, federated over Shakespeare users")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a few steps and one round of each (CI)")
-    parser.add_argument("--threads", type=int, default=1,
+    cli = parser(__doc__, "a few steps and one round of each (CI)")
+    cli.add_argument("--threads", type=int, default=1,
                         help="intra-op threads, here and in the measuring processes (default 1: on shared cores a "
                              "spinning 2-thread team was 20x slower per step, one thread at most ~1.6x)")
-    args = parser.parse_args()
+    args = cli.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by the fresh processes that measure memory
     torch.set_num_threads(args.threads)
     settings = QUICK if args.quick else FULL
@@ -189,22 +175,15 @@ def main() -> None:
     device_rows = one_device(settings, tokenizer)
     fed_runs = federated(settings, tokenizer)
     goal_rows = goals(device_rows, fed_runs)
-    stem = "llm-quick" if args.quick else "llm"
     header = (f"Measured by `python benchmarks/llm.py{' --quick' if args.quick else ''}` in "
               f"{time.time() - start:.0f} s on {torch.get_num_threads()} threads: SmolLM2-135M, windows of "
               f"{settings.seq_len} tokens.")
     table = markdown(device_rows, fed_runs, goal_rows, header)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"one_device": device_rows, "federated": fed_runs,
-                                                      "goals": goal_rows}, indent=2))
-    (RESULTS / f"{stem}.md").write_text(table)
-    plot(fed_runs, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("llm", table)
+    Bench("llm", args.quick).publish({"one_device": device_rows, "federated": fed_runs, "goals": goal_rows}, table,
+                                     plot=lambda path: plot(fed_runs, path),
+                                     figure="held-out perplexity per federated round")
     print(table)
-    missed = [g["goal"] for g in goal_rows if not g["met"]]
-    console.print(f"[bold]{len(goal_rows) - len(missed)}/{len(goal_rows)} goals met[/]" +
-                  (f"; missed: {missed}" if missed else ""))
+    console.print(goal_summary(goal_rows), style="bold")
 
 
 if __name__ == "__main__":

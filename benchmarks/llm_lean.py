@@ -1,6 +1,6 @@
 """LLM fine-tuning on a budget phone: a 4-bit frozen base, lean backprop and MeZO, SmolLM2-135M and Gemma-3-270M.
 
-    python benchmarks/llm_lean.py            # full run: results/llm_lean.{json,md,png}, README "llm-lean"
+    python benchmarks/llm_lean.py            # full run: results/llm_lean.{json,md,png}, docs/llm.md
     python benchmarks/llm_lean.py --quick    # SmolLM2 only, a few steps, for CI: results/llm_lean-quick.*
 
 Memory cells: one step at batch 4 x 128 tokens, each in a fresh process (pocketlearn.memory.measure: VmHWM above
@@ -12,8 +12,6 @@ a `phone-1g`. Every ratio and goal comes from this one run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ from typing import Any
 
 import torch
 
+from harness import Bench, goal, goal_summary, goal_table, parser, pyplot, save_figure
 from pocketlearn.apps.llm import FederatedLLMConfig, find_user, get_choice, run_federated, tokenize_user
 from pocketlearn.apps.llm.federated import federated_users
 from pocketlearn.devices import format_bytes, get_device
@@ -32,9 +31,7 @@ from pocketlearn.methods import make_method
 from pocketlearn.methods.base import forward_loss
 from pocketlearn.models import build_model, get_model_spec
 from pocketlearn.models.pretrained import load_tokenizer
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 USER = "Hamlet/HAMLET"
 LORA = {"rank": 8, "optimizer": "adamw", "lr": 1e-3}
 MEZO = {"subset": "lora", "rank": 8, "lr": 1e-3, "eps": 1e-3}  # trained with the app's lr for the architecture
@@ -163,36 +160,32 @@ def step_at(curves: dict[str, list[tuple[float, float]]], cell: str, steps: int,
 
 
 def goals(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
-    rows = []
-
-    def goal(text: str, value: float, target: str, ok: bool) -> None:
-        rows.append({"goal": text, "value": value, "target": target, "met": bool(ok)})
-
+    rows: list[dict[str, Any]] = []
+    add = rows.append
     for model, r in results["models"].items():
         mem, curves = r["memory"], r["curves"]
         s = replace(s, steps=r["steps"], mezo_steps=r["mezo_steps"])
         peak = {k: v["peak_bytes"] for k, v in mem.items()}
         step = training_seconds(r, s)
         limit = GOAL_MIB[model]
-        goal(f"{model}: 4-bit LoRA step peak (MiB)", peak["lora q4"] / 2**20, f"<= {limit}",
-             peak["lora q4"] <= limit * 2**20)
+        add(goal(f"{model}: 4-bit LoRA step peak (MiB)", peak["lora q4"] / 2**20, f"<= {limit}",
+                 peak["lora q4"] <= limit * 2**20))
         lean = min(peak["lora q4"], peak["lora q4, micro-batch 1"])
-        goal(f"{model}: leanest 4-bit LoRA peak / 4-bit MeZO peak", lean / peak["mezo q4"], "<= 1.2",
-             lean <= 1.2 * peak["mezo q4"])
+        add(goal(f"{model}: leanest 4-bit LoRA peak / 4-bit MeZO peak", lean / peak["mezo q4"], "<= 1.2",
+                 lean <= 1.2 * peak["mezo q4"]))
         q4, fp32 = step_at(curves, "lora q4", s.steps, s), step_at(curves, "lora fp32 + ckpt", s.steps, s)
-        goal(f"{model}: held-out ppl after {s.steps} steps, 4-bit LoRA / fp32 LoRA", q4 / fp32, "<= 1.05",
-             q4 <= 1.05 * fp32)
+        add(goal(f"{model}: held-out ppl after {s.steps} steps, 4-bit LoRA / fp32 LoRA", q4 / fp32, "<= 1.05",
+                 q4 <= 1.05 * fp32))
         ratio = step["lora q4"] / step["lora fp32 + ckpt"]
-        goal(f"{model}: 4-bit LoRA step / fp32 LoRA+ckpt step", ratio, "<= 2", ratio <= 2)
+        add(goal(f"{model}: 4-bit LoRA step / fp32 LoRA+ckpt step", ratio, "<= 2", ratio <= 2))
         ratio = step["mezo q4"] / step["inference q4"]
-        goal(f"{model}: 4-bit MeZO step / 4-bit inference step", ratio, "<= 2.5", ratio <= 2.5)
+        add(goal(f"{model}: 4-bit MeZO step / 4-bit inference step", ratio, "<= 2.5", ratio <= 2.5))
         target, mezo_time = curves["mezo q4"][-1][1], curves["mezo q4"][-1][0]
         reached = next((t for t, p in curves["lora q4"][1:] if p <= target), None)  # trained points only
         share = reached / mezo_time if reached is not None and mezo_time > 0 else float("inf")
-        goal(f"{model}: 4-bit LoRA time to MeZO's final ppl / MeZO's time", share, "<= 0.2", share <= 0.2)
-    rounds = results["federated"]
-    goal("federated fedit q4: held-out ppl last round / round 0", rounds[-1]["perplexity"] / rounds[0]["perplexity"],
-         "< 1", rounds[-1]["perplexity"] < rounds[0]["perplexity"])
+        add(goal(f"{model}: 4-bit LoRA time to MeZO's final ppl / MeZO's time", share, "<= 0.2", share <= 0.2))
+    first, last = results["federated"][0]["perplexity"], results["federated"][-1]["perplexity"]
+    add(goal("federated fedit q4: held-out ppl last round / round 0", last / first, "< 1", last < first))
     return rows
 
 
@@ -217,36 +210,26 @@ def markdown(results: dict[str, Any], goal_rows: list[dict[str, Any]], s: Settin
               "|---:|---:|---:|"]
     for p in results["federated"]:
         lines.append(f"| {p['round']} | {p['perplexity']:.2f} | {p['bytes_up_per_client'] / 1e6:.2f} MB |")
-    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {g['goal']} | {g['value']:.3f} | {g['target']} | {'yes' if g['met'] else '**no**'} |"
-              for g in goal_rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(goal_rows)
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(results["models"])
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         for cell in ("lora q4", "mezo q4"):
             t, p = zip(*results["models"][model]["curves"][cell], strict=True)
             ax.plot(t, p, marker="o", label=f"4-bit {cell.split()[0]}")
         ax.set(title=model, xlabel="training seconds (2 threads)", ylabel="held-out perplexity")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="SmolLM2 only, a few steps (CI)")
-    parser.add_argument("--models", help="comma-separated subset of the models (default: all of the run's)")
-    parser.add_argument("--fed-model", help="the model of the federated run (default: the run's)")
-    args = parser.parse_args()
+    cli = parser(__doc__, "SmolLM2 only, a few steps (CI)")
+    cli.add_argument("--models", help="comma-separated subset of the models (default: all of the run's)")
+    cli.add_argument("--fed-model", help="the model of the federated run (default: the run's)")
+    args = cli.parse_args()
     s = QUICK if args.quick else FULL
     if args.models:
         s = replace(s, models=tuple(args.models.split(",")))
@@ -263,16 +246,12 @@ def main() -> None:
     results["federated"] = federated(s)
     results["seconds"] = time.perf_counter() - START
     goal_rows = goals(results, s)
-    stem = "llm_lean-quick" if args.quick else "llm_lean"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({**results, "goals": goal_rows}, indent=1))
     table = markdown(results, goal_rows, s)
-    (RESULTS / f"{stem}.md").write_text(table)
-    plot(results, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("llm-lean", table + "\n![perplexity against training time](benchmarks/results/"
-                             "llm_lean.png)\n")
+    Bench("llm_lean", args.quick, section="llm-lean").publish(
+        {**results, "goals": goal_rows}, table, plot=lambda path: plot(results, path),
+        figure="perplexity against training time")
     print(table)
+    print(goal_summary(goal_rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Per-method figures: measured peak memory, step time, trainable parameters, and quality after a fixed budget.
 
-    python benchmarks/methods.py            # full run (~15 min on 2 cores), rewrites results/methods.* and README
+    python benchmarks/methods.py            # full run (~15 min on 2 cores): results/methods.*, docs/methods.md
     python benchmarks/methods.py --quick    # small slices, for CI; writes results/methods-quick.*
 
 Memory is measured in a fresh process per (model, method) (pocketlearn.memory.measure); ratios are taken
@@ -11,18 +11,16 @@ temporaries cancel out).
 
 from __future__ import annotations
 
-import argparse
 import functools
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from harness import Bench, goal, goal_summary, goal_table, parser
 from pocketlearn.devices import format_bytes
 from pocketlearn.errors import TrainingError, UnsupportedModelError
 from pocketlearn.evaluate import batches_of, evaluate
@@ -31,9 +29,7 @@ from pocketlearn.methods import make_method
 from pocketlearn.models import build_model, get_model_spec
 from pocketlearn.progress import progress_bars
 from pocketlearn.trainer import LocalTrainer, TrainerConfig
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 
 
@@ -227,36 +223,33 @@ def find(rows: list[Row], suite: str, label: str) -> Row:
 
 
 def goals(rows: list[Row]) -> list[dict[str, Any]]:
-    out = []
-
-    def goal(text: str, value: float, target: str, ok: bool) -> None:
-        out.append({"goal": text, "value": value, "target": target, "met": bool(ok)})
-
+    out: list[dict[str, Any]] = []
+    add = out.append
     suites = {r.suite for r in rows}
     if "llm" in suites:
         inf = find(rows, "llm", "inference").peak_bytes
         mezo, lora, ckpt, bp = (find(rows, "llm", k).peak_bytes / inf
                                 for k in ("mezo", "lora", "lora+ckpt", "backprop+adamw"))
-        goal("SmolLM2 mezo peak / inference peak", mezo, "<= 1.3", mezo <= 1.3)
+        add(goal("SmolLM2 mezo peak / inference peak", mezo, "<= 1.3", mezo <= 1.3))
         # LoRA keeps every frozen layer's input for the adapters' gradients; with activation checkpointing
         # (how LLMs are fine-tuned under a budget) only each block's input stays
-        goal("SmolLM2 lora peak / backprop+adamw peak", lora / bp, "< 0.5", lora / bp < 0.5)
-        goal("SmolLM2 lora+ckpt peak / backprop+adamw peak", ckpt / bp, "< 0.5", ckpt / bp < 0.5)
-        goal("SmolLM2 backprop+adamw peak / inference peak", bp, ">= 3.5", bp >= 3.5)
+        add(goal("SmolLM2 lora peak / backprop+adamw peak", lora / bp, "< 0.5", lora / bp < 0.5))
+        add(goal("SmolLM2 lora+ckpt peak / backprop+adamw peak", ckpt / bp, "< 0.5", ckpt / bp < 0.5))
+        add(goal("SmolLM2 backprop+adamw peak / inference peak", bp, ">= 3.5", bp >= 3.5))
     if "mlp-deep" in suites:
         bp = find(rows, "mlp-deep", "backprop")
         saved = 1 - find(rows, "mlp-deep", "mempepita").activation_bytes / bp.activation_bytes
-        goal("deep MLP mempepita activation memory saved vs backprop", saved, ">= 0.5", saved >= 0.5)
+        add(goal("deep MLP mempepita activation memory saved vs backprop", saved, ">= 0.5", saved >= 0.5))
     if "mlp" in suites:
         bp = find(rows, "mlp", "backprop")
         for label in ("pepita", "mempepita"):
             gap = bp.quality - find(rows, "mlp", label).quality
-            goal(f"MLP {label} accuracy gap to backprop (points)", 100 * gap, "<= 5", 100 * gap <= 5)
+            add(goal(f"MLP {label} accuracy gap to backprop (points)", 100 * gap, "<= 5", 100 * gap <= 5))
     if "cnn" in suites:
         bp = find(rows, "cnn", "backprop").peak_bytes
         for label in ("bias", "tinytl", "sparse"):
             ratio = find(rows, "cnn", label).peak_bytes / bp
-            goal(f"CNN {label} peak / backprop peak", ratio, "< 1", ratio < 1)
+            add(goal(f"CNN {label} peak / backprop peak", ratio, "< 1", ratio < 1))
     return out
 
 
@@ -278,41 +271,26 @@ def markdown(rows: list[Row], goal_rows: list[dict[str, Any]], header: str) -> s
             act = format_bytes(r.activation_bytes) if SUITES[suite].activations else ""
             lines.append(f"| {model} | {r.label} | {r.trainable:,} | {format_bytes(r.peak_bytes)} | "
                          f"{r.peak_bytes / inf:.2f}× | {act} | {r.seconds_per_step / bp:.2f}× | {quality} |")
-    lines += ["", "| goal | value | target | met |", "|---|---:|---|---|"]
-    lines += [f"| {g['goal']} | {g['value']:.3f} | {g['target']} | {'yes' if g['met'] else '**no**'} |"
-              for g in goal_rows]
-    return "\n".join(lines) + "\n"
-
-
-def update_readme(table: str) -> None:
-    write_readme_section("methods", table)
+    return "\n".join(lines) + "\n\n" + goal_table(goal_rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small slices and no LLM fine-tuning (CI)")
-    parser.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
-    args = parser.parse_args()
+    cli = parser(__doc__, "small slices and no LLM fine-tuning (CI)")
+    cli.add_argument("--suites", default=",".join(SUITES), help=f"comma-separated subset of {','.join(SUITES)}")
+    args = cli.parse_args()
     start = time.time()
     rows: list[Row] = []
     with progress_bars(console=console) as progress:
         for name in args.suites.split(","):
             rows += run_suite(SUITES[name], args.quick, progress)
     goal_rows = goals(rows)
-    stem = "methods-quick" if args.quick else "methods"
     header = (f"Measured by `python benchmarks/methods.py{' --quick' if args.quick else ''}` in "
               f"{time.time() - start:.0f} s on {torch.get_num_threads()} threads.")
     table = markdown(rows, goal_rows, header)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"rows": [asdict(r) for r in rows], "goals": goal_rows},
-                                                      indent=2))
-    (RESULTS / f"{stem}.md").write_text(table)
-    if not args.quick and args.suites == ",".join(SUITES):
-        update_readme(table)
+    Bench("methods", args.quick).publish({"rows": [asdict(r) for r in rows], "goals": goal_rows}, table,
+                                         docs=args.suites == ",".join(SUITES))
     print(table)
-    missed = [g["goal"] for g in goal_rows if not g["met"]]
-    console.print(f"[bold]{len(goal_rows) - len(missed)}/{len(goal_rows)} goals met[/]" +
-                  (f"; missed: {missed}" if missed else ""))
+    console.print(goal_summary(goal_rows), style="bold")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Mixed-method rounds on the keyboard workload: every device trains the way its memory allows.
 
-    python benchmarks/mixed.py           # writes results/mixed.{json,md,png} and the README section
+    python benchmarks/mixed.py           # writes results/mixed.{json,md,png} and docs/mixed.md
     python benchmarks/mixed.py --quick   # 20 users, 2 rounds, a sliver of pretraining (CI)
 
 The pretrained word-level GPT of benchmarks/keyboard.py is fine-tuned across Shakespeare users on a fleet of
@@ -15,9 +15,7 @@ while every device stays within its budget. Uplink bytes per method come from th
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,14 +23,13 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, goal, goal_table, parser, pyplot, save_figure
 from pocketlearn.apps.keyboard.pretrain import MODEL, PretrainConfig, pretrain
 from pocketlearn.federated.config import RunConfig, parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.report import method_summary
 from pocketlearn.progress import progress_bars, working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 SHARES = {"flagship": 0.2, "mid-range": 0.5, "low-end": 0.3}
 METHOD_OPTIONS = {"backprop": {"embedding_rows": "seen"}, "lora": {"rank": 8}, "mezo": {"lr": 2e-4, "eps": 1e-3}}
@@ -90,11 +87,9 @@ def run(label: str, cfg: RunConfig) -> dict[str, Any]:
 def goals(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     a, b, c = (r["after"]["accuracy"] for r in rows)
     within = all(d["method"] is None or d["estimated_peak"] <= d["budget"] for r in rows for d in r["devices"])
-    return [{"goal": "(c) mixed beats (a) all-MeZO, top-1", "value": f"{(c - a) * 100:+.2f} pts", "met": c > a},
-            {"goal": "(c) mixed beats (b) LoRA devices only, top-1", "value": f"{(c - b) * 100:+.2f} pts",
-             "met": c > b},
-            {"goal": "every device within its budget (planner's estimate)", "value": "yes" if within else "no",
-             "met": within}]
+    return [goal("(c) mixed beats (a) all-MeZO, top-1", f"{(c - a) * 100:+.2f} pts", "> 0", c > a),
+            goal("(c) mixed beats (b) LoRA devices only, top-1", f"{(c - b) * 100:+.2f} pts", "> 0", c > b),
+            goal("every device within its budget (planner's estimate)", "yes" if within else "no", "yes", within)]
 
 
 def table(rows: list[dict[str, Any]], budgets: dict[str, int], found: list[dict[str, Any]], cfg: RunConfig) -> str:
@@ -112,18 +107,11 @@ def table(rows: list[dict[str, Any]], budgets: dict[str, int], found: list[dict[
                         if s["updates"])
         a = r["after"]
         lines.append(f"| {r['run']} | {a['accuracy']:.2%} | {a['top3']:.2%} | {a['perplexity']:.1f} | {who} | {per} |")
-    lines += ["", "| goal | value | met |", "|---|---:|---|"]
-    lines += [f"| {g['goal']} | {g['value']} | {'yes' if g['met'] else '**no**'} |" for g in found]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(found, "{}")
 
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = pyplot().subplots(1, 2, figsize=(11, 4.2))
     for r in rows:
         rounds = [0] + [p["round"] for p in r["curve"]]
         axes[0].plot(rounds, [r["before"]["accuracy"] * 100] + [p["accuracy"] * 100 for p in r["curve"]],
@@ -133,21 +121,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     axes[0].set(xlabel="round", ylabel="held-out next-word top-1 (%)", title="accuracy vs round")
     axes[1].set(xlabel="round", ylabel="held-out perplexity", title="perplexity vs round")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny run, no README update (CI)")
-    args = parser.parse_args()
-    stem = "mixed-quick" if args.quick else "mixed"
-    RESULTS.mkdir(exist_ok=True)
+    args = parser(__doc__, "20 users, 2 rounds, a sliver of pretraining (CI)").parse_args()
+    bench = Bench("mixed", args.quick)
     with working(console, "pretraining (cached)"):
         init = pretrain(PretrainConfig(limit=256) if args.quick else PretrainConfig())
     budgets = device_budgets(init)
-    profiles = RESULTS / f"{stem}.devices.toml"
+    profiles = bench.path(".devices.toml")
     profiles.write_text("".join(f'[devices.{d}]\nmemory_budget_bytes = {b}\ndescription = "{d} (budget from the '
                                 f'planner\'s estimates)"\n' for d, b in budgets.items()))
     rows = []
@@ -159,12 +142,9 @@ def main() -> None:
             rows.append(run(label, cfg))
             progress.advance(task)
     found = goals(rows)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"budgets": budgets, "runs": rows, "goals": found}, indent=1))
     text = table(rows, budgets, found, cfg)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(rows, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("mixed", text)
+    bench.publish({"budgets": budgets, "runs": rows, "goals": found}, text, plot=lambda path: plot(rows, path),
+                  figure="held-out accuracy and perplexity per round")
     console.print(text)
 
 

@@ -1,6 +1,6 @@
 """Accuracy against epsilon for DP-FedAvg, and secure aggregation's extra bytes and time per client.
 
-    python benchmarks/privacy.py           # writes results/privacy.{json,md} and the README section
+    python benchmarks/privacy.py           # writes results/privacy.{json,md} and docs/privacy.md
     python benchmarks/privacy.py --quick   # fewer rounds, smaller secure-aggregation runs (CI)
 
 DP workload: digits, MLP 64-128-10, 200 clients (IID), 50 per round; for each target epsilon the noise
@@ -11,22 +11,18 @@ MLP's update size (9,610 values), 5% of clients dropping after masking.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from harness import Bench, parser
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server, dp_population
 from pocketlearn.federated.privacy import calibrate_noise
 from pocketlearn.federated.secagg import measure_cost
 from pocketlearn.progress import working
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 DELTA = 1e-5
 
@@ -73,9 +69,7 @@ def table(dp: list[dict[str, Any]], sec: list[dict[str, Any]], rounds: int) -> s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="fewer rounds, smaller secure aggregation (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "fewer rounds, smaller secure aggregation (CI)").parse_args()
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # dp-accounting logs every Renyi order it drops
@@ -85,13 +79,8 @@ def main() -> None:
     sizes = [(10, None), (100, None)] if args.quick else [(10, None), (100, None), (100, 14), (1000, 20)]
     with working(console, "secure aggregation rounds"):
         sec = secagg_rows(sizes)
-    stem = "privacy-quick" if args.quick else "privacy"
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"dp": dp, "secagg": sec}, indent=1, default=str))
     text = table(dp, sec, rounds)
-    (RESULTS / f"{stem}.md").write_text(text)
-    if not args.quick:
-        write_readme_section("privacy", text)
+    Bench("privacy", args.quick).publish({"dp": dp, "secagg": sec}, text)
     console.print(text)
 
 

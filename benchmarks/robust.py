@@ -1,6 +1,6 @@
 """Robust aggregation under attack: final accuracy per strategy x attack x fraction of malicious clients.
 
-    python benchmarks/robust.py           # writes results/robust.{json,md,png} and the README section
+    python benchmarks/robust.py           # writes results/robust.{json,md,png} and docs/robust.md
     python benchmarks/robust.py --quick   # 10 rounds, one seed, 20% malicious only (CI)
 
 Workload: digits, MLP 64-128-10, 100 clients with Dirichlet (alpha 0.5) label skew, 20 per round, 1 local
@@ -15,20 +15,17 @@ and IPM see the round's benign updates. The reference is FedAvg without attacker
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from harness import Bench, parser, pyplot, save_figure
 from pocketlearn.federated.config import parse_config
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.progress import progress_bars
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 PER_ROUND = 20
 STRATEGIES: dict[str, dict[str, Any]] = {
@@ -89,15 +86,11 @@ def table(rows: list[dict[str, Any]], fractions: list[float], rounds: int, seeds
 
 
 def plot(rows: list[dict[str, Any]], fractions: list[float], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     acc = {(r["strategy"], r["attack"], r["fraction"]): r["accuracy"] for r in rows}
     reference = acc[("fedavg", "none", None)]
-    fig, axes = plt.subplots(1, len(fractions), figsize=(3.6 * len(fractions) + 2, 4.2), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(fractions), figsize=(3.6 * len(fractions) + 2, 4.2), squeeze=False)
     for ax, f in zip(axes[0], fractions, strict=True):
         grid = np.array([[acc[(s, a, None if a == "none" else f)] for a in ATTACKS] for s in STRATEGIES])
         image = ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0)
@@ -109,14 +102,11 @@ def plot(rows: list[dict[str, Any]], fractions: list[float], path: Path) -> None
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="final test accuracy")
     fig.suptitle(f"Robust aggregation on non-IID digits (Dirichlet 0.5); FedAvg without attack: {reference:.3f}",
                  fontsize=10)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, tight=False)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="10 rounds, one seed, 20%% malicious (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "10 rounds, one seed, 20%% malicious (CI)").parse_args()
     rounds, seeds = (10, 1) if args.quick else (30, 3)
     fractions = [0.2] if args.quick else [0.1, 0.2, 0.3]
     todo = cells(fractions)
@@ -130,16 +120,11 @@ def main() -> None:
                          "accuracy": sum(per_seed) / seeds, "per_seed": per_seed})
             progress.advance(task)
     seconds = time.perf_counter() - start
-    stem = "robust-quick" if args.quick else "robust"
-    RESULTS.mkdir(exist_ok=True)
     setup = {"rounds": rounds, "seeds": seeds, "fractions": fractions, "clients_per_round": PER_ROUND,
              "strategies": STRATEGIES, "attacks": ATTACKS, "seconds": seconds}
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
     text = table(rows, fractions, rounds, seeds)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(rows, fractions, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("robust", text + f"\n![robust aggregation](benchmarks/results/{stem}.png)\n")
+    Bench("robust", args.quick).publish({"setup": setup, "rows": rows}, text,
+                                        plot=lambda path: plot(rows, fractions, path), figure="robust aggregation")
     console.print(text)
     console.print(f"{len(todo) * seeds} runs in {seconds:.0f} s")
 

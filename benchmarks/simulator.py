@@ -11,7 +11,7 @@ time from launch to exit, peak RSS summed over the whole process tree) and from 
 result JSON (rounds time, accuracy). The anchors run in .anchors-venv, pocketlearn in .venv. Runs are interleaved:
 each repetition runs every (config, variant) once, with the variant order rotated from one repetition to the next.
 All runs go to results/simulator[-quick].json, the medians to results/simulator[-quick].md (and, in full mode,
-to README.md between the simulator markers).
+to the docs between the simulator markers).
 """
 
 from __future__ import annotations
@@ -36,12 +36,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness import Bench, goal, goal_table, parser
 from pocketlearn.progress import progress_bars
-from readme_table import write_readme_section
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
-README = REPO / "README.md"
 DEFAULT_ANCHORS = REPO.parent / "shared" / "anchors"
 DEFAULT_ANCHORS_VENV = REPO / ".anchors-venv"
 
@@ -273,27 +271,26 @@ def ratio(a: float | None, b: float | None) -> float | None:
 def goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
-    def goal(text: str, config: str, value: float | None, target: str, ok: bool, unit: str = "ratio") -> None:
-        out.append({"goal": text, "config": config, "value": value, "unit": unit, "target": target,
-                    "met": bool(value is not None and ok)})
+    def add(text: str, config: str, value: float | None, target: str, ok: bool, unit: str = "ratio") -> None:
+        out.append(goal(text, value, target, value is not None and ok, config=config, unit=unit))
 
     for config in configs:
         for anchor, factor in (("pfl", 5), ("flower", 100)):
             if anchor in variants:
                 r = ratio(median(runs, config, "pocketlearn", "updates_per_s"),
                           median(runs, config, anchor, "updates_per_s"))
-                goal(f"updates/s during rounds: pocketlearn / {anchor}", config, r, f"≥ {factor}",
+                add(f"updates/s during rounds: pocketlearn / {anchor}", config, r, f"≥ {factor}",
                      r is not None and r >= factor)
         reference = anchor_accuracy(runs, config)
         deltas = [abs(r.accuracy - reference) for r in runs if r.config == config and r.variant == "pocketlearn"
                   and r.ok]
         worst = max(deltas) if deltas else None
-        goal(f"test accuracy: worst pocketlearn run vs anchors' {reference:.4f}", config,
+        add(f"test accuracy: worst pocketlearn run vs anchors' {reference:.4f}", config,
              worst, f"≤ 1/{TEST_SAMPLES}", worst is not None and worst <= ACCURACY_TOLERANCE, unit="accuracy")
         if "pfl" in variants:
             for key, what in (("wall_s", "whole-command wall time"), ("peak_tree_rss_mb", "peak tree RSS")):
                 r = ratio(median(runs, config, "pocketlearn", key), median(runs, config, "pfl", key))
-                goal(f"{what}: pocketlearn / pfl", config, r, "≤ 1", r is not None and r <= 1)
+                add(f"{what}: pocketlearn / pfl", config, r, "≤ 1", r is not None and r <= 1)
     return out
 
 
@@ -323,10 +320,7 @@ def markdown(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]], header
         lines += ["", f"**{config}**", "", "| variant | ok runs | " + " | ".join(c[1] for c in COLUMNS) + " |",
                   "|---|---|" + "---:|" * len(COLUMNS)]
         lines += ["| " + " | ".join(cells(r)) + " |" for r in rows if r["config"] == config]
-    lines += ["", "| goal | config | value | target | met |", "|---|---|---:|---|---|"]
-    lines += [f"| {g['goal']} | {g['config']} | {format_value(g)} | {g['target']} | "
-              f"{'yes' if g['met'] else '**NOT MET**'} |" for g in goal_rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + goal_table(goal_rows, format_value, columns=("config", "value", "target"))
 
 
 def print_tables(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) -> None:
@@ -347,28 +341,22 @@ def print_tables(rows: list[dict[str, Any]], goal_rows: list[dict[str, Any]]) ->
     console.print(table)
 
 
-def update_readme(table: str) -> None:
-    if not write_readme_section("simulator", table):
-        console.print("README.md has no <!-- simulator:begin --> … <!-- simulator:end --> markers; not updated")
-
-
 # ----------------------------------------------------------------------------------------------------- main
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 repetition, no Flower (CI)")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="repetitions (default 3; 1 with --quick); README.md is updated only with >= 3")
-    parser.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="anchors directory (%(default)s)")
-    parser.add_argument("--anchors-venv", type=Path, default=DEFAULT_ANCHORS_VENV,
-                        help="venv built by `make anchors-venv` (%(default)s)")
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
-                        help="subset of variants (default: all; without flower with --quick)")
-    parser.add_argument("--pocketlearn-cmd", default=POCKETLEARN_CMD,
-                        help="pocketlearn command template with {repo} {config} {out} (default: %(default)s)")
-    parser.add_argument("--pause", type=float, default=2.0, help="seconds between runs (%(default)s)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed (%(default)s)")
-    args = parser.parse_args()
+    cli = parser(__doc__, "1 repetition, no Flower (CI)")
+    cli.add_argument("--reps", type=int, default=None,
+                     help="repetitions (default 3; 1 with --quick); the docs are updated only with >= 3")
+    cli.add_argument("--anchors", type=Path, default=DEFAULT_ANCHORS, help="anchors directory (%(default)s)")
+    cli.add_argument("--anchors-venv", type=Path, default=DEFAULT_ANCHORS_VENV,
+                     help="venv built by `make anchors-venv` (%(default)s)")
+    cli.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    cli.add_argument("--variants", nargs="+", choices=VARIANTS, default=None,
+                     help="subset of variants (default: all; without flower with --quick)")
+    cli.add_argument("--pocketlearn-cmd", default=POCKETLEARN_CMD,
+                     help="pocketlearn command template with {repo} {config} {out} (default: %(default)s)")
+    cli.add_argument("--pause", type=float, default=2.0, help="seconds between runs (%(default)s)")
+    cli.add_argument("--timeout", type=float, default=300.0, help="seconds before a run is killed (%(default)s)")
+    args = cli.parse_args()
     args.anchors, args.anchors_venv = args.anchors.resolve(), args.anchors_venv.absolute()
     args.reps = args.reps or (1 if args.quick else 3)
     args.variants = args.variants or list(QUICK_VARIANTS if args.quick else VARIANTS)
@@ -390,8 +378,8 @@ def main() -> None:
     check_setup(args.anchors, args.anchors_venv)
     if args.pocketlearn_cmd == POCKETLEARN_CMD and not (REPO / ".venv" / "bin" / "pocketlearn").exists():
         console.print("[yellow]warning: .venv/bin/pocketlearn not found; the pocketlearn runs will fail[/]")
-    stem = "simulator" + ("-quick" if args.quick else "") + ("-partial" if args.partial else "")
-    scratch = RESULTS / f"{stem}-runs"  # per-run TMPDIR and logs; only failed runs' logs are kept
+    bench = Bench("simulator" + ("-partial" if args.partial else ""), args.quick, section="simulator")
+    scratch = bench.path("-runs")  # per-run TMPDIR and logs; only failed runs' logs are kept
     shutil.rmtree(scratch, ignore_errors=True)
     load, start = os.getloadavg(), time.time()
     runs = run_all(args, scratch)
@@ -407,20 +395,15 @@ def main() -> None:
               "Wall time and peak RSS (summed over the process tree) measured from outside by the anchors' "
               "measure.py; rounds time and accuracy reported by each command.")
     table = markdown(rows, goal_rows, header)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(
-        {"meta": metadata(args, runs, seconds, load), "summary": rows, "goals": goal_rows,
-         "runs": [asdict(r) for r in runs]}, indent=1))
-    (RESULTS / f"{stem}.md").write_text(table)
-    if not args.quick and not args.partial and args.reps >= 3:  # README gets full runs only
-        update_readme(table)
+    bench.publish({"meta": metadata(args, runs, seconds, load), "summary": rows, "goals": goal_rows,
+                   "runs": [asdict(r) for r in runs]}, table, docs=not args.partial and args.reps >= 3)
 
     print_tables(rows, goal_rows)
     for warning in anchor_warnings(runs):
         console.print(f"[yellow]warning: {warning}[/]")
     missed = [f"{g['goal']} ({g['config']})" for g in goal_rows if not g["met"]]
     console.print(f"[bold]{len(goal_rows) - len(missed)}/{len(goal_rows)} goals met[/]; "
-                  f"{sum(r.ok for r in runs)}/{len(runs)} runs ok; results in {RESULTS / stem}.{{json,md}}")
+                  f"{sum(r.ok for r in runs)}/{len(runs)} runs ok; results in {bench.path('')}.{{json,md}}")
 
 
 if __name__ == "__main__":

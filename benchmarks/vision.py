@@ -1,6 +1,6 @@
 """Federated vision on Fashion-MNIST: a compact convolutional transformer (CCT) against a small CNN, and TinyTL.
 
-    python benchmarks/vision.py           # writes results/vision.{json,md,png} and the README section
+    python benchmarks/vision.py           # writes results/vision.{json,md,png} and docs/vision.md
     python benchmarks/vision.py --quick   # a slice of the data, few rounds (CI)
 
 Federated: 50 clients, Dirichlet label skew alpha in {0.1, 0.5, 1.0}, 10 clients per round, FedAvg, local SGD
@@ -13,9 +13,7 @@ about 35 minutes on 2 cores (the CCT's federated runs dominate).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from harness import Bench, parser, pyplot, save_figure
 from pocketlearn.data import load_tensors
 from pocketlearn.evaluate import batches_of, evaluate
 from pocketlearn.federated.config import parse_config
@@ -32,9 +31,7 @@ from pocketlearn.memory.estimate import estimate
 from pocketlearn.methods import make_method
 from pocketlearn.models import build_model
 from pocketlearn.progress import progress_bars
-from readme_table import write_readme_section
 
-RESULTS = Path(__file__).parent / "results"
 console = Console()
 ALPHAS = (0.1, 0.5, 1.0)
 MODELS = ("cnn", "cct")
@@ -109,27 +106,18 @@ def table(fed: list[FedRow], moved: list[TransferRow], rounds: int) -> str:
 
 
 def plot(fed: list[FedRow], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for model in MODELS:
         rows = sorted((r for r in fed if r.model == model), key=lambda r: r.alpha)
         ax.plot([r.alpha for r in rows], [r.accuracy for r in rows], marker="o", label=f"{model} ({rows[0].params:,})")
     ax.set(xscale="log", xlabel="Dirichlet α (smaller: more label skew)", ylabel="test accuracy",
            title="federated Fashion-MNIST, 50 clients")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="a data slice, few rounds, no README update (CI)")
-    args = parser.parse_args()
+    args = parser(__doc__, "a data slice, few rounds (CI)").parse_args()
     rounds, limit, steps = (2, 3000, 20) if args.quick else (15, 30000, 200)
     fed: list[FedRow] = []
     with progress_bars(console=console) as progress:
@@ -142,15 +130,10 @@ def main() -> None:
         progress.update(task, description="transfer")
         moved = transfer(steps, limit)
         progress.advance(task)
-    stem = "vision-quick" if args.quick else "vision"
-    RESULTS.mkdir(exist_ok=True)
     out: dict[str, Any] = {"federated": [asdict(r) for r in fed], "transfer": [asdict(r) for r in moved]}
-    (RESULTS / f"{stem}.json").write_text(json.dumps(out, indent=1))
     text = table(fed, moved, rounds)
-    (RESULTS / f"{stem}.md").write_text(text)
-    plot(fed, RESULTS / f"{stem}.png")
-    if not args.quick:
-        write_readme_section("vision", text)
+    Bench("vision", args.quick).publish(out, text, plot=lambda path: plot(fed, path),
+                                        figure="accuracy against label skew, CNN and CCT")
     console.print(text)
 
 

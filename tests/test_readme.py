@@ -1,5 +1,6 @@
-"""Every command and snippet of the README runs as written (in a scratch folder that links the repo's .venv,
-examples/ and benchmarks/), so a newcomer's first copy-paste works.
+"""Every command and snippet of the README and of the pages in docs/ runs as written (in a scratch folder that
+links the repo's .venv, examples/ and benchmarks/), so a newcomer's first copy-paste works; every relative link
+of those pages leads to a file, and every page is linked from the README.
 
 Each fenced block is classified below by its first line; a new block fails until it is classified.
 """
@@ -14,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).parents[1]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 
 # first line of a block -> how it runs: "fast" (default suite), "slow" (pytest -m slow), or why it does not run
 BLOCKS = {
@@ -34,10 +36,18 @@ BLOCKS = {
 }
 
 
-def readme_blocks() -> list[tuple[int, str, str]]:
-    """(line, language, code) of every fenced block of the README."""
-    text = (ROOT / "README.md").read_text()
-    return [(text[:m.start()].count("\n") + 1, m.group(1), m.group(2)) for m in FENCE.finditer(text)]
+def pages() -> list[Path]:
+    """The README and the pages it leads to: one per area, in docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def readme_blocks() -> list[tuple[str, int, str, str]]:
+    """(page, line, language, code) of every fenced block of the README and the docs pages."""
+    found = []
+    for page in pages():
+        text, name = page.read_text(), page.relative_to(ROOT).as_posix()
+        found += [(name, text[:m.start()].count("\n") + 1, m.group(1), m.group(2)) for m in FENCE.finditer(text)]
+    return found
 
 
 def _kind(code: str) -> str:
@@ -49,12 +59,12 @@ def _kind(code: str) -> str:
 
 
 def _params():
-    for line, lang, code in readme_blocks():
+    for page, line, lang, code in readme_blocks():
         kind = _kind(code)
         marks = [pytest.mark.slow] if kind == "slow" else []
         if kind not in ("fast", "slow") and not kind.startswith("unclassified"):
             marks.append(pytest.mark.skip(reason=kind))
-        yield pytest.param(lang, code, kind, id=f"line{line}-{lang or 'text'}", marks=marks)
+        yield pytest.param(lang, code, kind, id=f"{page}:line{line}-{lang or 'text'}", marks=marks)
 
 
 @pytest.fixture
@@ -84,5 +94,31 @@ def test_readme_block_runs_as_written(lang, code, kind, scratch):
 
 
 def test_every_readme_block_is_classified():
-    unclassified = [(line, _kind(code)) for line, _, code in readme_blocks() if _kind(code).startswith("unclass")]
+    unclassified = [(page, line, _kind(code)) for page, line, _, code in readme_blocks()
+                    if _kind(code).startswith("unclass")]
     assert not unclassified, unclassified
+
+
+def test_relative_links_lead_to_files():
+    broken = []
+    for page in pages():
+        for target in LINK.findall(FENCE.sub("", page.read_text())):
+            if re.match(r"[a-z][a-z+]*:", target) or target.startswith("#"):
+                continue  # a web address or an anchor on the same page
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    linked = {(ROOT / target).resolve() for target in LINK.findall((ROOT / "README.md").read_text())}
+    assert [p.name for p in pages()[1:] if p.resolve() not in linked] == []
+
+
+def test_generated_sections_are_closed():
+    """A benchmark replaces what lies between its markers: a lost end marker would swallow the rest of a page."""
+    for page in pages():
+        text = page.read_text()
+        for name in re.findall(r"<!-- ([\w-]+):begin -->", text):
+            assert text.count(f"<!-- {name}:begin -->") == text.count(f"<!-- {name}:end -->") == 1, (page, name)
+            assert text.index(f"<!-- {name}:begin -->") < text.index(f"<!-- {name}:end -->"), (page, name)
