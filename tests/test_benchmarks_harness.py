@@ -2,6 +2,7 @@
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,14 @@ def test_every_benchmark_writes_through_the_harness(script):
     assert "from harness import" in text
     for by_hand in ("RESULTS /", "matplotlib.use(", "readme_table", '"--quick", action='):
         assert by_hand not in text, f"{script.name} still has {by_hand!r}"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_the_section_a_benchmark_writes_is_on_a_page(script):
+    """A full run must land its figures: the README or a docs page holds the markers each script names."""
+    pages = "".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    calls = re.findall(r"Bench\((.*)$", script.read_text(), re.M)
+    assert calls, f"{script.name} does not publish through harness.Bench"
+    for call in calls:
+        name = (re.search(r'section="([\w-]+)"', call) or re.match(r'"([\w-]+)"', call))[1]
+        assert f"<!-- {name}:begin -->" in pages and f"<!-- {name}:end -->" in pages, (script.name, name)
