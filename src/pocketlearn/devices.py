@@ -7,7 +7,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, raise_problems
 
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
           "g": 1000**3, "gb": 1000**3, "gib": 1024**3}
@@ -61,8 +61,7 @@ class DeviceProfile:
             problems.append("uplink/downlink bandwidth must be positive")
         if not 0.0 < self.availability <= 1.0:
             problems.append(f"availability must be in (0, 1], got {self.availability}")
-        if problems:
-            raise ConfigError(f"device {self.name!r}: " + "; ".join(problems))
+        raise_problems(f"device {self.name!r}", problems)
 
 
 _MiB = 1024**2

@@ -22,24 +22,22 @@ from torch import Tensor
 
 from pocketlearn.checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from pocketlearn.devices import DeviceProfile, format_bytes
-from pocketlearn.errors import BudgetError, ConfigError
+from pocketlearn.errors import BudgetError, Validated
 from pocketlearn.evaluate import batches_of, evaluate
 from pocketlearn.methods.base import Batch, TrainingMethod
 
 
 @dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(Validated):
     epochs: int = 1
     batch_size: int = 32
     seed: int = 0
     checkpoint_every: int = 50  # steps between checkpoints (and one at the end of every epoch)
 
-    def __post_init__(self) -> None:
-        problems = [f"{k} should be >= 1, got {v}" for k, v in
-                    (("epochs", self.epochs), ("batch_size", self.batch_size),
-                     ("checkpoint_every", self.checkpoint_every)) if v < 1]
-        if problems:
-            raise ConfigError("TrainerConfig: " + "; ".join(problems))
+    def problems(self) -> list[str]:
+        return [f"{k} should be >= 1, got {v}" for k, v in
+                (("epochs", self.epochs), ("batch_size", self.batch_size),
+                 ("checkpoint_every", self.checkpoint_every)) if v < 1]
 
 
 @dataclass

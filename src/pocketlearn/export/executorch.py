@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.errors import ConfigError, UnsupportedModelError
+from pocketlearn.errors import ConfigError, UnsupportedModelError, raise_problems
 from pocketlearn.export.program import FORWARD_METHOD, STATE_METHOD, ProgramInfo, write_program
 from pocketlearn.methods import TrainingMethod, make_method
 from pocketlearn.methods.base import GradientConfig, cross_entropy, logits_of
@@ -125,8 +125,7 @@ def check_exportable(config: GradientConfig) -> None:
     if dropout:
         problems.append(f"dropout={dropout}: random per step, so device and eager training would differ; "
                         "use dropout=0")
-    if problems:
-        raise ConfigError("cannot export this training step: " + "; ".join(problems))
+    raise_problems("cannot export this training step", problems)
 
 
 def plain_layers(model: nn.Module) -> nn.Module:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.devices import DeviceProfile
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, raise_problems
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.config import RunConfig
@@ -285,8 +285,7 @@ def _check_distributed_dp(config: RunConfig) -> None:
     if is_mixed(config):
         problems.append("dp-fedavg with secagg in a mixed-method run: distributed DP is implemented for "
                         "single-method runs; pin one client.method, or turn secagg off (central DP)")
-    if problems:
-        raise ConfigError("secagg with dp-fedavg: " + "; ".join(problems))
+    raise_problems("secagg with dp-fedavg", problems)
 
 
 def _attack(config: RunConfig, num_clients: int) -> Attack | None:

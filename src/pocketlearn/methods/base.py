@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.errors import ConfigError, TrainingError, Validated
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -54,15 +54,10 @@ def check_finite(loss: float, method: str) -> float:
 
 
 @dataclass(frozen=True)
-class MethodConfig:
+class MethodConfig(Validated):
     """Settings every method has."""
 
     lr: float = 0.05
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError(f"{type(self).__name__}: " + "; ".join(problems))
 
     def problems(self) -> list[str]:
         """Every invalid value at once (subclasses extend the list)."""

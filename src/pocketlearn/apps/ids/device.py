@@ -20,13 +20,13 @@ from torch import nn
 from pocketlearn.apps.ids.model import accuracy
 from pocketlearn.checkpoint import save_checkpoint
 from pocketlearn.devices import DeviceProfile, format_bytes
-from pocketlearn.errors import BudgetError, ConfigError
+from pocketlearn.errors import BudgetError, ConfigError, Validated
 
 DETECTORS = ("adwin", "page-hinkley")
 
 
 @dataclass(frozen=True)
-class LearnerConfig:
+class LearnerConfig(Validated):
     """On-device update policy. ``holdout_every``: every k-th row of the window is held out for the swap test."""
 
     detector: str = "adwin"
@@ -41,16 +41,15 @@ class LearnerConfig:
     retries: int = 2  # after an alarm whose update lost, try again every ``cooldown`` rows (the window fills up)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        problems = []
+    def problems(self) -> list[str]:
+        out = []
         if self.detector not in DETECTORS:
-            problems.append(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+            out.append(f"detector must be one of {DETECTORS}, got {self.detector!r}")
         if self.min_window < 2 * self.holdout_every or self.window < self.min_window:
-            problems.append("need window >= min_window >= 2 * holdout_every")
+            out.append("need window >= min_window >= 2 * holdout_every")
         if self.holdout_every < 2 or self.epochs < 1 or self.batch_size < 1 or self.cooldown < 0:
-            problems.append("holdout_every >= 2, epochs >= 1, batch_size >= 1 and cooldown >= 0 are required")
-        if problems:
-            raise ConfigError("LearnerConfig: " + "; ".join(problems))
+            out.append("holdout_every >= 2, epochs >= 1, batch_size >= 1 and cooldown >= 0 are required")
+        return out
 
 
 def make_detector(name: str) -> Any:

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pocketlearn.apps.ids.data import Standardizer, Table
-from pocketlearn.errors import ConfigError, DataError
+from pocketlearn.errors import ConfigError, DataError, Validated
 
 
 @dataclass(frozen=True)
-class ScenarioConfig:
+class ScenarioConfig(Validated):
     """How the data is split between cloud and devices, and when drift happens on each device.
 
     ``phases`` lists the attack types each phase introduces; phase k starts on device d at
@@ -38,16 +38,15 @@ class ScenarioConfig:
     drift_feature: str = "anchor_from_other_domain"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        problems = []
+    def problems(self) -> list[str]:
+        out = []
         if self.devices < 1:
-            problems.append(f"devices must be >= 1, got {self.devices}")
+            out.append(f"devices must be >= 1, got {self.devices}")
         if not 0.05 <= self.cloud_fraction <= 0.9:
-            problems.append(f"cloud_fraction must be in [0.05, 0.9], got {self.cloud_fraction}")
+            out.append(f"cloud_fraction must be in [0.05, 0.9], got {self.cloud_fraction}")
         if self.first_onset < 1 or self.phase_gap < 1 or self.stagger < 0:
-            problems.append("first_onset and phase_gap must be >= 1 and stagger >= 0")
-        if problems:
-            raise ConfigError("ScenarioConfig: " + "; ".join(problems))
+            out.append("first_onset and phase_gap must be >= 1 and stagger >= 0")
+        return out
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pocketlearn.apps.llm.data import Tokenizer, largest_users, tokenize_user
 from pocketlearn.apps.llm.methods import CHOICES
 from pocketlearn.apps.llm.portion import PortionEngine, Targets, top_block_targets
 from pocketlearn.devices import DeviceProfile, format_bytes
-from pocketlearn.errors import BudgetError, ConfigError
+from pocketlearn.errors import BudgetError, Validated
 from pocketlearn.evaluate import batches_of, evaluate
 from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.experiment import FederatedData
@@ -46,7 +46,7 @@ MODE_CHOICE: dict[str, str] = {"fedit": "lora", "mezo": "mezo", "portion": "lora
 
 
 @dataclass(frozen=True)
-class FederatedLLMConfig:
+class FederatedLLMConfig(Validated):
     """A federated fine-tuning run: who takes part, how each client trains, and for how long."""
 
     mode: Mode = "fedit"
@@ -65,20 +65,19 @@ class FederatedLLMConfig:
     top_layers: dict[str, int] = field(default_factory=dict)  # portion: device -> top blocks it trains (else all)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        problems = [f"{k} should be >= 1, got {v}" for k, v in asdict(self).items()
-                    if k in ("users", "clients_per_round", "rounds", "seq_len", "windows_per_user",
-                             "test_windows_per_user", "batch_size", "epochs") and v < 1]
+    def problems(self) -> list[str]:
+        out = [f"{k} should be >= 1, got {v}" for k, v in asdict(self).items()
+               if k in ("users", "clients_per_round", "rounds", "seq_len", "windows_per_user",
+                        "test_windows_per_user", "batch_size", "epochs") and v < 1]
         if self.mode not in MODE_CHOICE:
-            problems.append(f"mode should be one of {sorted(MODE_CHOICE)}, got {self.mode!r}")
+            out.append(f"mode should be one of {sorted(MODE_CHOICE)}, got {self.mode!r}")
         if self.clients_per_round > self.users:
-            problems.append(f"clients_per_round ({self.clients_per_round}) exceeds users ({self.users})")
+            out.append(f"clients_per_round ({self.clients_per_round}) exceeds users ({self.users})")
         if self.top_layers and self.mode != "portion":
-            problems.append("top_layers only applies to mode='portion'")
+            out.append("top_layers only applies to mode='portion'")
         if stray := sorted(set(self.top_layers) - set(self.devices)):
-            problems.append(f"top_layers names devices {stray} that are not in devices {sorted(self.devices)}")
-        if problems:
-            raise ConfigError("FederatedLLMConfig: " + "; ".join(problems))
+            out.append(f"top_layers names devices {stray} that are not in devices {sorted(self.devices)}")
+        return out
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from torch import nn
 from pocketlearn.apps.llm.data import UserData
 from pocketlearn.apps.llm.methods import MemoryCheck, check_memory, get_choice
 from pocketlearn.devices import get_device
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, Validated
 from pocketlearn.evaluate import batches_of, evaluate
 from pocketlearn.memory.measure import ModelFactory
 from pocketlearn.methods import TrainingMethod, make_method
@@ -25,7 +25,7 @@ from pocketlearn.methods.base import Batch
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(Validated):
     """One on-device fine-tuning run: which method, how long, on which device."""
 
     method: str = "lora"  # a name from pocketlearn.apps.llm.methods.CHOICES
@@ -37,13 +37,12 @@ class FinetuneConfig:
     measure_memory: bool = True  # measure the step's peak in a fresh process (else estimate it)
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        problems = [f"{k} should be >= 1, got {v}" for k, v in (("steps", self.steps),
-                                                                ("batch_size", self.batch_size)) if v < 1]
+    def problems(self) -> list[str]:
+        out = [f"{k} should be >= 1, got {v}" for k, v in (("steps", self.steps),
+                                                           ("batch_size", self.batch_size)) if v < 1]
         if self.lr is not None and self.lr <= 0:
-            problems.append(f"lr should be positive, got {self.lr}")
-        if problems:
-            raise ConfigError("FinetuneConfig: " + "; ".join(problems))
+            out.append(f"lr should be positive, got {self.lr}")
+        return out
 
 
 @dataclass(frozen=True)

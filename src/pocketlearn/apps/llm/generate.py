@@ -12,27 +12,26 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.apps.llm.data import Tokenizer
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, Validated
 from pocketlearn.methods.base import logits_of
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class SamplingConfig(Validated):
     max_new_tokens: int = 40
     temperature: float = 0.0  # 0: greedy (argmax); > 0: sample from softmax(logits / temperature)
     top_k: int = 50  # sample among the k likeliest tokens only
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        problems = []
+    def problems(self) -> list[str]:
+        out = []
         if self.max_new_tokens < 1:
-            problems.append(f"max_new_tokens should be >= 1, got {self.max_new_tokens}")
+            out.append(f"max_new_tokens should be >= 1, got {self.max_new_tokens}")
         if self.temperature < 0:
-            problems.append(f"temperature should be >= 0 (0 = greedy), got {self.temperature}")
+            out.append(f"temperature should be >= 0 (0 = greedy), got {self.temperature}")
         if self.top_k < 1:
-            problems.append(f"top_k should be >= 1, got {self.top_k}")
-        if problems:
-            raise ConfigError("SamplingConfig: " + "; ".join(problems))
+            out.append(f"top_k should be >= 1, got {self.top_k}")
+        return out
 
 
 def next_token(logits: Tensor, config: SamplingConfig, generator: torch.Generator) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, raise_problems
 from pocketlearn.federated.config import RunConfig, parse_config
 
 # Keys of the Flower app's run config ([tool.flwr.app.config]), written by ``fed serve``.
@@ -68,9 +68,7 @@ def deployment_problems(config: RunConfig) -> list[str]:
 
 
 def check_deployable(config: RunConfig) -> None:
-    problems = deployment_problems(config)
-    if problems:
-        raise ConfigError("this config cannot run on real devices:\n  " + "\n  ".join(problems))
+    raise_problems("this config cannot run on real devices", deployment_problems(config), lines=True)
 
 
 def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import raise_problems
 from pocketlearn.federated.flower.device import DeviceSetup
 from pocketlearn.federated.flower.launch import (
     Family,
@@ -71,8 +71,7 @@ class JoinOptions:
                             "--insecure for a server started with --insecure")
         if self.root_certificates is not None and not self.root_certificates.is_file():
             problems.append(f"--root-certificates {self.root_certificates} does not exist")
-        if problems:
-            raise ConfigError("fed join: " + "; ".join(problems))
+        raise_problems("fed join", problems)
 
     def key_path(self) -> Path:
         return self.key or Path.home() / ".pocketlearn" / "device.key"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import raise_problems
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.flower.deploy import ServeSettings, check_deployable
 from pocketlearn.federated.flower.launch import Endpoint, LaunchError, SuperLink, stop_tree, tail, write_app
@@ -57,8 +57,7 @@ class ServeOptions:
         if not self.insecure and self.node_auth and not self.authorized_keys:
             problems.append("node authentication is on but no device keys were given: pass --authorized-keys "
                             "FILE_OR_DIR (the .pub files `pocketlearn fed join` writes), or --no-node-auth")
-        if problems:
-            raise ConfigError("fed serve: " + "; ".join(problems))
+        raise_problems("fed serve", problems)
 
 
 def serve(config: RunConfig, run_dir: Path, options: ServeOptions, *, fresh: bool = False,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, Validated, number_problem
 
 MODES = ("central", "local")
 NOT_PRIVATE = "noise reproducible from the seed: not private"
@@ -14,7 +14,7 @@ ACCOUNTANTS = ("rdp", "pld")
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPConfig:
+class DPConfig(Validated):
     """How client updates are clipped and noised, and how the privacy they spend is counted.
 
     ``mode="central"`` is DP-FedAvg (McMahan et al., "Learning Differentially Private Recurrent Language
@@ -43,16 +43,9 @@ class DPConfig:
     kind_scale: dict[str, float] = field(default_factory=dict, metadata={
         "help": "Mixed-method runs: each update kind's unit relative to clip (dense, lora, zo; default 1)."})
 
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise ConfigError("DPConfig: " + "; ".join(problems))
-
     def problems(self) -> list[str]:
         """Every invalid value at once."""
-        # imported here, not at the top: the strategies package registers dp-fedavg, which imports this module
-        from pocketlearn.federated.strategies.checks import number_problem as num
-
+        num = number_problem  # short, so that each check stays one line
         out = [*num("clip", self.clip, lambda x: x > 0, "> 0"),
                *num("target_quantile", self.target_quantile, lambda x: 0 < x < 1, "in (0, 1)"),
                *num("clip_lr", self.clip_lr, lambda x: x > 0, "> 0"),

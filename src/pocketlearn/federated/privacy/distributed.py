@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.errors import ConfigError, TrainingError, raise_problems
 from pocketlearn.federated.privacy.config import DPConfig
 from pocketlearn.federated.updates import RoundUpdates
 
@@ -187,9 +187,7 @@ class DistributedDP:
     """
 
     def __init__(self, mechanism: Any):
-        problems = config_problems(mechanism.config)
-        if problems:
-            raise ConfigError("; ".join(problems))
+        raise_problems("", config_problems(mechanism.config))
         self.mechanism = mechanism
 
     @property

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.errors import ConfigError, TrainingError, raise_problems
 
 _MAX_LEVEL = 2**53  # float64 represents every integer up to here, so rounding never lands past the bound
 
@@ -34,8 +34,7 @@ class FieldSpec:
             problems.append(f"`bits` should be 32 or 64, got {self.bits}")
         elif self.max_clients >= 1 and self.levels < 1:
             problems.append(f"{self.max_clients} clients leave no room in {self.bits} bits; use bits=64")
-        if problems:
-            raise ConfigError("; ".join(problems))
+        raise_problems("", problems)
 
     @property
     def dtype(self) -> np.dtype:

@@ -12,15 +12,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pocketlearn.errors import Validated, number_problem
 from pocketlearn.federated.privacy.config import DPConfig
 from pocketlearn.federated.privacy.mechanism import PrivacyMechanism
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.strategies.checks import Checked, number_problem
 from pocketlearn.federated.updates import RoundUpdates
 
 
 @dataclass(frozen=True, kw_only=True)
-class DPFedAvg(Checked, Strategy):
+class DPFedAvg(Validated, Strategy):
     """Clip each client's update, sum, add Gaussian noise, divide by ``expected_clients``, step by ``server_lr``.
 
     ``expected_clients`` (clients sampled per round, also the fixed denominator) and ``num_clients`` (the

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pocketlearn.errors import Validated, number_problem
 from pocketlearn.federated.strategies.aggregate import weighted_means
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.strategies.checks import Checked, number_problem, weighting_problem
+from pocketlearn.federated.strategies.checks import weighting_problem
 from pocketlearn.federated.updates import RoundUpdates
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedAvg(Checked, Strategy):
+class FedAvg(Validated, Strategy):
     """The default: move the global weights by the weighted mean of the client deltas.
 
     ``weighting="samples"`` weights each client by its sample count (the unbiased average of the clients'

@@ -17,14 +17,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pocketlearn.errors import Validated, number_problem
 from pocketlearn.federated.strategies.aggregate import weighted_means
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.strategies.checks import Checked, number_problem, weighting_problem
+from pocketlearn.federated.strategies.checks import weighting_problem
 from pocketlearn.federated.updates import RoundUpdates
 
 
 @dataclass(frozen=True, kw_only=True)
-class FedOpt(Checked, Strategy):
+class FedOpt(Validated, Strategy):
     """The shared part of FedAdam, FedYogi and FedAdagrad; subclasses give the second-moment rule."""
 
     weighting: str = "samples"  # "samples" | "uniform": how the client deltas are averaged

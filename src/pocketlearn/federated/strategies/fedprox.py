@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pocketlearn.federated.strategies.checks import number_problem
+from pocketlearn.errors import number_problem
 from pocketlearn.federated.strategies.fedavg import FedAvg
 
 

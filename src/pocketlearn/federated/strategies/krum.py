@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, Validated
 from pocketlearn.federated.strategies.aggregate import weighted_means
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.strategies.checks import Checked
 from pocketlearn.federated.updates import RoundUpdates
 
 
@@ -55,7 +54,7 @@ def _rows(updates: RoundUpdates, keep: Tensor) -> RoundUpdates:
 
 
 @dataclass(frozen=True)
-class MultiKrum(Checked, Strategy):
+class MultiKrum(Validated, Strategy):
     """Move the model by the uniform mean of the ``select`` updates with the best Krum scores.
 
     ``byzantine`` = f, the malicious clients a round may hold; a round needs n > 2f + 2 clients.

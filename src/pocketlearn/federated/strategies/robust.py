@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from pocketlearn.errors import Validated, number_problem
 from pocketlearn.federated.strategies.aggregate import coordinate_median, trained_rows, trimmed_mean
 from pocketlearn.federated.strategies.base import Strategy
-from pocketlearn.federated.strategies.checks import Checked, number_problem
 from pocketlearn.federated.strategies.fedavg import FedAvg
 from pocketlearn.federated.updates import RoundUpdates
 
@@ -37,7 +37,7 @@ class CoordinateMedian(Strategy):
 
 
 @dataclass(frozen=True)
-class TrimmedMean(Checked, Strategy):
+class TrimmedMean(Validated, Strategy):
     """Move each coordinate by the mean of the clients' deltas without the ⌊βK⌋ largest and ⌊βK⌋ smallest.
 
     β = ``trim_fraction``; unweighted, over the K clients that trained the parameter. Tolerates up to a β
@@ -59,7 +59,7 @@ class TrimmedMean(Checked, Strategy):
 
 
 @dataclass(frozen=True)
-class NormBounding(Checked, Strategy):
+class NormBounding(Validated, Strategy):
     """Scale each client's whole update down to L2 norm ``max_norm`` at most, then aggregate with ``inner``.
 
     A cheap defence against model replacement and backdoors: no single client can move the model further
