@@ -4,7 +4,7 @@
 ``forward_backward`` and SGD and returns the state dict pocketlearn's checkpoints hold.
 """
 
-from pocketlearn.export.executorch import EXPORTABLE_METHODS, export_training
+from pocketlearn.export.executorch import export_training, exportable_methods
 from pocketlearn.export.program import ProgramError, ProgramInfo, read_info
 from pocketlearn.export.runtime import (
     DeviceTrainer,
@@ -16,6 +16,5 @@ from pocketlearn.export.runtime import (
     save_trained,
 )
 
-__all__ = ["EXPORTABLE_METHODS", "DeviceTrainResult", "DeviceTrainer", "ProgramError", "ProgramInfo",
-           "device_train", "export_training", "fixed_batches", "plain_state", "prepare_examples", "read_info",
-           "save_trained"]
+__all__ = ["DeviceTrainResult", "DeviceTrainer", "ProgramError", "ProgramInfo", "device_train", "export_training",
+           "exportable_methods", "fixed_batches", "plain_state", "prepare_examples", "read_info", "save_trained"]

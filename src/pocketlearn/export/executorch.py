@@ -18,11 +18,14 @@ from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError, UnsupportedModelError, raise_problems
 from pocketlearn.export.program import FORWARD_METHOD, STATE_METHOD, ProgramInfo, write_program
-from pocketlearn.methods import TrainingMethod, make_method
+from pocketlearn.methods import TrainingMethod, make_method, methods_where
 from pocketlearn.methods.base import GradientConfig, cross_entropy, logits_of
 from pocketlearn.models import ModelSpec, get_model_spec
 
-EXPORTABLE_METHODS = ("backprop", "bias", "sparse", "lora")
+
+def exportable_methods() -> list[str]:
+    """The registered methods whose step exports as a device program (their class's ``exportable``)."""
+    return methods_where(lambda m: m.exportable)
 
 
 class TrainingStep(nn.Module):
@@ -95,10 +98,9 @@ def prepare_method(spec: ModelSpec, method: str, options: dict[str, Any], init: 
     from pocketlearn.checkpoint import load_checkpoint, load_weights
     from pocketlearn.methods import get_method_class
 
-    get_method_class(method)  # an unknown name fails here, with the list of methods
-    if method not in EXPORTABLE_METHODS:
+    if not get_method_class(method).exportable:  # an unknown name fails first, with the list of methods
         raise ConfigError(f"method {method!r} cannot be exported for device training; ExecuTorch runs autograd "
-                          f"steps, so choose one of {list(EXPORTABLE_METHODS)}")
+                          f"steps, so choose one of {exportable_methods()}")
     net = spec.build()
     if init is not None and Path(init).exists() and set(load_checkpoint(init).get("model", {})) == set(
             net.state_dict()):

@@ -49,6 +49,8 @@ from torch import Tensor, nn
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.simulate import base_name
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+from pocketlearn.methods import available_methods, get_method_class, methods_where
+from pocketlearn.methods.base import WireKind
 
 
 class ZeroOrder(NamedTuple):
@@ -60,17 +62,21 @@ class ZeroOrder(NamedTuple):
     n_perturbations: int
 
 
-KINDS = {"backprop": "dense", "bias": "dense", "sparse": "dense", "lora": "lora", "mezo": "zo"}
-MIXED_METHODS = tuple(KINDS)
 ZO_WIRE = "zo.coefficients"
 DEFAULT_POOL = 64
 
 
-def kind_of(method: str) -> str:
-    if method not in KINDS:
-        raise ConfigError(f"method {method!r} cannot take part in a mixed-method run; use one of "
-                          f"{list(MIXED_METHODS)}")
-    return KINDS[method]
+def mixed_methods() -> list[str]:
+    """The registered methods that can join a mixed run (those with a wire kind), in registry order."""
+    return methods_where(lambda m: m.wire_kind is not None)
+
+
+def kind_of(method: str) -> WireKind:
+    """How a ``method`` client's update travels: its class's ``wire_kind``."""
+    kind = get_method_class(method).wire_kind if method in available_methods() else None
+    if kind is None:
+        raise ConfigError(f"method {method!r} cannot take part in a mixed-method run; use one of {mixed_methods()}")
+    return kind
 
 
 def round_seed(seed: int, rnd: int) -> int:

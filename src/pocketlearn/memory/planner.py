@@ -2,7 +2,7 @@
 
 Every method is prepared on a fresh copy of the model, estimated analytically and (by default) measured
 in a fresh process; it fits when its peak (measured where available) is within the device's budget.
-The recommendation is the first fitting method in :data:`QUALITY_ORDER` (an fp32 base before a quantized one).
+The recommendation is the first fitting method in :func:`quality_order` (an fp32 base before a quantized one).
 """
 
 from __future__ import annotations
@@ -20,12 +20,9 @@ from pocketlearn.errors import BudgetError, PocketlearnError, UnsupportedModelEr
 from pocketlearn.extras import MissingExtra
 from pocketlearn.memory.estimate import Estimate, estimate, estimate_inference
 from pocketlearn.memory.measure import Measurement, ModelFactory, measure
-from pocketlearn.methods import available_methods, make_method
+from pocketlearn.methods import available_methods, get_method_class, make_method
 from pocketlearn.methods.base import Batch
 
-# Expected final quality, best first: full fine-tuning, then the methods that train most of the model with
-# true gradients, then the cheap gradient methods, then the gradient-free ones (benchmarks/methods.py).
-QUALITY_ORDER = ("backprop", "lora", "sparse", "tinytl", "bias", "binary", "mezo", "pepita")
 # On a pretrained LM the frozen base can stay 4-bit (pocketlearn.quant); these rows are added for such models.
 # A row "METHOD@BASE" is METHOD with these options: what `train -m METHOD -o base=q4 ...` runs.
 LEAN_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -51,11 +48,15 @@ def train_flags(name: str) -> str:
     return f"-m {method}" + (f" {values}" if values else "")
 
 
+def quality_order() -> list[str]:
+    """Every registered method, best expected final quality first (its class's ``quality_rank``)."""
+    return sorted(available_methods(), key=lambda method: get_method_class(method).quality_rank)
+
+
 def _rank(name: str) -> tuple[int, int]:
-    """Quality order of a row: its method's place, a quantized base after the fp32 one."""
+    """Quality order of a row: its method's rank, a quantized base after the fp32 one."""
     method, options = variant(name)
-    place = QUALITY_ORDER.index(method) if method in QUALITY_ORDER else len(QUALITY_ORDER)
-    return place, int(options.get("base", "fp32") != "fp32")
+    return get_method_class(method).quality_rank, int(options.get("base", "fp32") != "fp32")
 
 
 def default_rows(model: ModelFactory) -> list[str]:

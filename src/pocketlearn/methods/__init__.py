@@ -1,11 +1,13 @@
 """Ways of computing an update, one file each, registered by name.
 
-New method = a new file with a :class:`TrainingMethod` subclass + one line in ``_REGISTRY``.
+New method = a new file with a :class:`TrainingMethod` subclass + one line in ``_REGISTRY``; what the rest of
+pocketlearn needs to know about it (its wire kind, planner rank, export, ...) are that class's attributes.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -46,6 +48,14 @@ def get_method_class(name: str) -> type[TrainingMethod]:
     return cls
 
 
+def methods_where(fact: Callable[[type[TrainingMethod]], bool]) -> list[str]:
+    """The registered methods whose class has ``fact``, in registry order: every table of method facts.
+
+    Imports each method's module (torch only: PEFT is imported when a LoRA model is built).
+    """
+    return [name for name in _REGISTRY if fact(get_method_class(name))]
+
+
 def make_method(name: str, model: nn.Module, *, loss_fn: LossFn = cross_entropy, **options: Any) -> TrainingMethod:
     """Wrap ``model`` for training with method ``name``; ``options`` are the method's config fields."""
     cls = get_method_class(name)
@@ -54,5 +64,5 @@ def make_method(name: str, model: nn.Module, *, loss_fn: LossFn = cross_entropy,
 
 __all__ = [
     "Batch", "GradientConfig", "GradientMethod", "LossFn", "MemoryTraits", "MethodConfig", "TrainingMethod",
-    "available_methods", "cross_entropy", "get_method_class", "make_method",
+    "available_methods", "cross_entropy", "get_method_class", "make_method", "methods_where",
 ]

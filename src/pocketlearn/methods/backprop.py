@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -46,6 +47,16 @@ class Backprop(GradientMethod):
     name = "backprop"
     config: BackpropConfig
     config_cls: ClassVar[type[MethodConfig]] = BackpropConfig
+    wire_kind = "dense"
+    quality_rank = 10
+    exportable = True
+    vectorizes = True
+
+    @classmethod
+    def vectorizes_with(cls, options: Mapping[str, object]) -> bool:
+        """AdamW, checkpointing and sparse embedding rows each change the step from plain SGD."""
+        return (cls.vectorizes and options.get("optimizer", "sgd") == "sgd" and not options.get("checkpointing")
+                and options.get("embedding_rows", "all") == "all")
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal
 
@@ -20,6 +20,9 @@ from pocketlearn.errors import ConfigError, TrainingError, Validated
 
 Batch = tuple[Tensor, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
+# How an update travels in a mixed-method round (pocketlearn.federated.mixed): the change of the trained
+# parameters, LoRA's B factors, or one coefficient per pooled seed
+WireKind = Literal["dense", "lora", "zo"]
 
 
 def logits_of(output: Any) -> Tensor:
@@ -129,6 +132,28 @@ class TrainingMethod(ABC):
 
     name: ClassVar[str]
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    # Facts the rest of pocketlearn reads off the class, so that a new method is its own file plus one registry
+    # line (tables of them are built from the registry). The defaults suit a method that takes part in nothing.
+    # its update's form in a mixed-method round (a linear map onto the plain model's weights); None: it cannot mix
+    wire_kind: ClassVar[WireKind | None] = None
+    # place in the planner's order of expected final quality, lower first: full fine-tuning, the methods that
+    # train most of the model with true gradients, the cheap gradient ones, the gradient-free ones
+    # (benchmarks/methods.py); gaps of 10 leave room for a new method between two
+    quality_rank: ClassVar[int] = 1000
+    # its step exports as an ExecuTorch autograd program (pocketlearn.export): an SGD step on plain layers
+    exportable: ClassVar[bool] = False
+    # its step is plain SGD on the bare model, which the in-process engine trains many clients at once
+    vectorizes: ClassVar[bool] = False
+    # its config has ``momentum`` and ``weight_decay``, which a federated run's client settings fill in
+    takes_momentum: ClassVar[bool] = False
+    # it keeps each step's (seed, projected gradient) in ``history`` and takes a ``seed`` option, so its update
+    # can travel as seeds (seed exchange) and each client perturbs along its own directions
+    sends_seeds: ClassVar[bool] = False
+
+    @classmethod
+    def vectorizes_with(cls, options: Mapping[str, object]) -> bool:
+        """Whether the in-process engine may train it batched with these options (they keep it plain SGD)."""
+        return cls.vectorizes
 
     def __init__(self, model: nn.Module, config: MethodConfig | None = None, *, loss_fn: LossFn = cross_entropy):
         self.config = config if config is not None else self.config_cls()
@@ -183,6 +208,7 @@ class GradientMethod(TrainingMethod):
 
     config: GradientConfig
     config_cls: ClassVar[type[MethodConfig]] = GradientConfig
+    takes_momentum = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model = self.select_trainable(model)

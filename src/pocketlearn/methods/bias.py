@@ -27,6 +27,9 @@ class BiasOnly(GradientMethod):
     name = "bias"
     config: BiasConfig
     config_cls: ClassVar[type[MethodConfig]] = BiasConfig
+    wire_kind = "dense"
+    quality_rank = 50
+    exportable = True
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)

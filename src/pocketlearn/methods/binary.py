@@ -144,6 +144,7 @@ class BinaryWeights(TrainingMethod):
     name = "binary"
     config: BinaryConfig
     config_cls: ClassVar[type[MethodConfig]] = BinaryConfig
+    quality_rank = 60
 
     def prepare(self, model: nn.Module) -> nn.Module:
         latent = self.config.optimizer == "latent"

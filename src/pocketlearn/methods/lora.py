@@ -90,6 +90,9 @@ class LoRA(GradientMethod):
     name = "lora"
     config: LoraConfig
     config_cls: ClassVar[type[MethodConfig]] = LoraConfig
+    wire_kind = "lora"
+    quality_rank = 20
+    exportable = True
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)

@@ -93,6 +93,9 @@ class MeZO(TrainingMethod):
     name = "mezo"
     config: MezoConfig
     config_cls: ClassVar[type[MethodConfig]] = MezoConfig
+    wire_kind = "zo"
+    quality_rank = 70
+    sends_seeds = True
 
     def prepare(self, model: nn.Module) -> nn.Module:
         self.history: History = []

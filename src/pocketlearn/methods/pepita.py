@@ -90,6 +90,7 @@ class Pepita(TrainingMethod):
     name = "pepita"
     config: PepitaConfig
     config_cls: ClassVar[type[MethodConfig]] = PepitaConfig
+    quality_rank = 80
 
     def __init__(self, model: nn.Module, config: MethodConfig | None = None, *, loss_fn: LossFn = cross_entropy):
         self.feedback: Tensor | None = None  # F (C, d_in), made on the first batch, when d_in is known

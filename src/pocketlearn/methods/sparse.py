@@ -112,6 +112,9 @@ class SparseUpdate(GradientMethod):
     name = "sparse"
     config: SparseConfig
     config_cls: ClassVar[type[MethodConfig]] = SparseConfig
+    wire_kind = "dense"
+    quality_rank = 30
+    exportable = True
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)

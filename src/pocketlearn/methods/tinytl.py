@@ -118,6 +118,7 @@ class TinyTL(GradientMethod):
     name = "tinytl"
     config: TinyTLConfig
     config_cls: ClassVar[type[MethodConfig]] = TinyTLConfig
+    quality_rank = 40  # cannot mix: its lite residual modules are not in the plain model
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)
