@@ -198,7 +198,6 @@ def test_a_restarted_server_does_not_wait_the_join_timeout_for_a_device_that_die
 @pytest.mark.parametrize("rnd", [0, 1], ids=["first-run", "resumed"])
 def test_only_a_resumed_run_starts_before_all_its_devices_joined(tmp_path, rnd):
     import time
-    from types import SimpleNamespace
 
     from pocketlearn.federated.flower.engine import FlowerEngine
 
@@ -209,9 +208,9 @@ def test_only_a_resumed_run_starts_before_all_its_devices_joined(tmp_path, rnd):
     engine = FlowerEngine(LocalGrid(nodes, settings.run_config()), round_timeout_s=1.0, poll_s=0.01,
                           say=lambda line: None)
     engine.resume_settle_s = 0.2
-    engine.bind(SimpleNamespace(round=rnd, clients=SimpleNamespace(sizes=[1] * 5)))
+    engine.num_clients = 5
     t0 = time.monotonic()
-    assert engine.wait_for_devices(5, timeout_s=3.0) == 2
+    assert engine.wait_for_devices(5, timeout_s=3.0, resumed=rnd > 0) == 2
     waited = time.monotonic() - t0
     assert waited >= 3.0 if rnd == 0 else waited < 2.0  # a first run's devices may still be starting
 
@@ -230,8 +229,6 @@ class BusyFirstGrid(LocalGrid):
 
 
 def test_a_resumed_run_asks_a_node_that_missed_its_first_query_again_before_it_starts(tmp_path):
-    from types import SimpleNamespace
-
     from pocketlearn.federated.flower.engine import FlowerEngine
 
     cfg = config()
@@ -240,5 +237,5 @@ def test_a_resumed_run_asks_a_node_that_missed_its_first_query_again_before_it_s
     grid = BusyFirstGrid(nodes, ServeSettings(cfg, tmp_path / "run").run_config())
     engine = FlowerEngine(grid, round_timeout_s=1.0, query_timeout_s=0.5, poll_s=0.01, say=lambda line: None)
     engine.resume_settle_s = 0.2  # shorter than the wait before a node that missed once is asked again
-    engine.bind(SimpleNamespace(round=1, clients=SimpleNamespace(sizes=[1] * 5)))
-    assert engine.wait_for_devices(5, timeout_s=20.0) == 5  # (4 before: the busy node counted as gone)
+    engine.num_clients = 5
+    assert engine.wait_for_devices(5, timeout_s=20.0, resumed=True) == 5  # (4 before: the busy node counted as gone)

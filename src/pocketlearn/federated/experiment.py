@@ -6,6 +6,7 @@ import copy
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ from pocketlearn.devices import DeviceProfile
 from pocketlearn.errors import ConfigError, raise_problems
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import make_codec
-from pocketlearn.federated.config import RunConfig
+from pocketlearn.federated.config import RunConfig, SecAggSection
 from pocketlearn.federated.population import (
     DeviceFit,
     assign_devices,
@@ -23,10 +24,13 @@ from pocketlearn.federated.population import (
     plan_method,
     train_flops_per_sample,
 )
+from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.server import Clients, Engine, FederatedServer, RoundPolicy, fingerprint
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
-from pocketlearn.methods import methods_where
+
+if TYPE_CHECKING:
+    from pocketlearn.federated.mixed import MixedMethods
 
 
 @dataclass
@@ -83,8 +87,9 @@ def _natural_data(config: RunConfig) -> FederatedData:
 
 def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
     c = config.client
-    return LocalTraining(c.method, c.epochs, c.batch_size, c.lr, c.momentum, c.weight_decay,
-                         tuple(sorted(c.options.items())), proximal_mu, c.shuffle_seed)
+    return LocalTraining(method=c.method, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
+                         weight_decay=c.weight_decay, options=tuple(sorted(c.options.items())),
+                         proximal_mu=proximal_mu, shuffle_seed=c.shuffle_seed)
 
 
 def is_mixed(config: RunConfig) -> bool:
@@ -116,21 +121,20 @@ def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Mo
         opts = local_training(config, 0.0).method_options()
         return [fit_method(build, config.client.method, opts, dev, example, allow_plan=config.client.fit == "plan")
                 for dev in devices]
-    from pocketlearn.federated.mixed import kind_of, mixed_methods
+    from pocketlearn.federated.mixed import MIXED_METHODS, kind_of
 
     c = config.client
     for method in c.methods.values():
         kind_of(method)  # a method that cannot mix is a clear error
-    candidates = mixed_methods()
-    options = {m: mixed_method_options(config, m) for m in candidates}
+    options = {m: mixed_method_options(config, m) for m in MIXED_METHODS}
     fits = []
     for dev in devices:
         method = c.methods.get(dev.name, c.method)
         if method == "auto":
-            fits.append(plan_method(build, dev, example, candidates, options))
+            fits.append(plan_method(build, dev, example, MIXED_METHODS, options))
         else:
             fits.append(fit_method(build, method, options[method], dev, example, allow_plan=c.fit == "plan",
-                                   candidates=candidates, candidate_options=options))
+                                   candidates=MIXED_METHODS, candidate_options=options))
     return fits
 
 
@@ -141,7 +145,7 @@ def mixed_method_options(config: RunConfig, method: str) -> dict[str, object]:
 
 
 def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], device_index: np.ndarray
-                ) -> object | None:
+                ) -> MixedMethods | None:
     """What the server needs for a mixed run (None for a single-method run)."""
     if not is_mixed(config):
         return None
@@ -197,7 +201,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
 
     sampler, fits, device_index = make_sampler(config, data, template)
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, sampler))
-    if hasattr(strategy, "mechanism"):
+    if strategy.mechanism is not None:
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
     if hasattr(strategy, "check_round_size"):  # Krum: too few clients per round for its f never starts
         strategy.check_round_size(config.clients_per_round, "clients_per_round")
@@ -209,13 +213,15 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     seeds = config.codec.up == "seeds"
-    if seeds and config.client.method not in (senders := methods_where(lambda m: m.sends_seeds)):
-        raise ConfigError(f"codec.up = 'seeds' (seed exchange) needs client.method = {' or '.join(map(repr, senders))}"
-                          "; in a mixed run ZO clients always send one coefficient per pooled seed")
-    policy = RoundPolicy(config.devices.deadline_s, config.devices.dropout, config.devices.seed, config.eval.every,
-                         make_codec(None if seeds else config.codec.up), make_codec(config.codec.down),
-                         config.codec.error_feedback, config.codec.seed, _attack(config, len(data.indices)), seeds,
-                         _secagg(config), mixed_setup(config, template, fits, device_index))
+    if seeds and config.client.method != "mezo":
+        raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'; in a mixed run ZO "
+                          "clients always send one coefficient per pooled seed")
+    policy = RoundPolicy(deadline_s=config.devices.deadline_s, dropout=config.devices.dropout,
+                         seed=config.devices.seed, eval_every=config.eval.every,
+                         uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),
+                         error_feedback=config.codec.error_feedback, codec_seed=config.codec.seed,
+                         attack=_attack(config, len(data.indices)), seed_exchange=seeds, secagg=_secagg(config),
+                         mixed=mixed_setup(config, template, fits, device_index))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,
@@ -267,7 +273,7 @@ def _strategy_options(config: RunConfig, sampler: ClientSampler) -> dict:
     return options
 
 
-def _secagg(config: RunConfig) -> object | None:
+def _secagg(config: RunConfig) -> SecAggSection | None:
     if not config.secagg.enabled:
         return None
     if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "krum", "multi-krum"):
@@ -295,9 +301,9 @@ def _attack(config: RunConfig, num_clients: int) -> Attack | None:
     return Attack.on_fraction(num_clients, a.fraction, a.kind, a.scale, a.seed) if a.fraction else None
 
 
-def make_engine(config: RunConfig, template: nn.Module, data: FederatedData) -> InProcessEngine:
+def make_engine(config: RunConfig, template: nn.Module, data: FederatedData) -> SimulatedEngine:
     if config.engine == "ray":
         from pocketlearn.federated.ray_engine import RayEngine
 
-        return RayEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)  # type: ignore[return-value]
+        return RayEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)
     return InProcessEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)

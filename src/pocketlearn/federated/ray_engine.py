@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
 from pocketlearn.federated.updates import RoundUpdates
 
@@ -51,7 +52,7 @@ class _Worker:
         return replace(result, updates=updates)
 
 
-class RayEngine:
+class RayEngine(SimulatedEngine):
     """Same interface as :class:`InProcessEngine`; clients are spread over ``num_workers`` actors."""
 
     def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
@@ -87,9 +88,6 @@ def _concat(results: list[RoundResult]) -> RoundResult:
     """The workers' results as one, in the order the clients were given: what the in-process engine returns."""
     if len(results) == 1:
         return results[0]
-    if any(r.secure is not None for r in results):
-        raise TrainingError(f"the Ray engine got secure-aggregation means from {len(results)} workers and cannot "
-                            "join them; the server aggregates securely: return the clients' updates instead")
     parts = [r.updates for r in results]
     names = list(dict.fromkeys(n for p in parts for n in p.deltas))  # a worker may hold no client of a parameter
     deltas, trained = {}, {}

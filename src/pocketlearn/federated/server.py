@@ -13,9 +13,9 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,16 +27,32 @@ from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
 from pocketlearn.federated.codecs.seeds import decode_history, encode_history, replay_delta
 from pocketlearn.federated.metrics import MetricsLog
+from pocketlearn.federated.pipeline import (
+    Aggregation,
+    Arrived,
+    Methods,
+    MixedRound,
+    OneMethod,
+    aggregation,
+    secure_plan,
+)
 from pocketlearn.federated.population import DeviceFit, simulated_seconds
+from pocketlearn.federated.round import Engine, RoundPlan
 from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.strategies.base import Strategy
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
+if TYPE_CHECKING:
+    from pocketlearn.federated.config import SecAggSection
+    from pocketlearn.federated.mixed import Expansion, MixedMethods
 
-class Engine(Protocol):
-    def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
-              ) -> RoundResult: ...
+__all__ = ["Clients", "Engine", "FederatedServer", "RoundPolicy", "RoundRecord", "fingerprint"]
+
+# How a method group's updates reach the server: (its result, the round, its start weights, a mixed round's
+# expansion) -> its updates as the server decodes them, and each client's uplink bytes. One per method, chosen
+# from the config once.
+Uplink = Callable[[RoundResult, int, dict[str, Tensor], "Expansion | None"], tuple[RoundUpdates, list[int]]]
 
 
 @dataclass
@@ -52,8 +68,13 @@ class Clients:
         return self.fits[int(self.device_index[c])].method
 
 
-@dataclass
+@dataclass(kw_only=True)
 class RoundPolicy:
+    """What a run's rounds do besides training, given by keyword (twelve settings read badly by position).
+
+    Deadline and dropout, codecs, attack, seed exchange, secure aggregation, mixed methods.
+    """
+
     deadline_s: float | None = None
     dropout: float = 0.0
     seed: int = 3
@@ -64,8 +85,8 @@ class RoundPolicy:
     codec_seed: int = 4
     attack: Attack | None = None
     seed_exchange: bool = False  # MeZO clients send (seed, g) pairs; the server replays them
-    secagg: Any = None  # a SecAggSection: aggregate through secure aggregation
-    mixed: Any = None  # a MixedMethods: devices train with different methods, combined by federated.mixed's rule
+    secagg: SecAggSection | None = None  # aggregate through secure aggregation
+    mixed: MixedMethods | None = None  # devices train with different methods, combined by federated.mixed's rule
 
 
 @dataclass
@@ -114,6 +135,16 @@ class FederatedServer:
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self.discarded_rounds = 0  # metrics lines of a run folder without a checkpoint, dropped by resume()
         self._bytes_by_method: dict[str, int] = {}  # this round's uplink bytes per training method
+        # the round's steps, chosen once from the config
+        self.methods: Methods = MixedRound(local, policy.mixed) if policy.mixed is not None else OneMethod(local)
+        mechanism = strategy.mechanism
+        self.secure = secure_plan(policy.secagg, mechanism)
+        self.aggregation: Aggregation = aggregation(strategy, engine, self.secure, policy.mixed)
+        self._local_dp_on_devices = engine.on_devices and mechanism is not None and mechanism.config.mode == "local"
+        if self._local_dp_on_devices:
+            mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
+        self._uplinks: dict[str, Uplink] = {}
+        self._attack: Callable[[RoundUpdates, int], object] = policy.attack.poison if policy.attack else _no_attack
 
     def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
         """Allocate (and fault in) the round's send buffer during setup rather than in round 1."""
@@ -170,62 +201,133 @@ class FederatedServer:
         rnd = self.round + 1
         start = time.perf_counter()
         sampled = self.sampler.sample(rnd)
-        dropped = np.zeros(len(sampled), dtype=bool)
-        if self.policy.dropout:
-            dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
-        down, start_params = self._download(rnd)
+        dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
+        weights, start_params = self._download(rnd)
         training = [int(c) for c in sampled[~dropped]]
         by_method: dict[str, list[int]] = {}
         for c in training:  # the sampler only offers clients whose device can train
             by_method.setdefault(self.clients.method_of(c) or "", []).append(c)
-        mixed = self.policy.mixed
-        expansion = mixed.expansion(self.params, rnd) if mixed else None
-        results = [self.engine.train(start_params, ids, rnd, self._local(m, rnd)) for m, ids in by_method.items()]
-        finished, up, times, losses, wire = self._finish(results, list(by_method), down, rnd, start_params, expansion)
-        n_finished, secagg_received = 0 if finished is None else len(finished), 0
-        if finished is not None:
-            if expansion is not None and self.policy.secagg is not None:
-                from pocketlearn.federated.mixed import secure_combine
-
-                cfg = self.policy.secagg
-                combine = getattr(self.engine, "secure_combine", secure_combine)  # devices that run the protocol
-                finished, up, secagg_received = combine(wire, expansion, threshold=cfg.threshold, clip=cfg.clip,
-                                                        neighbours=cfg.neighbours, seed=rnd)
-            elif self.policy.secagg is not None:
-                secured = results[0].secure if len(results) == 1 else None  # the devices ran the protocol
-                finished, up, secagg_received = (secured.mean, secured.sent, secured.received) if secured \
-                    else self._secure_mean(finished, rnd)
-            if self.policy.secagg is not None and expansion is None and hasattr(self.strategy, "mechanism"):
-                # distributed DP: ``finished`` holds the unmasked noisy sum; no clipping or noise is left to do
-                self.strategy.apply_means(self.params, self._distributed_dp().release(
-                    {n: d[0] for n, d in finished.deltas.items()}))
-            elif expansion is not None and hasattr(self.strategy, "mechanism"):
-                from pocketlearn.federated.mixed import private_combine
-
-                self.strategy.apply_means(self.params, private_combine(wire, expansion, mixed,
-                                                                       self.strategy.mechanism))
-            else:
-                self.strategy.apply(self.params, finished)
+        expansion = self.methods.expansion(self.params, rnd)
+        results = [self.engine.run(start_params, self._plan(m, ids, rnd, weights, start_params, expansion))
+                   for m, ids in by_method.items()]
+        arrived, up, times, losses = self._arrive(results, list(by_method), len(weights), rnd, start_params,
+                                                  expansion)
+        n_finished, received = 0, 0
+        if arrived is not None:
+            applied = self.aggregation.apply(self.params, arrived)
+            n_finished, received = applied.finished, applied.received
+            up = up if applied.sent is None else applied.sent
         round_time = time.perf_counter() - start
         self.round = rnd
         record = RoundRecord(
             rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up,
-            down * len(sampled) + secagg_received,
+            len(weights) * len(sampled) + received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method)
-        if hasattr(self.strategy, "epsilon_so_far"):
-            record.epsilon = self.strategy.epsilon_so_far()
-            record.dp_noise = getattr(getattr(self.strategy, "mechanism", None), "noise_source", None)
+        mechanism = self.strategy.mechanism
+        if mechanism is not None:
+            record.epsilon = mechanism.epsilon_so_far()
+            record.dp_noise = mechanism.noise_source
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record
 
-    def _download(self, rnd: int) -> tuple[int, dict[str, Tensor]]:
-        """(bytes of the global-model payload, the weights clients start from: decoded from that payload)."""
+    def _download(self, rnd: int) -> tuple[bytes, dict[str, Tensor]]:
+        """(the global-model payload, the weights clients start from: decoded from that payload)."""
         codec = self.policy.downlink
         payload = downlink_payload(self.params, codec, self.policy.codec_seed, rnd)
-        return len(payload), codec.decode(payload) if codec.stages else self.params
+        return payload, codec.decode(payload) if codec.stages else self.params
+
+    def _plan(self, method: str, client_ids: list[int], rnd: int, weights: bytes, start: dict[str, Tensor],
+              expansion: Expansion | None) -> RoundPlan:
+        """What the engine needs for one method group of round ``rnd``: nothing else of the server."""
+        local = self.methods.local(method, rnd)
+        mechanism = self.strategy.mechanism
+        noise = None
+        if self._local_dp_on_devices and mechanism is not None:  # the round the strategy will privatize
+            noise = mechanism.local_noise(mechanism.rounds + 1, self._noise_unit(method))
+        policy = self.policy
+        return RoundPlan(rnd=rnd, client_ids=client_ids, local=local,
+                         wire_shapes=self.methods.wire_shapes(start, expansion, method), weights=weights,
+                         downlink=policy.downlink.spec, uplink=policy.uplink.spec,
+                         seeds=policy.seed_exchange and _sends_seeds(method), codec_seed=policy.codec_seed,
+                         error_feedback=self.feedback is not None, run_id=self.run_id, local_noise=noise,
+                         secure=self.secure)
+
+    def _noise_unit(self, method: str) -> float:
+        """A method's wire update is divided by its kind's unit before clipping (mixed runs' ``dp.kind_scale``)."""
+        mechanism = self.strategy.mechanism
+        if self.policy.mixed is None or mechanism is None:
+            return 1.0
+        from pocketlearn.federated.mixed import kind_unit
+
+        return kind_unit(mechanism.config.kind_scale, method)
+
+    def _uplink(self, method: str) -> Uplink:
+        """How ``method``'s updates reach the server (decided once per method, on first use)."""
+        if method not in self._uplinks:
+            self._uplinks[method] = self._choose_uplink(method)
+        return self._uplinks[method]
+
+    def _choose_uplink(self, method: str) -> Uplink:
+        if self.policy.mixed is not None and not self.engine.on_devices:
+            from pocketlearn.federated.mixed import kind_of
+
+            if kind_of(method) == "zo":
+                return self._upload_coefficients
+        if self.policy.seed_exchange and _sends_seeds(method):
+            return self._upload_seeds
+        if self.engine.on_devices:
+            return _delivered
+        return self._upload_result
+
+    def _arrive(self, results: list[RoundResult], methods: list[str], down: int, rnd: int, start: dict[str, Tensor],
+                expansion: Expansion | None) -> tuple[Arrived | None, int, list[float], Tensor | None]:
+        """Encode each update, time each client on its device, drop stragglers past the deadline.
+
+        Returns the updates that made it (expanded to deltas of the global parameters, with each method's wire
+        updates in a mixed run), the uplink bytes, each client's simulated time and the training losses.
+        """
+        keep_rows, up_total, times, losses, wire_groups = [], 0, [], [], []
+        self._bytes_by_method = {}
+        deadline = self.policy.deadline_s
+        for result, method in zip(results, methods, strict=True):
+            self._attack(result.updates, rnd)
+            wire, sizes = self._uplink(method)(result, rnd, start, expansion)
+            result.updates = u = expansion.expand(method, wire) if expansion is not None else wire
+            samples = u.num_samples.tolist()
+            kept = []
+            for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
+                device = self.clients.fits[self.clients.device_index[c]].device
+                t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
+                                      flops_per_sample=self.clients.flops_per_sample, down_bytes=down, up_bytes=up)
+                on_time = deadline is None or t <= deadline
+                times.append(min(t, deadline) if deadline is not None else t)
+                if on_time:
+                    up_total += up
+                    keep_rows.append((result, k))
+                    kept.append(k)
+                    self._bytes_by_method[method] = self._bytes_by_method.get(method, 0) + up
+            losses.append(result.train_loss)
+            if expansion is not None and kept:
+                wire_groups.append((method, _rows(wire, kept)))
+        if not keep_rows:
+            return None, up_total, times, None
+        return Arrived(rnd, _select(results, keep_rows), wire_groups, expansion), up_total, times, torch.cat(losses)
+
+    def _upload_result(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
+                       ) -> tuple[RoundUpdates, list[int]]:
+        """The codec step: each update encoded as its device would, and decoded as the server reads it."""
+        return result.updates, self._upload(result.updates, rnd)
+
+    def _upload_coefficients(self, result: RoundResult, rnd: int, start: dict[str, Tensor],
+                             expansion: Expansion | None) -> tuple[RoundUpdates, list[int]]:
+        """A mixed run's ZO clients: one coefficient per seed of the round's pool, then the uplink codec."""
+        assert result.histories is not None, "a zeroth-order client returns its (seed, g) history"
+        assert expansion is not None, "ZO coefficients are a mixed run's wire form"
+        u = expansion.zo_wire(result.updates, result.histories)
+        return u, self._upload(u, rnd)
 
     def _upload(self, u: RoundUpdates, rnd: int) -> list[int]:
         """Encode each client's update for real; its row becomes what the server decodes. Returns byte counts."""
@@ -248,99 +350,20 @@ class FederatedServer:
             sizes.append(len(payload))
         return sizes
 
-    def _upload_seeds(self, u: RoundUpdates, histories: list[list[tuple[int, float]]], start: dict[str, Tensor]
-                      ) -> list[int]:
+    def _upload_seeds(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
+                      ) -> tuple[RoundUpdates, list[int]]:
         """Seed exchange: each MeZO client's pairs travel; its row becomes the server's replay of them."""
-        options = self._local("mezo", 0).method_options()
+        assert result.histories is not None, "a client that sends seeds returns its (seed, g) history"
+        u = result.updates
+        options = self.methods.local(self.local.method, 0).method_options()
         sizes = []
-        for k, history in enumerate(histories):
+        for k, history in enumerate(result.histories):
             payload = encode_history(history)
             replayed = replay_delta({n: start[n] for n in u.client_delta(k)}, decode_history(payload), options)
             for n, t in replayed.items():
                 u.deltas[n][k] = t
             sizes.append(len(payload))
-        return sizes
-
-    def _secure_mean(self, updates: RoundUpdates, rnd: int) -> tuple[RoundUpdates, int, int]:
-        """The sample-weighted mean delta by secure aggregation (one row, as if from one client).
-
-        Also returns the protocol's bytes sent and received: its messages replace the plain payloads. Under DP
-        (distributed DP, :mod:`pocketlearn.federated.privacy.distributed`) the row is instead the unmasked sum of
-        the clients' clipped updates and noise shares, unweighted.
-        """
-        from pocketlearn.federated.secagg import secure_mean
-
-        cfg = self.policy.secagg
-        if hasattr(self.strategy, "mechanism"):
-            from pocketlearn.federated.secagg.run import Ledger
-
-            ledger = Ledger.empty(len(updates))
-            sums = self._distributed_dp().secure_sum(updates, threshold=cfg.threshold, neighbours=cfg.neighbours,
-                                                     seed=rnd, ledger=ledger)
-            row = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in sums.items()})
-            return row, int(ledger.sent.sum()), int(ledger.received.sum())
-        mean, ledger = secure_mean(updates, threshold=cfg.threshold, clip=cfg.clip, neighbours=cfg.neighbours,
-                                   seed=rnd)
-        return mean, int(ledger.sent.sum()), int(ledger.received.sum())
-
-    def _distributed_dp(self) -> Any:
-        """The strategy's privacy mechanism, as the clients of a secure round share its noise."""
-        from pocketlearn.federated.privacy.distributed import DistributedDP
-
-        return DistributedDP(self.strategy.mechanism)
-
-    def _local(self, method: str, rnd: int) -> LocalTraining:
-        if self.policy.mixed is None:
-            return replace(self.local, method=method)
-        options = self.policy.mixed.round_options(rnd)[method]
-        return replace(self.local, method=method, options=tuple(sorted(options.items())))
-
-    def _finish(self, results: list[RoundResult], methods: list[str], down: int, rnd: int, start: dict[str, Tensor],
-                expansion: Any = None
-                ) -> tuple[RoundUpdates | None, int, list[float], Tensor | None, list[tuple[str, RoundUpdates]]]:
-        """Encode each update, time each client on its device, drop stragglers past the deadline.
-
-        Mixed runs also return each method's wire updates of the clients that made it (for secure or private
-        aggregation); the updates returned first are the same, expanded to deltas of the global parameters.
-        """
-        keep_rows, up_total, times, losses, wire_groups = [], 0, [], [], []
-        self._bytes_by_method = {}
-        deadline = self.policy.deadline_s
-        for result, method in zip(results, methods, strict=True):
-            u = result.updates
-            if self.policy.attack:
-                self.policy.attack.poison(u, rnd)
-            if expansion is not None and method in expansion.wire and result.histories is not None:
-                u = expansion.zo_wire(u, result.histories)  # one coefficient per seed of the round's pool
-                sizes = self._upload(u, rnd)
-            elif self.policy.seed_exchange and result.histories is not None:
-                sizes = self._upload_seeds(u, result.histories, start)
-            elif result.payload_bytes is not None:  # encoded on the devices, decoded by the engine
-                sizes = result.payload_bytes
-            else:
-                sizes = self._upload(u, rnd)
-            if expansion is not None:
-                wire = u
-                result.updates = u = expansion.expand(method, wire)
-            samples = u.num_samples.tolist()
-            kept = []
-            for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
-                device = self.clients.fits[self.clients.device_index[c]].device
-                t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
-                                      flops_per_sample=self.clients.flops_per_sample, down_bytes=down, up_bytes=up)
-                on_time = deadline is None or t <= deadline
-                times.append(min(t, deadline) if deadline is not None else t)
-                if on_time:
-                    up_total += up
-                    keep_rows.append((result, k))
-                    kept.append(k)
-                    self._bytes_by_method[method] = self._bytes_by_method.get(method, 0) + up
-            losses.append(result.train_loss)
-            if expansion is not None and kept:
-                wire_groups.append((method, _rows(wire, kept)))
-        if not keep_rows:
-            return None, up_total, times, None, wire_groups
-        return _select(results, keep_rows), up_total, times, torch.cat(losses), wire_groups
+        return u, sizes
 
     def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
         records = []
@@ -368,6 +391,22 @@ def downlink_payload(params: dict[str, Tensor], codec: Codec, codec_seed: int, r
 def uplink_stream(codec_seed: int, rnd: int, client: int) -> np.random.Generator:
     """The random stream client ``client`` encodes its round-``rnd`` update with (wherever it is encoded)."""
     return np.random.default_rng([codec_seed, rnd, client])
+
+
+def _no_attack(updates: RoundUpdates, rnd: int) -> None:
+    """Honest clients: their updates leave them as trained."""
+
+
+def _sends_seeds(method: str) -> bool:
+    """Whether ``method``'s clients can send (seed, g) pairs instead of an update (seed exchange)."""
+    return method == "mezo"
+
+
+def _delivered(result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
+               ) -> tuple[RoundUpdates, list[int]]:
+    """Updates encoded on the devices and decoded by the engine: the bytes are those that crossed the network."""
+    assert result.payload_bytes is not None, "an engine on devices reports each payload's size"
+    return result.updates, result.payload_bytes
 
 
 def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> RoundUpdates:

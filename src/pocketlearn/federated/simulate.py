@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
     PaddedBatches,
@@ -28,8 +29,8 @@ from pocketlearn.federated.vectorized import (
     train_stacked,
     train_stacked_mlp,
 )
-from pocketlearn.methods import available_methods, get_method_class, make_method
-from pocketlearn.methods.base import TrainingMethod, cross_entropy
+from pocketlearn.methods import make_method
+from pocketlearn.methods.base import cross_entropy
 
 # Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
 # synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
@@ -65,40 +66,33 @@ class LocalTraining:
     shuffle_seed: int = 2
 
     @property
-    def facts(self) -> type[TrainingMethod]:
-        """The method's class, whose attributes say how it trains; no method yet ("auto"): the defaults."""
-        return get_method_class(self.method) if self.method in available_methods() else TrainingMethod
-
-    @property
     def vectorizable(self) -> bool:
-        return self.facts.vectorizes_with(dict(self.options))
+        opts = dict(self.options)
+        return (self.method == "backprop" and opts.get("optimizer", "sgd") == "sgd" and not opts.get("checkpointing")
+                and opts.get("embedding_rows", "all") == "all")
 
     def method_options(self) -> dict[str, object]:
         opts = {"lr": self.lr, **dict(self.options)}
-        if self.facts.takes_momentum:
+        if self.method in ("backprop", "bias", "sparse", "lora", "tinytl"):
             opts.setdefault("momentum", self.momentum)
             opts.setdefault("weight_decay", self.weight_decay)
         return opts
 
 
 @dataclass
-class SecureMean:
-    """A round the clients aggregated securely among themselves: the server holds only the mean (one row)."""
-
-    mean: RoundUpdates
-    sent: int  # the protocol's bytes, all clients together
-    received: int
-
-
-@dataclass
 class RoundResult:
+    """A method group's round as an engine hands it back: each client's update, in the order asked for.
+
+    ``histories``: MeZO clients' (seed, g) pairs (seed exchange and mixed runs send these, not the update).
+    ``payload_bytes``: each client's uplink payload as it crossed a real network (the updates are then
+    already decoded; under secure aggregation they are zero rows that only say who finished); None: the
+    server encodes the updates itself, as the devices would, in simulation.
+    """
+
     updates: RoundUpdates
     train_loss: Tensor  # (K,) each client's mean training loss
-    histories: list[list[tuple[int, float]]] | None = None  # MeZO clients' (seed, g) pairs, for seed exchange
-    payload_bytes: list[int] | None = None  # each client's uplink payload as it crossed a real network (the
-    # updates are then already decoded); None: the server encodes them itself, as in simulation
-    secure: SecureMean | None = None  # set by engines whose clients ran secure aggregation (updates are then
-    # placeholders that say who finished)
+    histories: list[list[tuple[int, float]]] | None = None
+    payload_bytes: list[int] | None = None
 
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
@@ -118,7 +112,7 @@ def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rn
     return orders
 
 
-class InProcessEngine:
+class InProcessEngine(SimulatedEngine):
     """Trains clients on the data of this process; the server gives it global weights and client ids."""
 
     def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.methods.base import head_module, weight_layers
@@ -44,7 +45,7 @@ def top_block_targets(model: nn.Module, k: int | None) -> Targets:
     return tuple(n for n in names if head is None or n != head[0])
 
 
-class PortionEngine:
+class PortionEngine(SimulatedEngine):
     """Wraps an :class:`InProcessEngine`: each client trains LoRA on its own targets, updates stacked with masks."""
 
     def __init__(self, inner: InProcessEngine, targets_of: Callable[[int], Targets]):

@@ -1,7 +1,8 @@
-"""An :class:`~pocketlearn.federated.server.Engine` whose clients are real devices behind a Flower SuperLink.
+"""An :class:`~pocketlearn.federated.round.Engine` whose clients are real devices behind a Flower SuperLink.
 
-The server loop stays the simulator's: it samples, calls ``train(params, client_ids, rnd, local)`` once per
-method group, aggregates, evaluates and checkpoints. This engine turns that call into one Flower ``train``
+The server loop stays the simulator's: it samples, calls ``run(params, plan)`` once per method group with a
+:class:`~pocketlearn.federated.round.RoundPlan`, aggregates, evaluates and checkpoints. This engine reads
+nothing of the server but that plan; it turns each call into one Flower ``train``
 message per sampled client, sent to the SuperNode that holds the client's examples (learned once per node
 with a ``query`` message), and waits for replies until the round's timeout: a device that dies or is late is
 left out of the round, the others' updates are aggregated. What travels are our codec payloads, so the bytes
@@ -15,18 +16,21 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from pocketlearn.errors import PocketlearnError
 from pocketlearn.federated.flower.messages import QUERY, SEEDS, TRAIN, DeviceInfo, TrainReply, TrainRequest
+from pocketlearn.federated.round import RoundPlan, SecureOutcome, SecurePlan
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 if TYPE_CHECKING:
-    from pocketlearn.federated.privacy.report import LocalNoise
+    from pocketlearn.federated.codecs import Codec
+    from pocketlearn.federated.flower.secure import TrainedDevice
+    from pocketlearn.federated.mixed import Expansion
 
 log = logging.getLogger(__name__)
 # What reading a device's records can raise besides our own errors: a missing key, a value of the wrong kind, a
@@ -63,6 +67,7 @@ class FlowerEngine:
     # server retries with exponential backoff of up to 20 s (flwr's MAX_RETRY_DELAY), plus jitter: settling
     # sooner starts the run without devices that are alive and only between two retries.
     resume_settle_s: float = 45.0
+    on_devices: ClassVar[bool] = True  # devices encode, noise and mask their own updates
 
     def __init__(self, grid: Any, *, round_timeout_s: float, query_timeout_s: float = 60.0, poll_s: float = 0.2,
                  say: Callable[[str], None] = print):
@@ -74,13 +79,8 @@ class FlowerEngine:
         self.silent: dict[int, float] = {}  # node id -> when to ask again (it did not answer a query)
         self.misses: dict[int, int] = {}  # node id -> queries in a row it did not answer
         self.traffic = Traffic()
-        self.server: Any = None
-        self._weights: tuple[int, bytes] | None = None  # (round, payload) sent to every client of the round
-        self._pending: tuple[int, dict[int, Any]] = (0, {})  # (round, its trained secure-aggregation devices)
-
-    def bind(self, server: Any) -> None:
-        """The server whose global weights and codecs this engine sends (set once, after it is built)."""
-        self.server = server
+        self.num_clients: int | None = None  # the run's clients are 0..n-1 (set once known): others are refused
+        self._pending: tuple[int, dict[int, TrainedDevice]] = (0, {})  # (round, its secure-aggregation devices)
 
     # --- which device holds which client ----------------------------------------------------------------------
     def discover(self, timeout_s: float | None = None) -> list[DeviceInfo]:
@@ -101,7 +101,7 @@ class FlowerEngine:
         messages = [Message(RecordDict(), dst_node_id=n, message_type=QUERY, ttl=self.query_timeout_s)
                     for n in unknown]
         found = []
-        for message, reply, _ in self._exchange(messages, timeout_s):
+        for message, reply, _ in self.exchange(messages, timeout_s):
             node = message.metadata.dst_node_id
             info, reason = None, "no reply" if reply is None else reply.error.reason if reply.has_error() else ""
             if not reason:
@@ -134,22 +134,23 @@ class FlowerEngine:
 
     def _check_info(self, info: DeviceInfo) -> DeviceInfo:
         """A device's answer if it names a client of the run and a plausible number of examples."""
-        clients = len(self.server.clients.sizes) if self.server is not None else None
+        clients = self.num_clients
         if info.client_id < 0 or clients is not None and info.client_id >= clients:
             raise ValueError(f"it claims client {info.client_id}; the run's clients are 0..{(clients or 1) - 1}")
         if info.num_examples < 1:
             raise ValueError(f"it claims {info.num_examples} examples; a device holds at least one")
         return info
 
-    def wait_for_devices(self, min_devices: int, timeout_s: float, *, settle_s: float | None = None) -> int:
+    def wait_for_devices(self, min_devices: int, timeout_s: float, *, settle_s: float | None = None,
+                         resumed: bool = False) -> int:
         """Discover until ``min_devices`` clients have a device (or the timeout); returns how many have.
 
-        A resumed run (the bound server is past round 0) does not wait for devices that died before the crash:
+        A ``resumed`` run (past round 0) does not wait for devices that died before the crash:
         the devices still in the run are connected already, so once every node Flower lists has answered or
         stayed silent, and no new device joined for ``settle_s`` seconds (default :attr:`resume_settle_s`), it
         starts with those. A first run waits for ``min_devices``: its devices are still being started.
         """
-        if settle_s is None and self.server is not None and getattr(self.server, "round", 0) > 0:
+        if settle_s is None and resumed:
             settle_s = self.resume_settle_s
         start = last_join = time.monotonic()
         deadline = start + timeout_s
@@ -180,77 +181,61 @@ class FlowerEngine:
         if info is not None and self.node_of.get(info.client_id) == node:
             del self.node_of[info.client_id]
 
-    # --- one round ----------------------------------------------------------------------------------------------
-    def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
-              ) -> RoundResult:
-        """Send each client its round; collect the updates of those that answer before the timeout."""
+    # --- one round ---------------------------------------------------------------------------------------------
+    def run(self, params: dict[str, Tensor], plan: RoundPlan) -> RoundResult:
+        """Send each client its round; collect the updates of those that answer before the timeout.
+
+        Under secure aggregation this is the protocol's first step only: the devices train and advertise keys;
+        :meth:`secure_mean` or :meth:`secure_combine` runs the rest once the server knows who finished.
+        """
         for info in self.discover():  # devices that joined (or came back) since the last round
             self.say(f"device joined: client {info.client_id} ({info.num_examples} examples, {info.device})")
-        if self.server.policy.secagg is not None:
-            return self._secure_train(params, client_ids, rnd, local)
-        policy = self.server.policy
-        seeds = policy.seed_exchange and local.method == "mezo"
-        sent = self.train_messages(params, client_ids, rnd, local, SEEDS if seeds else policy.uplink.spec)
-        expected = self._wire_shapes(params, rnd, local)
-        replies = self._exchange([m for _, m in sent], self.round_timeout_s)
+        if plan.secure is not None:
+            return self._secure_train(plan)
+        sent = self.train_messages(plan, SEEDS if plan.seeds else plan.uplink)
+        replies = self.exchange([m for _, m in sent], self.round_timeout_s)
         accepted = [(c, r) for (c, _), (_, msg, after) in zip(sent, replies, strict=True)
-                    if (r := self._accept(c, msg, rnd, after)) is not None]
-        return self._round_result(accepted, params, expected, seeds, rnd, local)
+                    if (r := self.accept(c, msg, plan.rnd, after)) is not None]
+        return self._round_result(accepted, params, plan)
 
-    def _secure_train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
-                      ) -> RoundResult:
-        """Secure aggregation: the whole protocol for one method, or in a mixed round its first step.
-
-        A mixed round trains and collects keys per method here; the protocol groups run in :meth:`secure_combine`
-        once every method's devices have trained (a method's lone device joins another group).
-        """
+    def _secure_train(self, plan: RoundPlan) -> RoundResult:
+        """Secure aggregation's first step for one method group: its devices train and send their public keys."""
         from pocketlearn.federated.flower import secure
 
-        if self.server.policy.mixed is None:
-            return secure.secure_round(self, params, client_ids, rnd, local)
-        devices = secure.train_devices(self, params, client_ids, rnd, local)
-        if self._pending[0] != rnd:
-            self._pending = (rnd, {})
+        devices = secure.train_devices(self, plan)
+        if self._pending[0] != plan.rnd:
+            self._pending = (plan.rnd, {})
         self._pending[1].update((d.client, d) for d in devices)
-        return secure.placeholders(self._wire_shapes(params, rnd, local), devices, devices, None)
+        return secure.placeholders(plan.wire_shapes, devices)
 
-    def secure_combine(self, groups: list[tuple[str, RoundUpdates]], expansion: Any, *, threshold: float,
-                       clip: float, neighbours: int | None, seed: int) -> tuple[RoundUpdates, int, int]:
-        """:func:`federated.mixed.secure_combine`, with the devices running the protocol.
-
-        The settings come from the run's ``secagg`` section (the same values the server loop passes).
-        """
+    def secure_mean(self, finished: RoundUpdates, secure_plan: SecurePlan, rnd: int) -> SecureOutcome:
+        """Phases 2-4 among the devices of ``finished``: the server learns their mean (or noisy sum) only."""
         from pocketlearn.federated.flower import secure
 
-        return secure.secure_combine(self, groups, expansion, self._pending[1], rnd=seed)  # the server's seed: rnd
+        return secure.secure_mean(self, [self._pending[1][c] for c in finished.client_ids], secure_plan, rnd)
 
-    def train_messages(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining,
-                       up_codec: str, message_type: str = TRAIN) -> list[tuple[int, Any]]:
+    def secure_combine(self, groups: list[tuple[str, RoundUpdates]], expansion: Expansion, secure_plan: SecurePlan,
+                       rnd: int) -> SecureOutcome:
+        """:func:`federated.mixed.secure_combine`, with the devices running the protocol."""
+        from pocketlearn.federated.flower import secure
+
+        return secure.secure_combine(self, groups, expansion, self._pending[1], secure_plan, rnd)
+
+    def train_messages(self, plan: RoundPlan, up_codec: str, message_type: str = TRAIN) -> list[tuple[int, Any]]:
         """(client, message) of each client a device holds: the global weights and how to train and send back."""
         from flwr.app import Message
 
-        weights, policy = self._round_weights(params, rnd), self.server.policy
-        noise = self._device_noise(local)
         sent: list[tuple[int, Any]] = []
-        for c in client_ids:
+        for c in plan.client_ids:
             if c not in self.node_of:
-                self.say(f"round {rnd}: no device holds client {c}; it is left out")
+                self.say(f"round {plan.rnd}: no device holds client {c}; it is left out")
                 continue
-            request = TrainRequest(rnd, c, local, weights, policy.downlink.spec, up_codec, policy.codec_seed, noise,
-                                   self.server.feedback is not None, self.server.run_id)
+            request = TrainRequest(plan.rnd, c, plan.local, plan.weights, plan.downlink, up_codec, plan.codec_seed,
+                                   plan.local_noise, plan.error_feedback, plan.run_id)
             sent.append((c, Message(request.to_records(), dst_node_id=self.node_of[c], message_type=message_type,
-                                    group_id=str(rnd), ttl=self.round_timeout_s)))
-            self.traffic.add(c, down=len(weights))
+                                    group_id=str(plan.rnd), ttl=self.round_timeout_s)))
+            self.traffic.add(c, down=len(plan.weights))
         return sent
-
-    def _round_weights(self, params: dict[str, Tensor], rnd: int) -> bytes:
-        from pocketlearn.federated.server import downlink_payload
-
-        if self._weights is None or self._weights[0] != rnd:
-            policy = self.server.policy
-            source = self.server.params if policy.downlink.stages else params
-            self._weights = (rnd, downlink_payload(source, policy.downlink, policy.codec_seed, rnd))
-        return self._weights[1]
 
     def leave_out(self, c: int, rnd: int, why: str) -> None:
         """Say and log (a warning naming the node) why client ``c``'s reply is not in round ``rnd``."""
@@ -258,7 +243,7 @@ class FlowerEngine:
         self.say(f"round {rnd}: client {c} {why}; left out")
         log.warning("round %s: SuperNode %s (client %s) left out of the round: %s", rnd, node, c, why)
 
-    def _accept(self, c: int, reply: Any, rnd: int, after_s: float) -> TrainReply | None:
+    def accept(self, c: int, reply: Any, rnd: int, after_s: float) -> TrainReply | None:
         """A client's reply if it is a well-formed update from that client; else say why and leave it out."""
         if reply is None:
             self.leave_out(c, rnd, f"did not answer within {self.round_timeout_s:g} s")
@@ -288,43 +273,26 @@ class FlowerEngine:
         if not (math.isfinite(answer.seconds) and answer.seconds >= 0):
             raise ValueError(f"it reports {answer.seconds} s of work")
 
-    def _device_noise(self, local: LocalTraining) -> LocalNoise | None:
-        """Local DP: what each device does to its own update; the server's mechanism then only sums and charges."""
-        mechanism = getattr(self.server.strategy, "mechanism", None)
-        if mechanism is None or mechanism.config.mode != "local":
-            return None
-        mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
-        unit = 1.0
-        if self.server.policy.mixed is not None:
-            from pocketlearn.federated.mixed import kind_unit
-
-            unit = kind_unit(mechanism.config.kind_scale, local.method)
-        return mechanism.local_noise(mechanism.rounds + 1, unit)  # the round the strategy will privatize
-
-    def _wire_shapes(self, params: dict[str, Tensor], rnd: int, local: LocalTraining) -> dict[str, torch.Size]:
-        """What a method group's payloads decode to: the global tensors, or in a mixed run the method's wire form."""
-        mixed = self.server.policy.mixed
-        if mixed is None:
-            return {n: p.shape for n, p in params.items()}
-        return dict(mixed.wire_shapes(params, rnd, local.method))
-
-    def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor],
-                      expected: dict[str, torch.Size], seeds: bool, rnd: int, local: LocalTraining) -> RoundResult:
+    def _round_result(self, accepted: list[tuple[int, TrainReply]], params: dict[str, Tensor], plan: RoundPlan
+                      ) -> RoundResult:
         """The replies as the server loop takes them: decoded updates (or seed histories) stacked by client.
 
-        Updates decode to ``expected`` (:meth:`_wire_shapes`); in a mixed run these are the method's wire tensors,
-        which the server expands to global deltas.
+        Updates decode to ``plan.wire_shapes``; in a mixed run these are the method's wire tensors, which the
+        server expands to global deltas.
         """
+        from pocketlearn.federated.codecs import make_codec
+
+        seeds, expected, codec = plan.seeds, dict(plan.wire_shapes), make_codec(plan.uplink)
         updates, losses, histories, sizes = [], [], [], []
         for c, answer in accepted:
             try:
                 if seeds:
-                    history = self._history(c, answer, local)
+                    history = self._history(c, answer, plan.local)
                     delta = {n: torch.zeros_like(p) for n, p in params.items()}  # the server replays the seeds
                 else:
-                    delta = self._delta(answer.payload, expected)
+                    delta = self._delta(answer.payload, expected, codec)
             except MALFORMED as err:
-                self.leave_out(c, rnd, f"sent an update that does not decode ({type(err).__name__}: {err})")
+                self.leave_out(c, plan.rnd, f"sent an update that does not decode ({type(err).__name__}: {err})")
                 continue
             if seeds:
                 histories.append(history)
@@ -336,9 +304,9 @@ class FlowerEngine:
             return RoundResult(empty, torch.zeros(0), [] if seeds else None, [])
         return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None, sizes)
 
-    def _delta(self, payload: bytes, expected: dict[str, torch.Size]) -> dict[str, Tensor]:
+    def _delta(self, payload: bytes, expected: dict[str, torch.Size], codec: Codec) -> dict[str, Tensor]:
         """The update in ``payload``, decoded against ``expected`` (name -> shape) and checked again here."""
-        delta = self.server.policy.uplink.decode(payload, expected)
+        delta = codec.decode(payload, expected)
         if unknown := sorted(set(delta) - set(expected)):  # (a method may send a subset: the rest count as zero)
             raise ValueError(f"it holds tensors {unknown[:5]} the round does not train")
         for name, t in delta.items():
@@ -361,8 +329,8 @@ class FlowerEngine:
                              f"{answer.num_samples} examples in batches of {local.batch_size} make at most {most}")
         return history
 
-    def _exchange(self, messages: Sequence[Any], timeout_s: float) -> list[tuple[Any, Any, float]]:
-        """Push ``messages``, pull replies until all arrived or ``timeout_s`` passed.
+    def exchange(self, messages: Sequence[Any], timeout_s: float) -> list[tuple[Any, Any, float]]:
+        """The engine's transport: push ``messages``, pull replies until all arrived or ``timeout_s`` passed.
 
         Returns (message, reply or None, seconds from the push to the reply) in the order of ``messages``.
         """

@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,13 @@ from pocketlearn.federated.secagg.messages import (
     UnmaskResponse,
     split_records,
 )
+
+if TYPE_CHECKING:
+    from pocketlearn.federated.flower.engine import FlowerEngine
+    from pocketlearn.federated.mixed import Expansion
+    from pocketlearn.federated.round import RoundPlan, SecureOutcome, SecurePlan
+    from pocketlearn.federated.simulate import RoundResult
+    from pocketlearn.federated.updates import RoundUpdates
 
 SECURE_TRAIN, SHARE, MASK, UNMASK = "train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask"
 STATE = "pocketlearn-secagg"  # the device's Context.state record between the four messages
@@ -235,15 +242,15 @@ class TrainedDevice:
     received: int = 0
 
 
-def train_devices(engine: Any, params: Mapping[str, Any], client_ids: list[int], rnd: int, local: Any
-                  ) -> list[TrainedDevice]:
+def train_devices(engine: FlowerEngine, plan: RoundPlan) -> list[TrainedDevice]:
     """Phase 1 for one method group: the devices that trained and sent usable keys and a layout."""
-    expected = {n: tuple(s) for n, s in engine._wire_shapes(params, rnd, local).items()}
-    sent = engine.train_messages(params, client_ids, rnd, local, engine.server.policy.uplink.spec, SECURE_TRAIN)
+    rnd = plan.rnd
+    expected = {n: tuple(s) for n, s in plan.wire_shapes.items()}
+    sent = engine.train_messages(plan, plan.uplink, SECURE_TRAIN)
     devices = []
-    for (c, message), (_, reply, after) in zip(sent, engine._exchange([m for _, m in sent], engine.round_timeout_s),
+    for (c, message), (_, reply, after) in zip(sent, engine.exchange([m for _, m in sent], engine.round_timeout_s),
                                                strict=True):
-        answer = engine._accept(c, reply, rnd, after)
+        answer = engine.accept(c, reply, rnd, after)
         if answer is None:
             continue
         try:
@@ -267,10 +274,11 @@ class SecureSum:
     to a round's weighted total. Raises SecAggError if the group cannot be completed safely.
     """
 
-    def __init__(self, engine: Any, rnd: int, devices: Sequence[TrainedDevice], *, total: float, graph_seed: int):
+    def __init__(self, engine: FlowerEngine, rnd: int, devices: Sequence[TrainedDevice], secure: SecurePlan, *,
+                 total: float, graph_seed: int):
         self.engine, self.rnd, self.total, self.graph_seed = engine, rnd, total, graph_seed
-        self.cfg = engine.server.policy.secagg
-        self.dp = distributed_dp(engine.server)  # None without DP
+        self.cfg = secure
+        self.dp = secure.dp  # None without DP
         self.devices = dict(enumerate(sorted(devices, key=lambda d: d.client)))  # by position in the protocol
 
     def run(self) -> tuple[dict[str, Any], list[TrainedDevice]]:
@@ -332,7 +340,7 @@ class SecureSum:
                                     group_id=str(self.rnd), ttl=engine.round_timeout_s))
             positions.append(u)
         out = {}
-        for u, (_, reply, _) in zip(positions, engine._exchange(messages, engine.round_timeout_s), strict=True):
+        for u, (_, reply, _) in zip(positions, engine.exchange(messages, engine.round_timeout_s), strict=True):
             client = self.devices[u].client
             if reply is None or reply.has_error():
                 why = "no answer" if reply is None else reply.error.reason
@@ -362,56 +370,44 @@ class SecureSum:
 
 
 # --- what the server loop takes ----------------------------------------------------------------------------------
-def secure_round(engine: Any, params: Mapping[str, Any], client_ids: list[int], rnd: int, local: Any) -> Any:
-    """A single-method round: train, aggregate securely, and hand back the mean as one row (None if it failed)."""
-    devices = train_devices(engine, params, client_ids, rnd, local)
+def secure_mean(engine: FlowerEngine, devices: list[TrainedDevice], secure: SecurePlan, rnd: int) -> SecureOutcome:
+    """A single-method round's phases 2-4: the mean as one row (under DP the noisy sum); row None if it failed."""
+    from pocketlearn.federated.round import SecureOutcome
+
     total = float(np.float32(sum(d.reply.num_samples for d in devices)))
     try:
-        sums, survivors = SecureSum(engine, rnd, devices, total=total, graph_seed=rnd).run()
+        sums, survivors = SecureSum(engine, rnd, devices, secure, total=total, graph_seed=rnd).run()
     except (SecAggError, ConfigError) as err:
-        if getattr(engine.server.strategy, "mechanism", None) is not None:
+        if secure.dp is not None:
             from pocketlearn.federated.privacy.accountant import PrivacyBudgetError
 
             if isinstance(err, PrivacyBudgetError):  # the run must stop, not skip a round
                 raise
         engine.say(f"round {rnd}: secure aggregation failed ({err}); this round applies no update")
-        return placeholders(params, [], devices, None)
+        return SecureOutcome(None, 0, 0, 0)
     share = sum(d.reply.num_samples for d in survivors) / total  # 1 unless a device dropped after training
-    if distributed_dp(engine.server) is not None:  # the noisy sum; the server divides by the expected clients
+    if secure.dp is not None:  # the noisy sum; the server divides by the expected clients
         share = 1
     mean = {n: s / share if share != 1 else s for n, s in sums.items()}
     from pocketlearn.federated.mixed import one_row
 
     samples = float(sum(d.reply.num_samples for d in survivors))
-    return placeholders(params, survivors, devices, one_row(_tensors(mean), samples))
+    return SecureOutcome(one_row(_tensors(mean), samples), sum(d.sent for d in devices),
+                        sum(d.received for d in devices), len(survivors))
 
 
-def distributed_dp(server: Any) -> Any:
-    """The server's :class:`DistributedDP` when its strategy is differentially private (else None)."""
-    mechanism = getattr(server.strategy, "mechanism", None)
-    if mechanism is None:
-        return None
-    from pocketlearn.federated.privacy.distributed import DistributedDP
-
-    return DistributedDP(mechanism)
-
-
-def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice], everyone: list[TrainedDevice],
-                 mean: Any) -> Any:
-    """The round's result as the server loop reads it: who finished, with zero rows (the server never has them)."""
+def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice]) -> RoundResult:
+    """The devices that trained, as the server loop reads them: who finished, with zero rows (never their update)."""
     import torch
 
-    from pocketlearn.federated.simulate import RoundResult, SecureMean
+    from pocketlearn.federated.simulate import RoundResult
     from pocketlearn.federated.updates import RoundUpdates
 
     k = len(finished)
     rows = {n: torch.zeros(()).expand(k, *(s.shape if hasattr(s, "shape") else s)) for n, s in shapes.items()}
     updates = RoundUpdates([d.client for d in finished], torch.tensor([float(d.reply.num_samples) for d in finished]),
                            rows)
-    secure = SecureMean(mean, sum(d.sent for d in everyone), sum(d.received for d in everyone)) \
-        if mean is not None else None
-    return RoundResult(updates, torch.tensor([d.reply.loss for d in finished]), None, [d.sent for d in finished],
-                       secure)
+    return RoundResult(updates, torch.tensor([d.reply.loss for d in finished]), None, [d.sent for d in finished])
 
 
 def _tensors(sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
@@ -420,14 +416,15 @@ def _tensors(sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
     return {n: torch.from_numpy(np.ascontiguousarray(s)).to(torch.float32) for n, s in sums.items()}
 
 
-def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, pending: Mapping[int, TrainedDevice],
-                   rnd: int) -> tuple[Any, int, int]:
+def secure_combine(engine: FlowerEngine, groups: list[tuple[str, RoundUpdates]], expansion: Expansion,
+                   pending: Mapping[int, TrainedDevice], secure: SecurePlan, rnd: int) -> SecureOutcome:
     """A mixed round's devices aggregated in protocol groups, combined by ``federated.mixed``'s rule.
 
     ``groups``: (method, placeholder rows of the devices that trained); ``pending``: those devices by client.
     Returns the combined mean as one row and the protocol's bytes, as :func:`federated.mixed.secure_combine`.
     """
     from pocketlearn.federated.mixed import one_row, protocol_groups
+    from pocketlearn.federated.round import SecureOutcome
 
     total = float(sum(float(u.num_samples.sum()) for _, u in groups))
     method_of = {c: m for m, u in groups for c in u.client_ids}
@@ -435,7 +432,7 @@ def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, p
     samples = dict.fromkeys(sums, 0.0)  # per method, of the devices whose updates are in a sum
     for i, (methods, u) in enumerate(protocol_groups(groups)):
         try:
-            group_sums, survivors = SecureSum(engine, rnd, [pending[c] for c in u.client_ids], total=total,
+            group_sums, survivors = SecureSum(engine, rnd, [pending[c] for c in u.client_ids], secure, total=total,
                                               graph_seed=rnd * 101 + i).run()  # the simulator's graphs
         except (SecAggError, ConfigError) as err:
             engine.say(f"round {rnd}: secure aggregation of {'+'.join(methods)} failed ({err}); its updates are lost")
@@ -445,4 +442,5 @@ def secure_combine(engine: Any, groups: list[tuple[str, Any]], expansion: Any, p
             samples[method_of[d.client]] += d.reply.num_samples
     everyone = list(pending.values())
     means = expansion.combine(sums, {m: n / total for m, n in samples.items()})
-    return one_row(means, total), sum(d.sent for d in everyone), sum(d.received for d in everyone)
+    return SecureOutcome(one_row(means, total), sum(d.sent for d in everyone), sum(d.received for d in everyone),
+                        sum(len(u) for _, u in groups))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
 from pocketlearn.federated.updates import RoundUpdates
+
+if TYPE_CHECKING:
+    from pocketlearn.federated.privacy.mechanism import PrivacyMechanism
 
 
 class Strategy:
@@ -20,9 +23,16 @@ class Strategy:
 
     name: ClassVar[str]
     proximal_mu: float = 0.0
+    # a differentially private strategy's mechanism (clip bound, noise, accountant): the server's privacy steps
+    # (local noise on devices, distributed DP, mixed runs' private sums) use it; None for a non-private one
+    mechanism: PrivacyMechanism | None = None
 
     def apply(self, params: dict[str, Tensor], updates: RoundUpdates) -> None:
         raise NotImplementedError
+
+    def apply_means(self, params: dict[str, Tensor], means: dict[str, Tensor]) -> None:
+        """The server step from means already made private elsewhere (only private strategies take them)."""
+        raise NotImplementedError(f"strategy {self.name!r} takes client updates, not private means")
 
     def state_dict(self) -> dict[str, Any]:
         return {}
