@@ -28,6 +28,7 @@ from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.server import Clients, Engine, FederatedServer, RoundPolicy, fingerprint
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
+from pocketlearn.methods import methods_where
 
 if TYPE_CHECKING:
     from pocketlearn.federated.mixed import MixedMethods
@@ -121,20 +122,21 @@ def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Mo
         opts = local_training(config, 0.0).method_options()
         return [fit_method(build, config.client.method, opts, dev, example, allow_plan=config.client.fit == "plan")
                 for dev in devices]
-    from pocketlearn.federated.mixed import MIXED_METHODS, kind_of
+    from pocketlearn.federated.mixed import kind_of, mixed_methods
 
     c = config.client
     for method in c.methods.values():
         kind_of(method)  # a method that cannot mix is a clear error
-    options = {m: mixed_method_options(config, m) for m in MIXED_METHODS}
+    candidates = mixed_methods()
+    options = {m: mixed_method_options(config, m) for m in candidates}
     fits = []
     for dev in devices:
         method = c.methods.get(dev.name, c.method)
         if method == "auto":
-            fits.append(plan_method(build, dev, example, MIXED_METHODS, options))
+            fits.append(plan_method(build, dev, example, candidates, options))
         else:
             fits.append(fit_method(build, method, options[method], dev, example, allow_plan=c.fit == "plan",
-                                   candidates=MIXED_METHODS, candidate_options=options))
+                                   candidates=candidates, candidate_options=options))
     return fits
 
 
@@ -213,9 +215,9 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     seeds = config.codec.up == "seeds"
-    if seeds and config.client.method != "mezo":
-        raise ConfigError("codec.up = 'seeds' (seed exchange) needs client.method = 'mezo'; in a mixed run ZO "
-                          "clients always send one coefficient per pooled seed")
+    if seeds and config.client.method not in (senders := methods_where(lambda m: m.sends_seeds)):
+        raise ConfigError(f"codec.up = 'seeds' (seed exchange) needs client.method = {' or '.join(map(repr, senders))}"
+                          "; in a mixed run ZO clients always send one coefficient per pooled seed")
     policy = RoundPolicy(deadline_s=config.devices.deadline_s, dropout=config.devices.dropout,
                          seed=config.devices.seed, eval_every=config.eval.every,
                          uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),

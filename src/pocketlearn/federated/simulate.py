@@ -29,8 +29,8 @@ from pocketlearn.federated.vectorized import (
     train_stacked,
     train_stacked_mlp,
 )
-from pocketlearn.methods import make_method
-from pocketlearn.methods.base import cross_entropy
+from pocketlearn.methods import available_methods, get_method_class, make_method
+from pocketlearn.methods.base import TrainingMethod, cross_entropy
 
 # Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
 # synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
@@ -66,14 +66,17 @@ class LocalTraining:
     shuffle_seed: int = 2
 
     @property
+    def facts(self) -> type[TrainingMethod]:
+        """The method's class, whose attributes say how it trains; no method yet ("auto"): the defaults."""
+        return get_method_class(self.method) if self.method in available_methods() else TrainingMethod
+
+    @property
     def vectorizable(self) -> bool:
-        opts = dict(self.options)
-        return (self.method == "backprop" and opts.get("optimizer", "sgd") == "sgd" and not opts.get("checkpointing")
-                and opts.get("embedding_rows", "all") == "all")
+        return self.facts.vectorizes_with(dict(self.options))
 
     def method_options(self) -> dict[str, object]:
         opts = {"lr": self.lr, **dict(self.options)}
-        if self.method in ("backprop", "bias", "sparse", "lora", "tinytl"):
+        if self.facts.takes_momentum:
             opts.setdefault("momentum", self.momentum)
             opts.setdefault("weight_decay", self.weight_decay)
         return opts
