@@ -90,6 +90,15 @@ def test_methods_lists_every_method_with_what_it_does():
         assert inspect.getdoc(get_method_class(name)), f"{name} has no docstring for `pocketlearn methods`"
 
 
+def test_methods_say_where_else_each_method_runs_from_its_class():
+    from pocketlearn.cli.catalog import _runs_in
+    from pocketlearn.methods import get_method_class
+
+    assert _runs_in(get_method_class("lora")) == "mixed runs (lora), export"
+    assert _runs_in(get_method_class("mezo")) == "mixed runs (zo)"
+    assert _runs_in(get_method_class("pepita")) == ""
+
+
 def test_version_and_short_help():
     from importlib.metadata import version
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
 
 from pocketlearn.devices import PRESETS, format_bytes
+
+if TYPE_CHECKING:
+    from pocketlearn.methods import TrainingMethod
 
 
 def devices_command() -> None:
@@ -25,13 +30,19 @@ def methods_command() -> None:
 
     from pocketlearn.methods import available_methods, get_method_class
 
-    table = Table("method", "what it does", "options")
+    table = Table("method", "what it does", "options", "also runs in")
     for name in available_methods():
         cls = get_method_class(name)
         doc = (inspect.getdoc(cls) or "").partition("\n")[0]
         opts = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls.config_cls))
-        table.add_row(name, doc, opts)
+        table.add_row(name, doc, opts, _runs_in(cls))
     Console().print(table)
+
+
+def _runs_in(cls: type[TrainingMethod]) -> str:
+    """Where a method can train besides `train`: mixed-method federated runs, exported device programs."""
+    places = [f"mixed runs ({cls.wire_kind})"] if cls.wire_kind else []
+    return ", ".join(places + (["export"] if cls.exportable else []))
 
 
 def models_command() -> None:

@@ -15,7 +15,8 @@ from pocketlearn.progress import working
 
 def export_command(
     model: Annotated[str, typer.Argument(help="Model name (see `pocketlearn models`).")],
-    method: Annotated[str, typer.Option(help="backprop | bias | sparse | lora: which parameters train.")] = "backprop",
+    method: Annotated[str, typer.Option(help="Which parameters train: a method that exports "
+                                        "(see `pocketlearn methods`).")] = "backprop",
     fmt: Annotated[str, typer.Option("--format", help="Runtime to export for (executorch).")] = "executorch",
     output: Annotated[Path, typer.Option("--out", help="The .pte to write (+ a .pte.json sidecar).")
                       ] = Path("train.pte"),
