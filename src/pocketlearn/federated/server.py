@@ -42,6 +42,7 @@ from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.strategies.base import Strategy
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
+from pocketlearn.methods import available_methods, get_method_class
 
 if TYPE_CHECKING:
     from pocketlearn.federated.config import SecAggSection
@@ -399,7 +400,7 @@ def _no_attack(updates: RoundUpdates, rnd: int) -> None:
 
 def _sends_seeds(method: str) -> bool:
     """Whether ``method``'s clients can send (seed, g) pairs instead of an update (seed exchange)."""
-    return method == "mezo"
+    return method in available_methods() and get_method_class(method).sends_seeds
 
 
 def _delivered(result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None

@@ -191,15 +191,15 @@ class InProcessEngine(SimulatedEngine):
             updates.append(ClientUpdate(int(c), order.shape[1], delta))
             losses.append(loss)
             histories.append(history)
-        mezo = local.method == "mezo"
-        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if mezo else None)
+        seeds = local.facts.sends_seeds  # its (seed, g) pairs are its wire form (seed exchange, mixed runs' ZO)
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None)
 
     def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining, seed: int
                    ) -> tuple[dict[str, Tensor], float, list[tuple[int, float]]]:
         model = copy.deepcopy(self.template)
         options = local.method_options()
-        if local.method == "mezo":
-            options.setdefault("seed", seed)  # each client and round perturbs along its own directions
+        if local.facts.sends_seeds:
+            options.setdefault("seed", seed)  # each client and round draws its own seeds (perturbation directions)
         method = make_method(local.method, model, loss_fn=_proximal_loss(local.proximal_mu), **options)
         trained = method.trainable_parameters()
         with torch.no_grad():
