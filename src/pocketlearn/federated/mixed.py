@@ -215,10 +215,6 @@ class MixedMethods:
     def expansion(self, params: dict[str, Tensor], rnd: int) -> Expansion:
         return Expansion.build(self.template, params, self.round_options(rnd))
 
-    def wire_shapes(self, params: dict[str, Tensor], rnd: int, method: str) -> dict[str, torch.Size]:
-        """The tensors a ``method`` client sends in round ``rnd``, with their shapes (what its payload decodes to)."""
-        return Expansion.build(self.template, params, {method: self.round_options(rnd)[method]}).wire[method]
-
     def updater_share(self, expansion: Expansion) -> dict[str, float]:
         """Per global parameter, the share of eligible clients whose method updates it."""
         share: dict[str, float] = {}
