@@ -14,6 +14,7 @@ import torch
 
 from pocketlearn.federated.experiment import build_server, load_federated_data
 from pocketlearn.federated.privacy.config import DPConfig
+from pocketlearn.federated.simulate import torch_threads
 from tests.federated.configs import config_with
 
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
@@ -97,7 +98,10 @@ def profiles(tmp_path_factory):
 
 def _run(config, engine=None):
     server, _ = build_server(config, None, engine=engine)
-    records = server.run(config.rounds)
+    # Ray's workers train on one intra-op thread each; on some CPUs (AMD EPYC) a matmul's float summation
+    # order depends on the thread count, so the in-process run uses one thread as well
+    with torch_threads(1 if engine is None else None):
+        records = server.run(config.rounds)
     return server.params, [{k: v for k, v in r.__dict__.items() if k != "round_time_s"} for r in records]
 
 
