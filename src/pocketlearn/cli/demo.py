@@ -38,7 +38,7 @@ def demo_command(
     console.print(Panel(
         "pocketlearn keyboard --no-dp                # no DP: partial rows\n"
         "pocketlearn keyboard --no-dp --update full  # every weight: more bytes\n"
-        "pocketlearn plan --model cnn --device mcu-512k  # which methods fit a board\n"
+        "pocketlearn plan --model cnn --device pi-zero-512m  # which methods fit a board\n"
         "pocketlearn fed simulate examples/phones.toml  # any run from a TOML\n"
         "make install-all                            # the extras: LLMs, Ray, Flower devices, export\n"
         "pocketlearn generate --user Hamlet/HAMLET   # then: SmolLM2 on a device",
