@@ -9,6 +9,16 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
+# (command, why): what the demo suggests next (tests run the plan line as written)
+NEXT_STEPS = (
+    ("pocketlearn keyboard --no-dp", "no DP: partial rows"),
+    ("pocketlearn keyboard --no-dp --update full", "every weight: more bytes"),
+    ("pocketlearn plan --model cnn --device pi-zero-512m", "which methods fit a board"),
+    ("pocketlearn fed simulate examples/phones.toml", "any run from a TOML"),
+    ("make install-all", "the extras: LLMs, Ray, Flower devices, export"),
+    ("pocketlearn generate --user Hamlet/HAMLET", "then: SmolLM2 on a device"),
+)
+
 
 def demo_command(
     users: Annotated[int, typer.Option(min=2, help="Shakespeare roles as users.")] = 100,
@@ -35,11 +45,6 @@ def demo_command(
         f"adds Gaussian noise (DP-FedAvg, noise calibrated to ε ≤ {config.epsilon:g}) and averages. Accuracy is on "
         "each user's held-out last lines.", title="pocketlearn demo"))
     run_and_report(config, runs / "demo", console, fresh=fresh)
-    console.print(Panel(
-        "pocketlearn keyboard --no-dp                # no DP: partial rows\n"
-        "pocketlearn keyboard --no-dp --update full  # every weight: more bytes\n"
-        "pocketlearn plan --model cnn --device pi-zero-512m  # which methods fit a board\n"
-        "pocketlearn fed simulate examples/phones.toml  # any run from a TOML\n"
-        "make install-all                            # the extras: LLMs, Ray, Flower devices, export\n"
-        "pocketlearn generate --user Hamlet/HAMLET   # then: SmolLM2 on a device",
-        title="what to try next"))
+    width = max(len(command) for command, _ in NEXT_STEPS)
+    console.print(Panel("\n".join(f"{command:<{width}}  # {why}" for command, why in NEXT_STEPS),
+                        title="what to try next"))
