@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ CELLS: dict[str, tuple[str, dict[str, Any]]] = {
     "lora q4, micro-batch 1": ("lora", LORA | {"base": "q4", "checkpointing": True, "micro_batch": 1}),
     "mezo q4": ("mezo", MEZO | {"base": "q4"}),
 }
+PAIRED_STEPS = 12  # MeZO's steps 2..12 each paired with an inference pass
 TRAINED = ("lora fp32 + ckpt", "lora q4", "mezo q4")  # trained for the quality columns
 GOAL_MIB = {"smollm2-135m": 192, "gemma3-270m": 384}
 
@@ -66,7 +68,7 @@ class Settings:
 FEWER = {"gemma3-270m": (8, 64)}
 FULL = Settings(("smollm2-135m", "gemma3-270m"), steps=24, mezo_steps=240, eval_every=4, test_windows=16,
                 measure_steps=3, fed_model="gemma3-270m", fed_users=20, fed_per_round=5, fed_rounds=5)
-QUICK = Settings(("smollm2-135m",), steps=2, mezo_steps=4, eval_every=2, test_windows=4, measure_steps=1,
+QUICK = Settings(("smollm2-135m",), steps=2, mezo_steps=6, eval_every=2, test_windows=4, measure_steps=1,
                  fed_model="smollm2-135m", fed_users=6, fed_per_round=2, fed_rounds=1)
 START = time.perf_counter()
 
@@ -89,8 +91,15 @@ def perplexity(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> floa
     return evaluate(model, batches_of(x, y, 4))["perplexity"]
 
 
-def train_curve(model: str, cell: str, steps: int, s: Settings, data: Any) -> list[tuple[float, float]]:
-    """(training seconds, held-out perplexity) every ``eval_every`` steps, starting at (0, before)."""
+def train_curve(model: str, cell: str, steps: int, s: Settings, data: Any,
+                reference: Callable[[], float] | None = None) -> dict[str, Any]:
+    """(training seconds, held-out perplexity) every ``eval_every`` steps, starting at (0, before), and the
+    median step's seconds, the first (warm-up) step left out.
+
+    ``reference``: a timed pass run after each of the first :data:`PAIRED_STEPS` steps, not counted in the
+    curve. Each step over the pass after it gives a ratio; their median is robust to the machine's speed
+    drifting during the run (a shared host's timings wander by tens of percent over minutes).
+    """
     method_name, options = CELLS[cell]
     torch.manual_seed(0)
     net = build_model(model, options.get("base", "fp32"))
@@ -99,36 +108,50 @@ def train_curve(model: str, cell: str, steps: int, s: Settings, data: Any) -> li
     method = make_method(method_name, net, **options)
     x_test, y_test = data.x_test[:s.test_windows], data.y_test[:s.test_windows]
     batches = batches_of(data.x, data.y, 4, seed=0)
-    curve, seconds = [(0.0, perplexity(method.model, x_test, y_test))], 0.0
+    curve, seconds, times, paired = [(0.0, perplexity(method.model, x_test, y_test))], 0.0, [], []
     for step in range(1, steps + 1):
         start = time.perf_counter()
         method.step(batches[(step - 1) % len(batches)])
-        seconds += time.perf_counter() - start
+        times.append(time.perf_counter() - start)
+        seconds += times[-1]
+        if reference is not None and 1 < step <= PAIRED_STEPS:
+            paired.append((times[-1], reference()))
         if step % s.eval_every == 0 or step == steps:
             curve.append((seconds, perplexity(method.model, x_test, y_test)))
             say(f"{model} {cell}: step {step}/{steps}, {seconds:.0f} s, held-out perplexity {curve[-1][1]:.2f}")
-    return curve
+    return {"curve": curve, "median_step": statistics.median(times[1:] or times),
+            "median_reference": statistics.median(r for _, r in paired) if paired else None,
+            "median_ratio": statistics.median(t / r for t, r in paired) if paired else None}
 
 
-def inference_seconds(model: str, repeats: int = 3) -> float:
-    """Median seconds of a no-grad forward pass with loss on the 4-bit base, in this process."""
+def inference_pass(model: str) -> Callable[[], float]:
+    """A timer of one no-grad forward pass with loss on the 4-bit base (its warm-up pass done)."""
     net = build_model(model, "q4")
     batch = get_model_spec(model).example_batch(4, 128)
-    times = []
-    with torch.no_grad():
-        for _ in range(repeats + 1):
-            start = time.perf_counter()
-            forward_loss(net, batch)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+
+    @torch.no_grad()
+    def timed() -> float:
+        start = time.perf_counter()
+        forward_loss(net, batch)
+        return time.perf_counter() - start
+
+    timed()
+    return timed
 
 
-def quality(model: str, s: Settings) -> dict[str, list[tuple[float, float]]]:
+def quality(model: str, s: Settings) -> dict[str, Any]:
+    """Each trained cell's curve and median step seconds; MeZO's step over a 4-bit inference pass, paired."""
     data = tokenize_user(find_user(USER), load_tokenizer(model), seq_len=128)
-    curves = {}
+    out: dict[str, Any] = {"curves": {}, "step_seconds": {}}
     for cell in TRAINED:
-        curves[cell] = train_curve(model, cell, s.mezo_steps if cell == "mezo q4" else s.steps, s, data)
-    return curves
+        steps = s.mezo_steps if cell == "mezo q4" else s.steps
+        reference = inference_pass(model) if cell == "mezo q4" else None
+        run = train_curve(model, cell, steps, s, data, reference)
+        out["curves"][cell], out["step_seconds"][cell] = run["curve"], run["median_step"]
+        if reference is not None:
+            out["step_seconds"]["inference q4"] = run["median_reference"]
+            out["mezo_over_inference"] = run["median_ratio"]
+    return out
 
 
 def federated(s: Settings) -> list[dict[str, Any]]:
@@ -142,15 +165,13 @@ def federated(s: Settings) -> list[dict[str, Any]]:
     return report.to_dict()["rounds"]
 
 
-def training_seconds(r: dict[str, Any], s: Settings) -> dict[str, float]:
-    """Seconds per step timed in this process: the training runs' mean, the inference median.
+def training_seconds(r: dict[str, Any]) -> dict[str, float]:
+    """Median seconds per step timed in this process, warm-up left out, for training and inference alike.
 
     (The fresh measuring process returns freed memory to the OS at once, which slows a step's many
     short-lived tensors.)
     """
-    curves = r["curves"]
-    out = {cell: curves[cell][-1][0] / (r["mezo_steps"] if cell == "mezo q4" else r["steps"]) for cell in TRAINED}
-    return out | {"inference q4": r["inference_q4_seconds"]}
+    return r["step_seconds"]
 
 
 def step_at(curves: dict[str, list[tuple[float, float]]], cell: str, steps: int, s: Settings) -> float:
@@ -166,7 +187,7 @@ def goals(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         mem, curves = r["memory"], r["curves"]
         s = replace(s, steps=r["steps"], mezo_steps=r["mezo_steps"])
         peak = {k: v["peak_bytes"] for k, v in mem.items()}
-        step = training_seconds(r, s)
+        step = training_seconds(r)
         limit = GOAL_MIB[model]
         add(goal(f"{model}: 4-bit LoRA step peak (MiB)", peak["lora q4"] / 2**20, f"<= {limit}",
                  peak["lora q4"] <= limit * 2**20))
@@ -178,7 +199,7 @@ def goals(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
                  q4 <= 1.05 * fp32))
         ratio = step["lora q4"] / step["lora fp32 + ckpt"]
         add(goal(f"{model}: 4-bit LoRA step / fp32 LoRA+ckpt step", ratio, "<= 2", ratio <= 2))
-        ratio = step["mezo q4"] / step["inference q4"]
+        ratio = r["mezo_over_inference"]  # paired step by step: see train_curve
         add(goal(f"{model}: 4-bit MeZO step / 4-bit inference step", ratio, "<= 2.5", ratio <= 2.5))
         target, mezo_time = curves["mezo q4"][-1][1], curves["mezo q4"][-1][0]
         reached = next((t for t, p in curves["lora q4"][1:] if p <= target), None)  # trained points only
@@ -192,12 +213,12 @@ def goals(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
 def markdown(results: dict[str, Any], goal_rows: list[dict[str, Any]], s: Settings) -> str:
     lines = [f"Measured by `{results['command']}` in "
              f"{results['seconds']:.0f} s: batch 4 x 128 tokens, 2 threads, each memory cell in a fresh process.", "",
-             "| model | cell | peak | step (fresh process) | step (trained here) | held-out ppl after N steps |",
+             "| model | cell | peak | step (fresh process) | median step (trained here) | held-out ppl after N steps |",
              "|---|---|---:|---:|---:|---:|"]
     fed = s
     for model, r in results["models"].items():
         s = replace(fed, steps=r["steps"], mezo_steps=r["mezo_steps"])
-        timed = training_seconds(r, s)
+        timed = training_seconds(r)
         for cell, m in r["memory"].items():
             ppl = f"{step_at(r['curves'], cell, s.steps, s):.2f}" if cell in r["curves"] else ""
             here = f"{timed[cell]:.2f} s" if cell in timed else ""
@@ -240,8 +261,8 @@ def main() -> None:
     for model in s.models:
         steps, mezo_steps = FEWER.get(model, (s.steps, s.mezo_steps)) if s is FULL else (s.steps, s.mezo_steps)
         ms = replace(s, steps=steps, mezo_steps=mezo_steps)
-        results["models"][model] = {"memory": memory_cells(model, ms), "curves": quality(model, ms),
-                                    "inference_q4_seconds": inference_seconds(model), "steps": steps,
+        results["models"][model] = {"memory": memory_cells(model, ms), **quality(model, ms),
+                                    "steps": steps,
                                     "mezo_steps": mezo_steps}
     results["federated"] = federated(s)
     results["seconds"] = time.perf_counter() - START

@@ -205,8 +205,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, sampler))
     if strategy.mechanism is not None:
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
-    if hasattr(strategy, "check_round_size"):  # Krum: too few clients per round for its f never starts
-        strategy.check_round_size(config.clients_per_round, "clients_per_round")
+    strategy.check_round_size(config.clients_per_round, "clients_per_round")  # a run Krum cannot aggregate never starts
     local = local_training(config, strategy.proximal_mu)
     clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
                       train_flops_per_sample(template, data.x[:1]))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.table import Table
 
 from pocketlearn.devices import format_bytes
+
+if TYPE_CHECKING:
+    from pocketlearn.federated.strategies.base import Strategy
 
 
 def device_table(clients: Any, num_clients: int) -> Table:
@@ -43,12 +46,12 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
     }
 
 
-def privacy_summary(strategy: Any) -> dict[str, Any] | None:
+def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:
     """ε spent and where the noise came from, for a differentially private strategy (None otherwise).
 
     Never the noise generator's state: that stays in the server checkpoint.
     """
-    mechanism = getattr(strategy, "mechanism", None)
+    mechanism = strategy.mechanism
     if mechanism is None:
         return None
     c = mechanism.config

@@ -192,7 +192,7 @@ class DistributedDP:
 
     @property
     def reproducible(self) -> bool:
-        return bool(getattr(self.mechanism.config, "reproducible_noise", False))
+        return self.mechanism.config.reproducible_noise
 
     def plan(self, num_clients: int, threshold: float, dim: int) -> NoiseShare:
         """The round's device step for ``num_clients`` in the protocol; refuses a round past the target ε first."""
@@ -207,11 +207,7 @@ class DistributedDP:
 
         if self.reproducible:
             return noise.derived_generator(self.mechanism.config.seed, rnd, client)
-        if hasattr(noise, "secure_generator"):
-            return noise.secure_generator()
-        import secrets
-
-        return torch.Generator().manual_seed(secrets.randbits(63))
+        return noise.secure_generator()
 
     def secure_sum(self, updates: RoundUpdates, *, threshold: float, neighbours: int | None, seed: int,
                    drop_after_masking: Collection[int] = frozenset(), ledger: Any = None) -> dict[str, Tensor]:

@@ -34,6 +34,10 @@ class Strategy:
         """The server step from means already made private elsewhere (only private strategies take them)."""
         raise NotImplementedError(f"strategy {self.name!r} takes client updates, not private means")
 
+    def check_round_size(self, n: int, where: str = "this round") -> None:
+        """ConfigError when ``n`` clients per round are too few for this strategy (a robust one's tolerance)."""
+        del n, where
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
