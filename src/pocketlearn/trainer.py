@@ -178,7 +178,7 @@ def data_digest(x: Tensor, y: Tensor) -> str:
     h = hashlib.sha256()
     for t in (x, y):
         h.update(f"{tuple(t.shape)}{t.dtype};".encode())
-        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()[:16]
 
 

@@ -102,8 +102,9 @@ def test_lora_checkpoint_fits_the_wrapped_model_and_merged_fits_the_plain_one(pr
 
 
 def test_plain_state_joins_sparse_row_slices(programs):
-    info = dataclasses.replace(read_info(programs("mlp-bias")), method="sparse")
-    sliced = make_method("sparse", build_model("digits-mlp"), last_k=2, channel_fraction=0.5).model
+    options = {"last_k": 2, "channel_fraction": 0.5}
+    info = dataclasses.replace(read_info(programs("mlp-bias")), method="sparse", options=options)
+    sliced = make_method("sparse", build_model("digits-mlp"), **options).model
     assert any(k.endswith("weight_head") for k in sliced.state_dict())
     plain = build_model("digits-mlp")
     plain.load_state_dict(plain_state(info, sliced.state_dict()))

@@ -170,10 +170,12 @@ def serve_command(
     Metrics and checkpoint go to RUNS/<name>/ as in `fed simulate`; after a crash, run it again to resume.
     """
     from pocketlearn.errors import ConfigError
+    from pocketlearn.extras import require
     from pocketlearn.federated.config import load_config
     from pocketlearn.federated.flower.serve import ServeOptions, serve
     from pocketlearn.federated.flower.tls import TlsFiles
 
+    require("flwr")  # before any other check: without the deploy extra nothing else matters
     cfg = with_tensorboard(load_config(config, list(set_ or [])), tensorboard)
     if cfg.tracking.tensorboard:
         from pocketlearn.tracking import require_tensorboard

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+PRETRAIN_USERS = ",".join(str(u) for u in range(1, 21))  # the base model's users; 21-30 are personalised
 
 def _ints(text: str) -> tuple[int, ...]:
     from pocketlearn.errors import ConfigError
@@ -26,7 +27,7 @@ def har_command(
     models: Annotated[str, typer.Option(help="Model variants: hapt-mlp (768-256-12), har-tiny (768-24-12, "
                                         "for MCUs).")] = "hapt-mlp,har-tiny",
     pretrain_users: Annotated[str, typer.Option(help="Users the base model is pretrained on.")
-                              ] = ",".join(str(u) for u in range(1, 21)),
+                              ] = PRETRAIN_USERS,
     epochs: Annotated[int, typer.Option(min=1, help="Personalisation epochs over a user's windows.")] = 5,
     federated: Annotated[int, typer.Option(min=0, help="Also run FedAvg over all 30 users for this many rounds "
                                            "(0: skip).")] = 0,

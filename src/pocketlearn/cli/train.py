@@ -99,7 +99,7 @@ def eval_tags(metrics: dict[str, float]) -> dict[str, float]:
     return {f"test_{k}": v for k, v in metrics.items()}
 
 
-def parse_options(pairs: list[str]) -> dict[str, object]:
+def parse_options(pairs: list[str]) -> dict[str, Any]:
     """``["rank=4", "optimizer=adamw"]`` → ``{"rank": 4, "optimizer": "adamw"}`` (JSON values where they parse)."""
     from pocketlearn.errors import ConfigError
 

@@ -26,7 +26,8 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec and \
         spec.submodule_search_locations else None
     if path is None or not path.exists():
-        raise DataError("the digits data ships with scikit-learn: pip install scikit-learn")
+        raise DataError("the digits data ships inside scikit-learn's package (its data only is read, no scipy "
+                        "needed): pip install --no-deps scikit-learn")
     raw = path.read_bytes()
     table = np.loadtxt(gzip.decompress(raw).decode().splitlines(), delimiter=",")
     return table[:, :-1], table[:, -1].astype(np.int64)

@@ -164,25 +164,17 @@ def device_train(program: str | Path, x: Tensor, y: Tensor, *, steps: int, lr: f
 
 
 def plain_state(info: ProgramInfo, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The plain model's state dict: LoRA adapters folded into their weights, sparse row slices joined.
+    """The plain model's state dict, the layout ``build_model(info.model)`` loads.
 
-    Other methods' state dicts already are the plain model's. No autograd: PEFT's merge and a concatenation.
+    The method folds back what it rewrote: LoRA adapters merged, sparse row slices joined (its ``plain_state``).
     """
-    if info.method == "lora":
-        from pocketlearn.checkpoint import load_model_state
-        from pocketlearn.methods import make_method
-        from pocketlearn.methods.lora import merge_lora
-        from pocketlearn.models import build_model
+    from pocketlearn.checkpoint import load_model_state
+    from pocketlearn.methods import get_method_class, make_method
+    from pocketlearn.models import build_model
 
-        model = make_method("lora", build_model(info.model), **info.options).model
-        load_model_state(model, state, what="the program's weights", remedy="export the program again")
-        with torch.no_grad():
-            return {k: v.detach().clone() for k, v in merge_lora(model).state_dict().items()}
-    out = dict(state)
-    for head in [k for k in state if k.endswith(".weight_head")]:  # see pocketlearn.methods.sparse
-        layer = head.removesuffix("weight_head")
-        out[layer + "weight"] = torch.cat([out.pop(head), out.pop(layer + "weight_tail")])
-    return out
+    model = make_method(info.method, build_model(info.model), **info.options).model
+    load_model_state(model, state, what="the program's weights", remedy="export the program again")
+    return get_method_class(info.method).plain_state(model)
 
 
 def save_trained(path: str | Path, result: DeviceTrainResult, *, merged: bool = False) -> None:

@@ -193,11 +193,15 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    path = Path(path)
+    """A run config from a TOML file, or a bundled example by name (``phones``), with ``--set`` overrides."""
+    from pocketlearn.bundled import config_path
+
+    path = config_path(path)
     try:
         raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    devices = raw.get("devices")
+    if isinstance(devices, dict) and isinstance(devices.get("profiles"), str):  # a file beside the config
+        devices["profiles"] = str(path.parent / devices["profiles"])  # (an absolute path stays as it is)
     return parse_config(apply_overrides(raw, overrides or []), source=str(path), overrides=overrides or ())

@@ -79,9 +79,9 @@ def _natural_data(config: RunConfig) -> FederatedData:
     if d.name == "hapt":
         from pocketlearn.data.hapt import federated_hapt
 
-        fed = federated_hapt()
-        return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
-                             fed.partition.names)
+        hapt = federated_hapt()
+        return FederatedData(hapt.x, hapt.y, hapt.x_test, hapt.y_test, list(hapt.partition.indices),
+                             hapt.partition.names)
     raise ConfigError("data.partition = 'natural' needs a data set with users (shakespeare, shakespeare-words, "
                       f"hapt), not {d.name!r}")
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -110,12 +110,12 @@ class Expansion:
     wire: dict[str, dict[str, torch.Size]] = field(default_factory=dict)  # method -> its wire tensors' shapes
 
     @classmethod
-    def build(cls, template: nn.Module, params: dict[str, Tensor], options: Mapping[str, Mapping[str, object]]
+    def build(cls, template: nn.Module, params: dict[str, Tensor], options: Mapping[str, Mapping[str, Any]]
               ) -> Expansion:
         """``options``: each method of the round with its :func:`round_options` (and ``lr``)."""
         from pocketlearn.methods import make_method
-        from pocketlearn.methods.lora import lora_layers
-        from pocketlearn.methods.mezo import pool_seeds
+        from pocketlearn.methods.lora import factor_weight, lora_layers
+        from pocketlearn.methods.mezo import MezoConfig, pool_seeds
 
         out = cls(params)
         for method, opts in options.items():
@@ -126,11 +126,12 @@ class Expansion:
             if kind == "lora":
                 for layer_name, layer in lora_layers(m.model).items():
                     weight = f"{layer_name}.weight"
-                    a = layer.lora_A["default"].weight.detach().clone()
+                    a = factor_weight(layer, "lora_A").detach().clone()
                     out.lora[f"{layer_name}.lora_B.default.weight"] = (weight, a, float(layer.scaling["default"]))
                 trained = [out.lora[n][0] if n in out.lora else n for n in trained if ".lora_A." not in n]
             elif kind == "zo":
                 cfg = m.config
+                assert isinstance(cfg, MezoConfig), f"{method}: a zeroth-order wire form is MeZO's (seed pool)"
                 out.zo = ZeroOrder(pool_seeds(cfg.pool_seed, cfg.seed_pool), cfg.lr, sorted(trained),
                                    cfg.n_perturbations)
                 wire = {ZO_WIRE: torch.Size([cfg.seed_pool])}

@@ -1,7 +1,8 @@
 """A round's steps, chosen once when the server is built: which ones a run has follows from its config.
 
 Device side (the simulator replays on the server what a device does before its update leaves it): train →
-attack (studies) → wire form (codec, MeZO's seeds, a mixed run's ZO coefficients) → clip / noise → mask.
+attack (studies) → wire form (codec, MeZO's seeds, a mixed run's ZO coefficients: one
+:class:`~pocketlearn.federated.uplink.Uplink` per method) → clip / noise → mask.
 Server side: unmask → decode / expand → aggregate (strategy) → central noise and accountant → apply.
 Secure aggregation and DP wrap the strategy as :class:`Aggregation` steps, as Flower's DP strategy wrappers
 do; the round loop calls one of each kind and has no feature flags.

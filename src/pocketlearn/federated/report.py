@@ -30,7 +30,7 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
     """Totals of this invocation's rounds, in the anchors' terms (updates/s = client updates / round time)."""
     times = [r.round_time_s for r in records]
     updates = sum(r.finished for r in records)
-    last_eval = next((r.eval for r in reversed(records) if r.eval), {})
+    last_eval: dict[str, float] = next((r.eval for r in reversed(records) if r.eval), {})
     unfit = int(sum(1 for c in server.clients.device_index if server.clients.fits[c].method is None))
     return {
         "framework": "pocketlearn", "name": cfg.name, "rounds": server.round, "rounds_run": len(records),

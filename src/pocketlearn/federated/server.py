@@ -25,7 +25,6 @@ from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
-from pocketlearn.federated.codecs.seeds import decode_history, encode_history, replay_delta
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.pipeline import (
     Aggregation,
@@ -42,18 +41,13 @@ from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.simulate import LocalTraining, RoundResult
 from pocketlearn.federated.strategies.base import Strategy
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
-from pocketlearn.methods import available_methods, get_method_class
+from pocketlearn.federated.uplink import CodecUplink, Uplink, choose_uplink, sends_seeds
 
 if TYPE_CHECKING:
     from pocketlearn.federated.config import SecAggSection
     from pocketlearn.federated.mixed import Expansion, MixedMethods
 
 __all__ = ["Clients", "Engine", "FederatedServer", "RoundPolicy", "RoundRecord", "fingerprint"]
-
-# How a method group's updates reach the server: (its result, the round, its start weights, a mixed round's
-# expansion) -> its updates as the server decodes them, and each client's uplink bytes. One per method, chosen
-# from the config once.
-Uplink = Callable[[RoundResult, int, dict[str, Tensor], "Expansion | None"], tuple[RoundUpdates, list[int]]]
 
 
 @dataclass
@@ -131,8 +125,8 @@ class FederatedServer:
         self.round = 0
         self.run_id = secrets.token_hex(8)  # new for a fresh run, restored on resume (devices key state by it)
         self.last_round = 0  # evaluated whatever eval_every says
-        self._send_buffer = self._warm_send_buffer()  # clients' serialized updates, reused across rounds
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
+        self._codec = CodecUplink(policy.uplink, policy.codec_seed, self.feedback, self._warm_send_buffer())
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self.discarded_rounds = 0  # metrics lines of a run folder without a checkpoint, dropped by resume()
         self._bytes_by_method: dict[str, int] = {}  # this round's uplink bytes per training method
@@ -141,8 +135,9 @@ class FederatedServer:
         mechanism = strategy.mechanism
         self.secure = secure_plan(policy.secagg, mechanism)
         self.aggregation: Aggregation = aggregation(strategy, engine, self.secure, policy.mixed)
-        self._local_dp_on_devices = engine.on_devices and mechanism is not None and mechanism.config.mode == "local"
-        if self._local_dp_on_devices:
+        self._local_dp_on_devices = False
+        if engine.on_devices and mechanism is not None and mechanism.config.mode == "local":
+            self._local_dp_on_devices = True
             mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
         self._uplinks: dict[str, Uplink] = {}
         self._attack: Callable[[RoundUpdates, int], object] = policy.attack.poison if policy.attack else _no_attack
@@ -252,7 +247,7 @@ class FederatedServer:
         return RoundPlan(rnd=rnd, client_ids=client_ids, local=local,
                          wire_shapes=self.methods.wire_shapes(start, expansion, method), weights=weights,
                          downlink=policy.downlink.spec, uplink=policy.uplink.spec,
-                         seeds=policy.seed_exchange and _sends_seeds(method), codec_seed=policy.codec_seed,
+                         seeds=policy.seed_exchange and sends_seeds(method), codec_seed=policy.codec_seed,
                          error_feedback=self.feedback is not None, run_id=self.run_id, local_noise=noise,
                          secure=self.secure)
 
@@ -268,20 +263,11 @@ class FederatedServer:
     def _uplink(self, method: str) -> Uplink:
         """How ``method``'s updates reach the server (decided once per method, on first use)."""
         if method not in self._uplinks:
-            self._uplinks[method] = self._choose_uplink(method)
+            self._uplinks[method] = choose_uplink(
+                method, self._codec, mixed=self.policy.mixed is not None, on_devices=self.engine.on_devices,
+                seed_exchange=self.policy.seed_exchange,
+                seed_options=lambda: self.methods.local(self.local.method, 0).method_options())
         return self._uplinks[method]
-
-    def _choose_uplink(self, method: str) -> Uplink:
-        if self.policy.mixed is not None and not self.engine.on_devices:
-            from pocketlearn.federated.mixed import kind_of
-
-            if kind_of(method) == "zo":
-                return self._upload_coefficients
-        if self.policy.seed_exchange and _sends_seeds(method):
-            return self._upload_seeds
-        if self.engine.on_devices:
-            return _delivered
-        return self._upload_result
 
     def _arrive(self, results: list[RoundResult], methods: list[str], down: int, rnd: int, start: dict[str, Tensor],
                 expansion: Expansion | None) -> tuple[Arrived | None, int, list[float], Tensor | None]:
@@ -295,7 +281,7 @@ class FederatedServer:
         deadline = self.policy.deadline_s
         for result, method in zip(results, methods, strict=True):
             self._attack(result.updates, rnd)
-            wire, sizes = self._uplink(method)(result, rnd, start, expansion)
+            wire, sizes = self._uplink(method).send(result, rnd, start, expansion)
             result.updates = u = expansion.expand(method, wire) if expansion is not None else wire
             samples = u.num_samples.tolist()
             kept = []
@@ -316,55 +302,6 @@ class FederatedServer:
         if not keep_rows:
             return None, up_total, times, None
         return Arrived(rnd, _select(results, keep_rows), wire_groups, expansion), up_total, times, torch.cat(losses)
-
-    def _upload_result(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
-                       ) -> tuple[RoundUpdates, list[int]]:
-        """The codec step: each update encoded as its device would, and decoded as the server reads it."""
-        return result.updates, self._upload(result.updates, rnd)
-
-    def _upload_coefficients(self, result: RoundResult, rnd: int, start: dict[str, Tensor],
-                             expansion: Expansion | None) -> tuple[RoundUpdates, list[int]]:
-        """A mixed run's ZO clients: one coefficient per seed of the round's pool, then the uplink codec."""
-        assert result.histories is not None, "a zeroth-order client returns its (seed, g) history"
-        assert expansion is not None, "ZO coefficients are a mixed run's wire form"
-        u = expansion.zo_wire(result.updates, result.histories)
-        return u, self._upload(u, rnd)
-
-    def _upload(self, u: RoundUpdates, rnd: int) -> list[int]:
-        """Encode each client's update for real; its row becomes what the server decodes. Returns byte counts."""
-        codec = self.policy.uplink
-        if not codec.stages and not u.trained:
-            self._send_buffer = encode_dense_rows(u.deltas, self._send_buffer)
-            return [self._send_buffer.shape[1]] * len(u)
-        sizes = []
-        expected = {n: d.shape[1:] for n, d in u.deltas.items()}
-        for k, c in enumerate(u.client_ids):
-            delta = u.client_delta(k)
-            rng = uplink_stream(self.policy.codec_seed, rnd, c)
-            if self.feedback:
-                payload, sent = self.feedback.encode(codec, c, delta, rng)
-            else:
-                payload = codec.encode(delta, rng)
-                sent = codec.decode(payload, expected)
-            for n, t in sent.items():
-                u.deltas[n][k] = t
-            sizes.append(len(payload))
-        return sizes
-
-    def _upload_seeds(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
-                      ) -> tuple[RoundUpdates, list[int]]:
-        """Seed exchange: each MeZO client's pairs travel; its row becomes the server's replay of them."""
-        assert result.histories is not None, "a client that sends seeds returns its (seed, g) history"
-        u = result.updates
-        options = self.methods.local(self.local.method, 0).method_options()
-        sizes = []
-        for k, history in enumerate(result.histories):
-            payload = encode_history(history)
-            replayed = replay_delta({n: start[n] for n in u.client_delta(k)}, decode_history(payload), options)
-            for n, t in replayed.items():
-                u.deltas[n][k] = t
-            sizes.append(len(payload))
-        return u, sizes
 
     def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
         records = []
@@ -389,25 +326,8 @@ def downlink_payload(params: dict[str, Tensor], codec: Codec, codec_seed: int, r
     return codec.encode(params, np.random.default_rng([codec_seed, rnd, 2**32]))  # 2**32: not a client id
 
 
-def uplink_stream(codec_seed: int, rnd: int, client: int) -> np.random.Generator:
-    """The random stream client ``client`` encodes its round-``rnd`` update with (wherever it is encoded)."""
-    return np.random.default_rng([codec_seed, rnd, client])
-
-
 def _no_attack(updates: RoundUpdates, rnd: int) -> None:
     """Honest clients: their updates leave them as trained."""
-
-
-def _sends_seeds(method: str) -> bool:
-    """Whether ``method``'s clients can send (seed, g) pairs instead of an update (seed exchange)."""
-    return method in available_methods() and get_method_class(method).sends_seeds
-
-
-def _delivered(result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
-               ) -> tuple[RoundUpdates, list[int]]:
-    """Updates encoded on the devices and decoded by the engine: the bytes are those that crossed the network."""
-    assert result.payload_bytes is not None, "an engine on devices reports each payload's size"
-    return result.updates, result.payload_bytes
 
 
 def _select(results: list[RoundResult], rows: list[tuple[RoundResult, int]]) -> RoundUpdates:

@@ -11,6 +11,7 @@ import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ class LocalTraining:
     def vectorizable(self) -> bool:
         return self.facts.vectorizes_with(dict(self.options))
 
-    def method_options(self) -> dict[str, object]:
+    def method_options(self) -> dict[str, Any]:
         opts = {"lr": self.lr, **dict(self.options)}
         if self.facts.takes_momentum:
             opts.setdefault("momentum", self.momentum)

@@ -104,8 +104,11 @@ def _autograd_activations(model: nn.Module, batch: Batch) -> tuple[int, int, lis
     """
     blocks = _checkpointed_blocks(model)
     calls: list[tuple[tuple[object, ...], dict[str, object]]] = []
-    grab = blocks[0].register_forward_pre_hook(lambda _m, a, k: calls.append((a, k)) or None,
-                                               with_kwargs=True) if blocks else None
+
+    def record(_module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        calls.append((args, kwargs))
+
+    grab = blocks[0].register_forward_pre_hook(record, with_kwargs=True) if blocks else None
     try:
         with _layer_outputs(model) as outputs:
             activations = saved_bytes(model, lambda: forward_loss(model, batch, cross_entropy))

@@ -81,7 +81,7 @@ class Backprop(GradientMethod):
         return loss
 
 
-def vocabulary_tables(model: nn.Module) -> list[nn.Parameter]:
+def vocabulary_tables(model: nn.Module) -> list[Tensor]:
     """Parameters with one row per token: embeddings, and output layers (weight and bias) as wide as one."""
     sizes = {m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)}
     vocab = max(sizes, default=0)
@@ -96,13 +96,14 @@ def vocabulary_tables(model: nn.Module) -> list[nn.Parameter]:
 
 def enable_checkpointing(model: nn.Module) -> None:
     """Transformers models use their own switch; a plain Sequential checkpoints each child module."""
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2 (the old name is deprecated)
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        return
-    if hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        return
-    containers = [m for m in model.modules() if isinstance(m, nn.ModuleList)] or (
+    # transformers >= 5.2 (the old name is deprecated there)
+    for switch, options in (("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
+                            ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs")):
+        enable = getattr(model, switch, None)
+        if callable(enable):
+            enable(**{options: {"use_reentrant": False}})
+            return
+    containers: list[nn.ModuleList | nn.Sequential] = [m for m in model.modules() if isinstance(m, nn.ModuleList)] or (
         [model] if isinstance(model, nn.Sequential) else [])
     if not containers:
         raise ValueError("checkpointing needs an nn.Sequential model or an nn.ModuleList of blocks")

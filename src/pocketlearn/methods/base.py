@@ -151,6 +151,14 @@ class TrainingMethod(ABC):
     sends_seeds: ClassVar[bool] = False
 
     @classmethod
+    def plain_state(cls, model: nn.Module) -> dict[str, Tensor]:
+        """The plain model's state dict (``build_model``'s layout) from a model this method prepared.
+
+        A method that rewrites layers (adapters, split weights) folds them back, without autograd.
+        """
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @classmethod
     def vectorizes_with(cls, options: Mapping[str, object]) -> bool:
         """Whether the in-process engine may train it batched with these options (they keep it plain SGD)."""
         return cls.vectorizes
@@ -292,8 +300,9 @@ def weight_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 def head_module(model: nn.Module) -> tuple[str, nn.Module] | None:
     """The output layer: ``lm_head`` for transformers LMs, else the last Linear layer."""
-    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
-        head = model.get_output_embeddings()
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if head is not None:
         return next((n, m) for n, m in model.named_modules() if m is head)
     layers = [(n, m) for n, m in weight_layers(model) if isinstance(m, nn.Linear)]
     return layers[-1] if layers else None

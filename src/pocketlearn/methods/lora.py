@@ -94,6 +94,11 @@ class LoRA(GradientMethod):
     quality_rank = 20
     exportable = True
 
+    @classmethod
+    def plain_state(cls, model: nn.Module) -> dict[str, Tensor]:
+        with torch.no_grad():
+            return super().plain_state(merge_lora(model))
+
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)
         if self.config.train_head:
@@ -111,9 +116,9 @@ class LoRA(GradientMethod):
             self.targets = inject_lora(model, rank=c.rank, alpha=c.alpha, dropout=c.dropout,
                                        target_modules=c.target_modules)
         if not c.train_a:
-            for name, p in lora_parameters(model).items():
+            for name, factor in lora_parameters(model).items():
                 if ".lora_A." in name:
-                    p.requires_grad_(False)
+                    factor.requires_grad_(False)
         for p in keep:
             p.requires_grad_(True)
         if c.checkpointing:
@@ -171,8 +176,8 @@ def _quant_lora_linear() -> type:
                 return super().forward(x, *args, **kwargs)
             name = active[0]
             result = self.base_layer(x)
-            low = F.linear(x, self.lora_A[name].weight).reshape(-1, self.r[name])
-            fused = torch.addmm(result.reshape(-1, result.shape[-1]), low, self.lora_B[name].weight.t(),
+            low = F.linear(x, factor_weight(self, "lora_A", name)).reshape(-1, self.r[name])
+            fused = torch.addmm(result.reshape(-1, result.shape[-1]), low, factor_weight(self, "lora_B", name).t(),
                                 alpha=self.scaling[name])
             return fused.view(result.shape)
 
@@ -188,6 +193,13 @@ def default_targets(model: nn.Module) -> str:
         raise ConfigError("LoRA: the model has no Linear/Conv layer besides its output head to adapt; "
                           "pass target_modules explicitly")
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def factor_weight(layer: LoraLayer, factor: str, adapter: str = "default") -> Tensor:
+    """The weight of an adapter's ``lora_A`` or ``lora_B`` (an nn.Linear without bias)."""
+    weight = getattr(layer, factor)[adapter].weight
+    assert isinstance(weight, Tensor), f"LoRA {factor}[{adapter}] is a layer with a weight tensor"
+    return weight
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoraLayer]:

@@ -61,11 +61,12 @@ class Unit:
         if act is None:
             return out
         if getattr(act, "inplace", None) is False:  # no autograd here, so overwrite the layer's output
-            act.inplace = True
+            switchable: Any = act  # nn.ReLU and kin: a plain ``inplace`` flag
+            switchable.inplace = True
             try:
                 return act(out)
             finally:
-                act.inplace = False
+                switchable.inplace = False
         return act(out)
 
 

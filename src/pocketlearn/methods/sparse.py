@@ -116,6 +116,14 @@ class SparseUpdate(GradientMethod):
     quality_rank = 30
     exportable = True
 
+    @classmethod
+    def plain_state(cls, model: nn.Module) -> dict[str, Tensor]:
+        out = super().plain_state(model)
+        for head in [k for k in out if k.endswith(".weight_head")]:  # the sliced layers' rows joined again
+            layer = head.removesuffix("weight_head")
+            out[layer + "weight"] = torch.cat([out.pop(head), out.pop(layer + "weight_tail")])
+        return out
+
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)
         head = untied_head(model)

@@ -22,6 +22,10 @@ class QuantizedWeights(nn.Module):
     """Holds a :class:`QuantizedMatrix` as buffers (saved with the module, movable, memory-mappable)."""
 
     compute_dtype = torch.float32  # what PEFT casts adapters to (the stored dtype is an integer)
+    qweight: Tensor  # the buffers _store registers (annotated for the type checker: nn.Module hides them)
+    qscale: Tensor
+    qoffset: Tensor | None
+    qhigh: Tensor | None
 
     def _store(self, matrix: QuantizedMatrix) -> None:
         self.register_buffer("qweight", matrix.data)
@@ -88,6 +92,8 @@ class QuantEmbedding(QuantizedWeights):
     saved with the table.
     """
 
+    embed_scale: Tensor
+
     def __init__(self, matrix: QuantizedMatrix, *, padding_idx: int | None = None, scale: Tensor | float = 1.0):
         super().__init__()
         self._store(matrix)
@@ -114,6 +120,8 @@ class QuantHead(nn.Module):
     Calling it gives logits (for generation: a few positions); :meth:`loss` gives the cross-entropy without
     them. ``softcap`` is Gemma's final-logit soft cap (cap · tanh(logit / cap)), None for none.
     """
+
+    table: QuantEmbedding
 
     def __init__(self, table: QuantEmbedding, *, softcap: float | None = None, chunk: int = 2048):
         super().__init__()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ def save_quantized(model: nn.Module, path: str | Path, base: str, *, widths: Map
     persistent = model.state_dict()
     buffers = {n: b for n, b in model.named_buffers() if n not in persistent and b is not None}
     save_checkpoint(path, {"store_version": STORE_VERSION, "base": base, "widths": dict(widths or {}),
-                           "config": model.config.to_json_string(), "state": persistent, "buffers": buffers})
+                           "config": cast(Any, model).config.to_json_string(), "state": persistent, "buffers": buffers})
 
 
 def load_quantized(path: str | Path) -> nn.Module:

@@ -92,11 +92,11 @@ class HarResult:
         for model in self.config["models"]:
             for method in self.config["methods"]:
                 rows = [u for u in self.users if u.model == model and u.method == method]
-                done = [u for u in rows if u.after is not None]
+                done = [(u.before, u.after) for u in rows if u.after is not None]
                 out.append({"model": model, "method": method, "users": len(rows),
                             "before": statistics.mean(u.before for u in rows) if rows else None,
-                            "after": statistics.mean(u.after for u in done) if done else None,  # type: ignore[misc]
-                            "improved": sum(u.after > u.before for u in done),  # type: ignore[operator]
+                            "after": statistics.mean(after for _, after in done) if done else None,
+                            "improved": sum(after > before for before, after in done),
                             "peak_bytes": self.peaks.get(model, {}).get(method)})
         return out
 

@@ -42,10 +42,11 @@ def load_ids_config(path: str | Path) -> IdsConfig:
     """An :class:`IdsConfig` from TOML: top-level fields, and ``[scenario]``, ``[learner]``, ``[base]`` tables."""
     import tomllib
 
+    from pocketlearn.bundled import config_path
     from pocketlearn.errors import ConfigError
 
     try:
-        raw = tomllib.loads(Path(path).read_text())
+        raw = tomllib.loads(config_path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"cannot read IDS config {path}: {err}") from None
     sections = {"scenario": ScenarioConfig, "learner": LearnerConfig, "base": BaseModelConfig}

