@@ -35,3 +35,5 @@ def test_a_missing_config_names_the_bundled_examples(tmp_path):
         config_path(tmp_path / "phones.toml")  # a folder of its own: not a bundled example
     with pytest.raises(ConfigError, match="nosuch"):
         config_path("nosuch")
+    with pytest.raises(ConfigError, match="is a folder"):
+        config_path(tmp_path)

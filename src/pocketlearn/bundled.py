@@ -26,10 +26,11 @@ def config_path(path: str | Path) -> Path:
     Raises ConfigError naming the bundled examples when it is neither.
     """
     path = Path(path)
-    if path.exists():
+    if path.is_file():
         return path
     bundled = examples_dir() / f"{path.name.removesuffix('.toml')}.toml"
-    if path.parent in (Path("."), Path("examples")) and bundled.is_file():
+    if not path.exists() and path.parent in (Path("."), Path("examples")) and bundled.is_file():
         return bundled
-    raise ConfigError(f"config file {path} does not exist; give a TOML file's path, or one of the bundled examples "
+    problem = "is a folder" if path.is_dir() else "does not exist"
+    raise ConfigError(f"config file {path} {problem}; give a TOML file's path, or one of the bundled examples "
                       f"by name ({', '.join(example_names())}), e.g. `pocketlearn fed simulate phones`")

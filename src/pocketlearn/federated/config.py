@@ -201,6 +201,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file {path} is not valid TOML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read config file {path}: {err}") from None
     devices = raw.get("devices")
     if isinstance(devices, dict) and isinstance(devices.get("profiles"), str):  # a file beside the config
         devices["profiles"] = str(path.parent / devices["profiles"])  # (an absolute path stays as it is)
