@@ -140,7 +140,11 @@ def inference_pass(model: str) -> Callable[[], float]:
 
 
 def quality(model: str, s: Settings) -> dict[str, Any]:
-    """Each trained cell's curve and median step seconds; MeZO's step over a 4-bit inference pass, paired."""
+    """Each trained cell's curve and median step seconds; MeZO's step over a 4-bit inference pass, paired.
+
+    Steps are timed in this process, not the fresh measuring one: that one returns freed memory to the OS at
+    once, which slows a step's many short-lived tensors.
+    """
     data = tokenize_user(find_user(USER), load_tokenizer(model), seq_len=128)
     out: dict[str, Any] = {"curves": {}, "step_seconds": {}}
     for cell in TRAINED:
@@ -165,15 +169,6 @@ def federated(s: Settings) -> list[dict[str, Any]]:
     return report.to_dict()["rounds"]
 
 
-def training_seconds(r: dict[str, Any]) -> dict[str, float]:
-    """Median seconds per step timed in this process, warm-up left out, for training and inference alike.
-
-    (The fresh measuring process returns freed memory to the OS at once, which slows a step's many
-    short-lived tensors.)
-    """
-    return r["step_seconds"]
-
-
 def step_at(curves: dict[str, list[tuple[float, float]]], cell: str, steps: int, s: Settings) -> float:
     """Held-out perplexity of ``cell`` after ``steps`` steps (a curve point)."""
     index = min(-(-steps // s.eval_every), len(curves[cell]) - 1)
@@ -187,7 +182,7 @@ def goals(results: dict[str, Any], s: Settings) -> list[dict[str, Any]]:
         mem, curves = r["memory"], r["curves"]
         s = replace(s, steps=r["steps"], mezo_steps=r["mezo_steps"])
         peak = {k: v["peak_bytes"] for k, v in mem.items()}
-        step = training_seconds(r)
+        step = r["step_seconds"]  # medians timed in this process (see quality)
         limit = GOAL_MIB[model]
         add(goal(f"{model}: 4-bit LoRA step peak (MiB)", peak["lora q4"] / 2**20, f"<= {limit}",
                  peak["lora q4"] <= limit * 2**20))
@@ -218,7 +213,7 @@ def markdown(results: dict[str, Any], goal_rows: list[dict[str, Any]], s: Settin
     fed = s
     for model, r in results["models"].items():
         s = replace(fed, steps=r["steps"], mezo_steps=r["mezo_steps"])
-        timed = training_seconds(r)
+        timed = r["step_seconds"]
         for cell, m in r["memory"].items():
             ppl = f"{step_at(r['curves'], cell, s.steps, s):.2f}" if cell in r["curves"] else ""
             here = f"{timed[cell]:.2f} s" if cell in timed else ""
@@ -261,8 +256,7 @@ def main() -> None:
     for model in s.models:
         steps, mezo_steps = FEWER.get(model, (s.steps, s.mezo_steps)) if s is FULL else (s.steps, s.mezo_steps)
         ms = replace(s, steps=steps, mezo_steps=mezo_steps)
-        results["models"][model] = {"memory": memory_cells(model, ms), **quality(model, ms),
-                                    "steps": steps,
+        results["models"][model] = {"memory": memory_cells(model, ms), **quality(model, ms), "steps": steps,
                                     "mezo_steps": mezo_steps}
     results["federated"] = federated(s)
     results["seconds"] = time.perf_counter() - START

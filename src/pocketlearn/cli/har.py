@@ -8,6 +8,7 @@ import typer
 
 PRETRAIN_USERS = ",".join(str(u) for u in range(1, 21))  # the base model's users; 21-30 are personalised
 
+
 def _ints(text: str) -> tuple[int, ...]:
     from pocketlearn.errors import ConfigError
 

@@ -121,16 +121,20 @@ def shakespeare_word_users(num_users: int | None = None, *, vocab: Vocabulary | 
                               f"that many users (or lower min_chars)")
         pick = torch.randperm(len(roles), generator=torch.Generator().manual_seed(seed))[:num_users]
         roles = [roles[i] for i in sorted(pick.tolist())]
-    parts: tuple[list[Tensor], ...] = ([], [], [], [])  # x, y, x_test, y_test of each role
-    xs, ys, xts, yts = parts
+    xs: list[Tensor] = []
+    ys: list[Tensor] = []
+    xts: list[Tensor] = []
+    yts: list[Tensor] = []
     indices, test_indices = [], []
     start = start_t = 0
     for role in roles:
         train, test = split_user_lines(role)
         x, y = windows(vocab.encode(train), seq_len)
         xt, yt = windows(vocab.encode(test), seq_len)
-        for out, part in zip(parts, (x, y, xt, yt), strict=True):
-            out.append(part)
+        xs.append(x)
+        ys.append(y)
+        xts.append(xt)
+        yts.append(yt)
         indices.append(torch.arange(start, start + len(x)))
         test_indices.append(torch.arange(start_t, start_t + len(xt)))
         start, start_t = start + len(x), start_t + len(xt)

@@ -37,9 +37,6 @@ class LaunchError(PocketlearnError, RuntimeError):
 
 def flower_command(name: str) -> str:
     """Flower's console script ``name`` from this Python's environment (the one pocketlearn runs in)."""
-    from pocketlearn.extras import require
-
-    require("flwr")  # not installed at all: the one line that names the deploy extra
     here = Path(sys.executable).parent / name
     found = str(here) if here.exists() else shutil.which(name)
     if not found:
