@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from pocketlearn.errors import TrainingError
+from pocketlearn.federated.round import InTheClear, Payloads, RoundResult, SeedPairs
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.models import mlp
 
@@ -48,8 +50,8 @@ def test_ray_gives_the_in_process_result(setup, local):
     for name, d in here.updates.deltas.items():
         assert torch.equal(there.updates.deltas[name], d), name
     assert torch.equal(there.train_loss, here.train_loss)
-    assert there.histories == here.histories  # seed exchange sends these (MeZO); None for other methods
-    assert (here.histories is not None) == (local.method == "mezo")
+    assert there.wire == here.wire  # seed exchange sends MeZO's (seed, g) pairs; other methods their updates
+    assert isinstance(here.wire, SeedPairs if local.method == "mezo" else InTheClear)
 
 
 def test_a_run_on_ray_ends_with_the_in_process_model(local_ray, tmp_path):
@@ -70,17 +72,20 @@ def test_a_run_on_ray_ends_with_the_in_process_model(local_ray, tmp_path):
 
 def test_joining_workers_keeps_every_field_and_parameter():
     from pocketlearn.federated.ray_engine import _concat
-    from pocketlearn.federated.simulate import RoundResult
     from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
     a = RoundResult(RoundUpdates.stack([ClientUpdate(3, 2, {"w": torch.ones(2), "b": torch.ones(1)})]),
-                    torch.tensor([0.5]), [[(7, 0.25)]], [40])
+                    torch.tensor([0.5]), SeedPairs([[(7, 0.25)]]))
     b = RoundResult(RoundUpdates.stack([ClientUpdate(5, 4, {"w": torch.full((2,), 2.0)})]),  # trained no "b"
-                    torch.tensor([0.7]), [[(9, -1.0)]], [30])
+                    torch.tensor([0.7]), SeedPairs([[(9, -1.0)]]))
     joined = _concat([a, b])
     u = joined.updates
     assert u.client_ids == [3, 5] and u.num_samples.tolist() == [2.0, 4.0]
     assert torch.equal(u.deltas["b"], torch.tensor([[1.0], [0.0]])) and u.trained["b"].tolist() == [True, False]
     assert "w" not in u.trained
-    assert joined.histories == [[(7, 0.25)], [(9, -1.0)]] and joined.payload_bytes == [40, 30]
+    assert joined.wire == SeedPairs([[(7, 0.25)], [(9, -1.0)]])
+    assert _concat([RoundResult(a.updates, a.train_loss, Payloads([40])),
+                    RoundResult(b.updates, b.train_loss, Payloads([30]))]).wire == Payloads([40, 30])
+    with pytest.raises(TrainingError, match="disagree"):
+        _concat([a, RoundResult(b.updates, b.train_loss)])
     assert joined.train_loss.tolist() == pytest.approx([0.5, 0.7])

@@ -5,7 +5,7 @@ import torch
 
 from pocketlearn.federated.codecs import encode_dense
 from pocketlearn.federated.experiment import build_template, load_federated_data, local_training
-from pocketlearn.federated.round import RoundPlan
+from pocketlearn.federated.round import InTheClear, Payloads, RoundPlan
 from pocketlearn.federated.simulate import InProcessEngine
 from tests.federated.flower_local import LocalGrid, config
 
@@ -30,9 +30,9 @@ def test_the_flower_engine_trains_a_plan_as_the_simulator_does(tmp_path):
                      wire_shapes={n: p.shape for n, p in params.items()}, run_id="by-hand")
     there = engine.run(params, plan)
     assert there.updates.client_ids == [0, 2]
-    assert there.payload_bytes is not None and len(there.payload_bytes) == 2  # what crossed the network
+    assert isinstance(there.wire, Payloads) and len(there.wire.sizes) == 2  # what crossed the network
     data = load_federated_data(cfg)
     here = InProcessEngine(template, data.x, data.y, data.indices).run(params, plan)
-    assert here.payload_bytes is None  # simulated clients: the server encodes their updates itself
+    assert here.wire == InTheClear()  # simulated clients: the server encodes their updates itself
     for name, d in here.updates.deltas.items():
         torch.testing.assert_close(there.updates.deltas[name], d, rtol=1e-4, atol=1e-6, msg=name)

@@ -11,18 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError, TrainingError
-from pocketlearn.federated.round import SimulatedEngine
-from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
+from pocketlearn.federated.round import InTheClear, Payloads, RoundResult, SeedPairs, SimulatedEngine, Wire
+from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.federated.updates import RoundUpdates
-
-T = TypeVar("T")
 
 
 def _ray():  # type: ignore[no-untyped-def]
@@ -100,8 +97,7 @@ def _concat(results: list[RoundResult]) -> RoundResult:
             trained[n] = torch.cat(masks)
     updates = RoundUpdates([c for p in parts for c in p.client_ids], torch.cat([p.num_samples for p in parts]),
                            deltas, trained)
-    return RoundResult(updates, torch.cat([r.train_loss for r in results]),
-                       _joined([r.histories for r in results]), _joined([r.payload_bytes for r in results]))
+    return RoundResult(updates, torch.cat([r.train_loss for r in results]), _joined([r.wire for r in results]))
 
 
 def _mask(u: RoundUpdates, name: str) -> Tensor:
@@ -111,12 +107,15 @@ def _mask(u: RoundUpdates, name: str) -> Tensor:
     return u.trained.get(name, torch.ones(len(u), dtype=torch.bool))
 
 
-def _joined(lists: list[list[T] | None]) -> list[T] | None:
-    """Per-client lists joined in worker order; None when no worker had one (all workers run the same method)."""
-    if all(x is None for x in lists):
-        return None
-    if any(x is None for x in lists):
-        raise TrainingError("the Ray engine's workers disagree on what their clients send (MeZO histories or "
-                            f"payload sizes from {sum(x is not None for x in lists)} of {len(lists)} workers); "
-                            "every worker of a round trains one method: report this as a bug")
-    return [item for x in lists if x is not None for item in x]
+def _joined(wires: list[Wire]) -> Wire:
+    """The workers' wire forms joined in worker order (every worker of a round trains the same method)."""
+    kinds = {type(w) for w in wires}
+    if len(kinds) > 1:
+        raise TrainingError("the Ray engine's workers disagree on what their clients send "
+                            f"({sorted(k.__name__ for k in kinds)}); every worker of a round trains one method: "
+                            "report this as a bug")
+    if isinstance(wires[0], SeedPairs):
+        return SeedPairs([h for w in wires if isinstance(w, SeedPairs) for h in w.histories])
+    if isinstance(wires[0], Payloads):
+        return Payloads([n for w in wires if isinstance(w, Payloads) for n in w.sizes])
+    return InTheClear()

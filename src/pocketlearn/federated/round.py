@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeAlias
 
 import torch
 from torch import Tensor
@@ -20,7 +20,43 @@ if TYPE_CHECKING:  # (simulate.py builds its engine on SimulatedEngine: these ar
     from pocketlearn.federated.mixed import Expansion
     from pocketlearn.federated.privacy.distributed import DistributedDP
     from pocketlearn.federated.privacy.report import LocalNoise
-    from pocketlearn.federated.simulate import LocalTraining, RoundResult
+    from pocketlearn.federated.simulate import LocalTraining
+
+SeedHistory: TypeAlias = list[tuple[int, float]]  # a MeZO client's (seed, projected gradient) pairs, in step order
+
+
+@dataclass(frozen=True)
+class InTheClear:
+    """Simulated clients hand over their updates as trained; the server encodes them as their devices would."""
+
+
+@dataclass(frozen=True)
+class SeedPairs:
+    """Each client's (seed, g) pairs, which travel instead of its update (seed exchange; a mixed run's ZO)."""
+
+    histories: list[SeedHistory]
+
+
+@dataclass(frozen=True)
+class Payloads:
+    """The updates crossed a real network and arrive decoded: each client's payload size in bytes.
+
+    Under secure aggregation the updates are zero rows that only say who finished.
+    """
+
+    sizes: list[int]
+
+
+Wire: TypeAlias = InTheClear | SeedPairs | Payloads  # what left each client besides its (decoded) update
+
+
+@dataclass
+class RoundResult:
+    """A method group's round as an engine hands it back: each client's update, in the order asked for."""
+
+    updates: RoundUpdates
+    train_loss: Tensor  # (K,) each client's mean training loss
+    wire: Wire = InTheClear()
 
 
 @dataclass(frozen=True)

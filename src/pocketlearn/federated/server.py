@@ -36,9 +36,9 @@ from pocketlearn.federated.pipeline import (
     secure_plan,
 )
 from pocketlearn.federated.population import DeviceFit, simulated_seconds
-from pocketlearn.federated.round import Engine, RoundPlan
+from pocketlearn.federated.round import Engine, RoundPlan, RoundResult
 from pocketlearn.federated.sampling import ClientSampler
-from pocketlearn.federated.simulate import LocalTraining, RoundResult
+from pocketlearn.federated.simulate import LocalTraining
 from pocketlearn.federated.strategies.base import Strategy
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.uplink import CodecUplink, Uplink, choose_uplink, sends_seeds

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pocketlearn.federated.round import SimulatedEngine
+from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
     PaddedBatches,
@@ -81,22 +81,6 @@ class LocalTraining:
             opts.setdefault("momentum", self.momentum)
             opts.setdefault("weight_decay", self.weight_decay)
         return opts
-
-
-@dataclass
-class RoundResult:
-    """A method group's round as an engine hands it back: each client's update, in the order asked for.
-
-    ``histories``: MeZO clients' (seed, g) pairs (seed exchange and mixed runs send these, not the update).
-    ``payload_bytes``: each client's uplink payload as it crossed a real network (the updates are then
-    already decoded; under secure aggregation they are zero rows that only say who finished); None: the
-    server encodes the updates itself, as the devices would, in simulation.
-    """
-
-    updates: RoundUpdates
-    train_loss: Tensor  # (K,) each client's mean training loss
-    histories: list[list[tuple[int, float]]] | None = None
-    payload_bytes: list[int] | None = None
 
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
@@ -193,7 +177,8 @@ class InProcessEngine(SimulatedEngine):
             losses.append(loss)
             histories.append(history)
         seeds = local.facts.sends_seeds  # its (seed, g) pairs are its wire form (seed exchange, mixed runs' ZO)
-        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None)
+        wire = SeedPairs(histories) if seeds else InTheClear()
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), wire)
 
     def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining, seed: int
                    ) -> tuple[dict[str, Tensor], float, list[tuple[int, float]]]:

@@ -17,12 +17,12 @@ from torch import Tensor
 
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense_rows
 from pocketlearn.federated.codecs.seeds import decode_history, encode_history, replay_delta
+from pocketlearn.federated.round import Payloads, RoundResult, SeedHistory, SeedPairs
 from pocketlearn.federated.updates import RoundUpdates
 from pocketlearn.methods import available_methods, get_method_class
 
 if TYPE_CHECKING:
     from pocketlearn.federated.mixed import Expansion
-    from pocketlearn.federated.simulate import RoundResult
 
 
 class Uplink(Protocol):
@@ -82,9 +82,8 @@ class SeedUplink:
 
     def send(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
              ) -> tuple[RoundUpdates, list[int]]:
-        assert result.histories is not None, "a client that sends seeds returns its (seed, g) history"
         u, sizes = result.updates, []
-        for k, history in enumerate(result.histories):
+        for k, history in enumerate(seed_histories(result)):
             payload = encode_history(history)
             replayed = replay_delta({n: start[n] for n in u.client_delta(k)}, decode_history(payload),
                                     dict(self.options))
@@ -102,9 +101,8 @@ class CoefficientUplink:
 
     def send(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
              ) -> tuple[RoundUpdates, list[int]]:
-        assert result.histories is not None, "a zeroth-order client returns its (seed, g) history"
         assert expansion is not None, "ZO coefficients are a mixed run's wire form"
-        u = expansion.zo_wire(result.updates, result.histories)
+        u = expansion.zo_wire(result.updates, seed_histories(result))
         return u, self.codec.encode(u, rnd)
 
 
@@ -113,8 +111,14 @@ class Delivered:
 
     def send(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
              ) -> tuple[RoundUpdates, list[int]]:
-        assert result.payload_bytes is not None, "an engine on devices reports each payload's size"
-        return result.updates, result.payload_bytes
+        assert isinstance(result.wire, Payloads), f"an engine on devices reports each payload's size, not {result.wire}"
+        return result.updates, result.wire.sizes
+
+
+def seed_histories(result: RoundResult) -> list[SeedHistory]:
+    """The (seed, g) pairs of a group whose method sends seeds (its engine returns them as its wire form)."""
+    assert isinstance(result.wire, SeedPairs), f"a client that sends seeds returns its pairs, not {result.wire}"
+    return result.wire.histories
 
 
 def sends_seeds(method: str) -> bool:

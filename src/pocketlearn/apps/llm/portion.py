@@ -15,8 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
-from pocketlearn.federated.round import SimulatedEngine
-from pocketlearn.federated.simulate import InProcessEngine, LocalTraining, RoundResult
+from pocketlearn.federated.round import RoundResult, SimulatedEngine
+from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.methods.base import head_module, weight_layers
 

@@ -23,6 +23,7 @@ from pocketlearn.devices import DeviceProfile, get_device
 from pocketlearn.errors import ConfigError, DataError
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.flower.messages import SEEDS, DeviceInfo, TrainReply, TrainRequest
+from pocketlearn.federated.round import RoundResult, SeedPairs
 
 if TYPE_CHECKING:  # the query handler answers without loading torch
     from torch import Tensor
@@ -121,7 +122,7 @@ def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) 
                       time.perf_counter() - t0)
 
 
-def wire_update(request: TrainRequest, config: RunConfig, template: Any, start: dict[str, Tensor], result: Any
+def wire_update(request: TrainRequest, config: RunConfig, template: Any, start: dict[str, Tensor], result: RoundResult
                 ) -> dict[str, Tensor] | list[tuple[int, float]]:
     """The update in the form it travels, as the simulator's server would have turned it into its wire form.
 
@@ -132,13 +133,15 @@ def wire_update(request: TrainRequest, config: RunConfig, template: Any, start: 
     from pocketlearn.federated.experiment import is_mixed
     from pocketlearn.federated.mixed import Expansion
 
+    seeds = result.wire.histories if isinstance(result.wire, SeedPairs) else None
     if request.up_codec == SEEDS:
-        if result.histories is None:
-            raise ConfigError(f"seed exchange needs a MeZO client; method {request.local.method!r} has no seeds")
-        return list(result.histories[0])
-    if result.histories is not None and is_mixed(config):
+        if seeds is None:
+            raise ConfigError(f"seed exchange needs a client that sends seeds; method {request.local.method!r} "
+                              "sends its update")
+        return list(seeds[0])
+    if seeds is not None and is_mixed(config):
         expansion = Expansion.build(template, start, {request.local.method: request.local.method_options()})
-        return expansion.zo_wire(result.updates, result.histories).client_delta(0)
+        return expansion.zo_wire(result.updates, seeds).client_delta(0)
     return result.updates.client_delta(0)
 
 

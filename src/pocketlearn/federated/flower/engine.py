@@ -23,8 +23,8 @@ from torch import Tensor
 
 from pocketlearn.errors import PocketlearnError
 from pocketlearn.federated.flower.messages import QUERY, SEEDS, TRAIN, DeviceInfo, TrainReply, TrainRequest
-from pocketlearn.federated.round import RoundPlan, SecureOutcome, SecurePlan
-from pocketlearn.federated.simulate import LocalTraining, RoundResult
+from pocketlearn.federated.round import Payloads, RoundPlan, RoundResult, SecureOutcome, SecurePlan, SeedPairs, Wire
+from pocketlearn.federated.simulate import LocalTraining
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 
 if TYPE_CHECKING:
@@ -299,10 +299,11 @@ class FlowerEngine:
             updates.append(ClientUpdate(c, answer.num_samples, delta))
             losses.append(answer.loss)
             sizes.append(len(answer.payload))
+        wire: Wire = SeedPairs(histories) if seeds else Payloads(sizes)
         if not updates:
             empty = RoundUpdates([], torch.zeros(0), {n: torch.zeros((0, *shape)) for n, shape in expected.items()})
-            return RoundResult(empty, torch.zeros(0), [] if seeds else None, [])
-        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), histories if seeds else None, sizes)
+            return RoundResult(empty, torch.zeros(0), wire)
+        return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), wire)
 
     def _delta(self, payload: bytes, expected: dict[str, torch.Size], codec: Codec) -> dict[str, Tensor]:
         """The update in ``payload``, decoded against ``expected`` (name -> shape) and checked again here."""

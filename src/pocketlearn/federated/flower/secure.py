@@ -57,8 +57,7 @@ from pocketlearn.federated.secagg.messages import (
 if TYPE_CHECKING:
     from pocketlearn.federated.flower.engine import FlowerEngine
     from pocketlearn.federated.mixed import Expansion
-    from pocketlearn.federated.round import RoundPlan, SecureOutcome, SecurePlan
-    from pocketlearn.federated.simulate import RoundResult
+    from pocketlearn.federated.round import RoundPlan, RoundResult, SecureOutcome, SecurePlan
     from pocketlearn.federated.updates import RoundUpdates
 
 SECURE_TRAIN, SHARE, MASK, UNMASK = "train.secagg", "query.secagg_share", "query.secagg_mask", "query.secagg_unmask"
@@ -400,14 +399,14 @@ def placeholders(shapes: Mapping[str, Any], finished: list[TrainedDevice]) -> Ro
     """The devices that trained, as the server loop reads them: who finished, with zero rows (never their update)."""
     import torch
 
-    from pocketlearn.federated.simulate import RoundResult
+    from pocketlearn.federated.round import Payloads, RoundResult
     from pocketlearn.federated.updates import RoundUpdates
 
     k = len(finished)
     rows = {n: torch.zeros(()).expand(k, *(s.shape if hasattr(s, "shape") else s)) for n, s in shapes.items()}
     updates = RoundUpdates([d.client for d in finished], torch.tensor([float(d.reply.num_samples) for d in finished]),
                            rows)
-    return RoundResult(updates, torch.tensor([d.reply.loss for d in finished]), None, [d.sent for d in finished])
+    return RoundResult(updates, torch.tensor([d.reply.loss for d in finished]), Payloads([d.sent for d in finished]))
 
 
 def _tensors(sums: Mapping[str, np.ndarray]) -> dict[str, Any]:
