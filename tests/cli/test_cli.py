@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -151,3 +152,22 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install 'pocketlearn[tracking]'" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_plan_takes_a_model_by_import_path_whose_module_says_its_shapes():
+    args = ["plan", "--device", "phone-1g", "--batch", "8", "--no-measure", "--json", "--methods", "backprop,bias"]
+    result = runner.invoke(app, [*args, "--model", "tests.models.custom_net:small_cnn"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["recommended"] == "backprop"
+    bare = runner.invoke(app, [*args, "--model", "tests.models.custom_net:bare_mlp"])
+    assert "'tests.models.custom_net:bare_mlp' does not say its input shape" in str(bare.exception)
+
+
+def test_the_console_script_imports_a_model_from_the_folder_it_runs_in(tmp_path):
+    (tmp_path / "my_nets.py").write_text("from torch import nn\n\ndef net():\n    model = nn.Linear(64, 10)\n"
+                                         "    model.input_shape, model.num_classes = (64,), 10\n    return model\n")
+    command = [str(Path(sys.executable).parent / "pocketlearn"), "plan", "--model", "my_nets:net", "--device",
+               "phone-1g", "--batch", "4", "--methods", "backprop", "--json"]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["methods"][0]["trainable_params"] == 650  # (its sys.path lacks the folder)

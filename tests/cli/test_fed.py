@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from pocketlearn.cli.main import app
@@ -31,6 +32,8 @@ def test_simulate_writes_metrics_resumes_and_reports(tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["rounds"] == 3 and summary["accuracy"] > 0.3 and summary["bytes_up"] > 0
+    steps = summary["client_steps"]  # each client costs its own steps, no padding
+    assert steps["real"] > 0 and steps["computed"] == steps["real"] and steps["computed_per_real"] == 1.0
     assert len((runs / "cli" / "metrics.jsonl").read_text().splitlines()) == 3
     assert json.loads((runs / "cli" / "partition.json").read_text())["clients"] == 12
     personal = json.loads((runs / "cli" / "personalization.json").read_text())
@@ -102,3 +105,38 @@ def test_more_rounds_continue_a_checkpointed_run(tmp_path):
     assert more.exit_code == 0, more.output
     assert "resuming" in more.output
     assert len((tmp_path / "runs" / "cli" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(("model", "path"), [
+    ("small_cnn", "vectorized (torch.func.vmap)"),  # nn.Unflatten is not a layer the batched matmuls know
+    ("bare_mlp", "vectorized (batched matmul/conv)"),
+    ("with_dropout", "one client at a time (the model has layers that cannot be stacked over clients"),
+])
+def test_a_model_by_import_path_simulates_resumes_and_says_its_training_path(tmp_path, model, path):
+    name = f"tests.models.custom_net:{model}"
+    first = _simulate(tmp_path, f"model.name={name}", "checkpoint=true")
+    assert first.exit_code == 0, first.output
+    assert f"training path: {path}" in first.output
+    more = _simulate(tmp_path, f"model.name={name}", "rounds=2")
+    assert more.exit_code == 0, more.output
+    assert "resuming" in more.output and f'"training_path": "{path}' in more.output
+
+
+def test_a_model_path_that_does_not_import_is_a_config_error(tmp_path):
+    result = _simulate(tmp_path, "model.name=tests.models.custom_net:no_such_net")
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "has no attribute 'no_such_net'" in str(result.exception)
+
+
+def test_clients_train_in_bf16_when_asked_and_the_summary_says_so(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.replace("[eval]\npersonalize_clients = 3\n", "[client]\nprecision = \"bf16\"\n"))
+    out = tmp_path / "s.json"
+    result = runner.invoke(app, ["fed", "simulate", str(config), "--runs", str(tmp_path / "runs"), "--quiet",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(out.read_text())
+    assert summary["precision"] == "bf16" and summary["accuracy"] > 0.3
+    mezo = runner.invoke(app, ["fed", "simulate", str(config), "--runs", str(tmp_path / "runs2"), "--quiet",
+                               "--set", "client.method=mezo"])
+    assert "needs a method that trains by backpropagation" in str(mezo.exception)

@@ -63,3 +63,26 @@ def test_a_lora_checkpoint_of_another_rank_names_the_ranks(tmp_path):
     message = str(other.exception)
     assert "LoRA rank 4" in message and "rank 8" in message and "-o rank=4" in message
     assert "size mismatch" not in message and "lora_B" not in message
+
+
+def test_a_model_by_import_path_trains_and_resumes(tmp_path):
+    args = ["train", "--model", "tests.models.custom_net:small_cnn", "--data", "digits", "--batch", "64",
+            "--limit", "256", "-o", "lr=0.1", "--checkpoint", str(tmp_path / "c.pt")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert _summary(first.output)["steps"] == 4
+    again = runner.invoke(app, [*args[:-4], "--epochs", "2", *args[-4:]])
+    assert again.exit_code == 0, again.output
+    assert "from step 4/8" in again.output  # the checkpoint's settings (its model name) match
+
+
+def test_bf16_trains_to_fp32s_accuracy_and_an_unknown_precision_is_refused(tmp_path):
+    fp32 = _train(tmp_path / "a", "--epochs", "3")
+    bf16 = _train(tmp_path / "b", "--epochs", "3", "-o", "precision=bf16")
+    assert fp32.exit_code == 0 and bf16.exit_code == 0, bf16.output
+    a, b = _summary(fp32.output), _summary(bf16.output)
+    assert (a["precision"], b["precision"]) == ("fp32", "bf16")
+    assert b["after"]["accuracy"] > 0.8 and b["after"]["accuracy"] == pytest.approx(a["after"]["accuracy"], abs=0.03)
+    assert b["after"]["loss"] != a["after"]["loss"]  # it did train in bf16
+    bad = _train(tmp_path / "c", "-o", "precision=fp8")
+    assert "precision should be 'fp32' or 'bf16'" in str(bad.exception)  # main() prints it as one line, exit 2

@@ -7,6 +7,7 @@ carried from one message to the next.
 
 import hashlib
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from flwr.clientapp import ClientApp
 
 from pocketlearn.federated.flower.device import DeviceSetup
 from pocketlearn.federated.flower.join import JoinOptions, Worker, supernode_command, worker_command
-from pocketlearn.federated.flower.launch import LaunchError, write_app
+from pocketlearn.federated.flower.launch import LaunchError, flower_env, write_app
 
 counting_app = ClientApp()  # the test's ClientApp: counts its messages in Context.state
 
@@ -233,3 +234,12 @@ def test_join_without_a_server_says_so_in_one_line_on_stderr_after_max_wait(tmp_
     assert err.count("\n") == 1 and err.startswith("error: fed join: no server answered at 127.0.0.1:")
     assert "connection refused" in err and "--max-wait 2 s" in err and "fed serve" in err
     assert "\x1b" not in out + err and "Uvicorn" not in out + err and "Connection attempt" not in out + err
+
+
+def test_flower_processes_import_a_users_model_from_the_folder_the_command_ran_in(tmp_path, monkeypatch):
+    (tmp_path / "my_nets.py").write_text("def net(): ...\n")
+    monkeypatch.chdir(tmp_path)  # where `fed serve` / `fed join` runs; Flower's processes may run elsewhere
+    env = flower_env(tmp_path / "home")
+    done = subprocess.run([sys.executable, "-c", "import my_nets"], cwd=tmp_path / "home", env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -25,11 +25,14 @@ def _both_engines(model, x, y, indices, local, ids=None):
     LocalTraining(lr=0.1, batch_size=4, epochs=2),
     LocalTraining(lr=0.05, batch_size=3, momentum=0.9, weight_decay=1e-3),
     LocalTraining(lr=0.05, batch_size=5, proximal_mu=0.5),
-], ids=["plain", "momentum+decay", "fedprox"])
+    LocalTraining(lr=0.01, batch_size=3, weight_decay=0.05, options=(("optimizer", "adamw"),)),
+    LocalTraining(lr=0.01, batch_size=4, epochs=2, proximal_mu=0.3, options=(("optimizer", "adamw"),)),
+], ids=["plain", "momentum+decay", "fedprox", "adamw", "adamw+fedprox"])
 def test_clients_trained_together_match_clients_trained_one_by_one(local):
     torch.manual_seed(0)
     x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
     indices = _clients(60, [1, 7, 12, 3, 9])  # uneven: padding and idle steps
+    assert local.vectorizable
     vec, seq = _both_engines(mlp(8, (16,), 3), x, y, indices, local)
     assert vec.updates.num_samples.tolist() == [1, 7, 12, 3, 9]
     for name, d in seq.updates.deltas.items():
@@ -99,7 +102,7 @@ def test_the_warm_up_trains_one_batch_per_client_not_a_round():
 
 
 def test_only_clients_with_a_batch_left_run_the_model():
-    from pocketlearn.federated.vectorized import SGDConfig, pad_batches, stacked_forward, train_stacked
+    from pocketlearn.federated.vectorized import LocalOptimizer, pad_batches, stacked_forward, train_stacked
 
     model = mlp(4, (8,), 2)
     x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
@@ -107,5 +110,83 @@ def test_only_clients_with_a_batch_left_run_the_model():
     rows = []
     data = pad_batches(x, y, [np.arange(8)[None], np.arange(8, 10)[None]], 2)  # 4 steps and 1 step
     params = {n: p.detach() for n, p in model.named_parameters()}
-    train_stacked(lambda p, xs: rows.append(len(xs)) or forward(p, xs), params, data, SGDConfig(0.1, 0.9))
+    train_stacked(lambda p, xs: rows.append(len(xs)) or forward(p, xs), params, data, LocalOptimizer(0.1, 0.9))
     assert rows == [2, 1, 1, 1]
+
+
+def test_clients_must_come_largest_first():
+    from pocketlearn.federated.vectorized import largest_first, pad_batches
+
+    orders = [np.arange(2)[None], np.arange(2, 10)[None], np.arange(10, 14)[None]]
+    with pytest.raises(ValueError, match="largest first"):
+        pad_batches(torch.randn(14, 4), torch.zeros(14, dtype=torch.long), orders, 2)
+    assert largest_first(orders).tolist() == [1, 2, 0]
+
+
+def test_a_skewed_round_computes_only_its_real_client_steps():
+    """Sizes from 1 to 40 samples: a padded stack would run 5 x 10 client-steps for 16 real ones."""
+    x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
+    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients(80, [1, 40, 3, 5, 2]))
+    seen = []
+    forward = engine.forward
+    engine.forward = lambda p, xs: seen.append(len(xs)) or forward(p, xs)
+    params = {n: p.detach().clone() for n, p in engine.template.named_parameters()}
+    engine.train(params, [0, 1, 2, 3, 4], 1, LocalTraining(lr=0.1, batch_size=4, momentum=0.5))
+    assert sum(seen) == 1 + 10 + 1 + 2 + 1  # each client's ceil(n / 4) steps, nothing for finished clients
+    assert engine.client_steps == (15, 15)
+
+
+def _small_cnn() -> torch.nn.Sequential:
+    """Two convolutions, 20k parameters, ~2 MFLOP per 28x28 image: far more work than its parameter count says."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(16, 32, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(32 * 7 * 7, 10))
+
+
+def test_a_steps_work_is_counted_per_pixel_as_torch_counts_it():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pocketlearn.federated.simulate import flops_per_sample
+
+    model, x = _small_cnn(), torch.randn(1, 1, 28, 28)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    assert flops_per_sample(model, x) == pytest.approx(counter.get_total_flops(), rel=0.05)
+    assert flops_per_sample(model, x) > 40 * sum(p.numel() for p in model.parameters())
+
+
+def test_a_convolution_step_uses_every_core_and_a_tiny_mlp_step_one():
+    x = torch.randn(64, 1, 28, 28)
+    conv = InProcessEngine(_small_cnn(), x, torch.zeros(64, dtype=torch.long), _clients(64, [32, 32]))
+    assert conv.threads_for(clients=10, batch_size=32) is None
+    digits = InProcessEngine(mlp(64, (128,), 10), torch.randn(64, 64), torch.zeros(64, dtype=torch.long),
+                             _clients(64, [32, 32]))
+    assert digits.threads_for(clients=10, batch_size=16) == 1
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_bf16_clients_train_alike_together_and_one_by_one_and_differ_from_fp32(model):
+    torch.manual_seed(0)
+    if model == "cnn":
+        net, x = cnn(1, 4, widths=(3, 4), image_size=8), torch.randn(30, 1, 8, 8)
+    else:
+        net, x = mlp(8, (16,), 4), torch.randn(30, 8)
+    y = torch.randint(0, 4, (30,))
+    indices = _clients(30, [5, 10, 2])
+    bf16 = LocalTraining(lr=0.05, batch_size=4, momentum=0.5, precision="bf16")
+    vec, seq = _both_engines(net, x, y, indices, bf16)
+    fp32, _ = _both_engines(net, x, y, indices, LocalTraining(lr=0.05, batch_size=4, momentum=0.5))
+    for name, d in seq.updates.deltas.items():
+        assert vec.updates.deltas[name].dtype == torch.float32  # fp32 master weights and updates
+        torch.testing.assert_close(vec.updates.deltas[name], d, rtol=0.05, atol=2e-3)
+        assert not torch.equal(vec.updates.deltas[name], fp32.updates.deltas[name])  # autocast did run
+        torch.testing.assert_close(vec.updates.deltas[name], fp32.updates.deltas[name], rtol=0.1, atol=5e-3)
+
+
+def test_bf16_needs_a_method_that_backpropagates():
+    from pocketlearn.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision"):
+        LocalTraining(method="mezo", precision="bf16").method_options()
+    assert LocalTraining(method="bias", precision="bf16").method_options()["precision"] == "bf16"
+    assert "precision" not in LocalTraining(method="bias").method_options()  # fp32 runs keep their fingerprints

@@ -107,14 +107,14 @@ def test_methods_without_a_wire_kind_cannot_mix(toy, monkeypatch):
 @pytest.mark.parametrize(("method", "options", "vectorizable"), [
     ("backprop", (), True),
     ("backprop", (("momentum", 0.9), ("weight_decay", 1e-4)), True),  # the batched engine has both
-    ("backprop", (("optimizer", "adamw"),), False),
+    ("backprop", (("optimizer", "adamw"),), True),  # per-client Adam moments, batched
     ("backprop", (("checkpointing", True),), False),
     ("backprop", (("embedding_rows", "seen"),), False),
     ("bias", (), False),
     ("mezo", (), False),
     ("auto", (), False),  # a mixed run's placeholder: no method yet, no facts
 ])
-def test_only_plain_sgd_backprop_vectorizes(method, options, vectorizable):
+def test_only_backprop_without_checkpointing_or_sparse_rows_vectorizes(method, options, vectorizable):
     assert LocalTraining(method, options=options).vectorizable is vectorizable
 
 

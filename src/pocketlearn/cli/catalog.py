@@ -53,6 +53,8 @@ def models_command() -> None:
     for spec in MODELS.values():
         table.add_row(spec.name, spec.task, spec.description)
     Console().print(table)
+    Console().print("or your own: --model (or [model] name) package.module:function, a function returning an "
+                    "nn.Module", highlight=False)
 
 
 def doctor_command() -> None:

@@ -52,7 +52,7 @@ def simulate_command(
 def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) -> dict[str, Any]:
     from pocketlearn.data.partition import Partition, partition_stats, save_stats, stats_table
     from pocketlearn.federated.experiment import build_server
-    from pocketlearn.federated.report import device_table, summarize
+    from pocketlearn.federated.report import device_table, summarize, training_path
     from pocketlearn.federated.run_folder import check_run_folder
     from pocketlearn.tracking import ScalarLog
 
@@ -69,6 +69,8 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     save_stats(stats, run_dir / "partition.json")
     console.print(stats_table(stats, f"partition: {cfg.data.partition} of {cfg.data.name}"))
     console.print(device_table(server.clients, len(data.indices)))
+    if path := training_path(server, cfg.vectorize):
+        console.print(f"training path: {path}", highlight=False, soft_wrap=True)
     if resumed:
         console.print(f"resuming {run_dir} after round {server.round}")
     elif server.discarded_rounds:

@@ -16,7 +16,8 @@ from pocketlearn.progress import working
 
 
 def plan_command(
-    model: Annotated[str, typer.Option(help="Model name (see `pocketlearn models`).")],
+    model: Annotated[str, typer.Option(
+        help="Model name (see `pocketlearn models`), or your own: package.module:function returning an nn.Module.")],
     device: Annotated[str, typer.Option(help="Device preset (see `pocketlearn devices`) or a name in --devices-file.")],
     batch: Annotated[int, typer.Option(min=1, help="Examples per training step.")] = 32,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per example, for language models.")] = None,

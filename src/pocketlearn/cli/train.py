@@ -15,7 +15,8 @@ from pocketlearn.progress import progress_bars
 
 
 def train_command(
-    model: Annotated[str, typer.Option(help="Model name (see `pocketlearn models`).")],
+    model: Annotated[str, typer.Option(
+        help="Model name (see `pocketlearn models`), or your own: package.module:function returning an nn.Module.")],
     data: Annotated[str, typer.Option(help="digits | fashion-mnist | shakespeare")],
     method: Annotated[str, typer.Option(help="Training method (see `pocketlearn methods`).")] = "backprop",
     device: Annotated[str | None, typer.Option(help="Device preset whose memory budget is enforced.")] = None,
@@ -90,8 +91,9 @@ def train_command(
             track.write(result.steps, eval_tags(after))
     for note in result.notes:
         console.print(f"note: {note}")
+    precision = getattr(trainer.method.config, "precision", "fp32")  # (methods without backprop: fp32)
     console.print(json.dumps({"steps": result.steps, "resumed_from_step": result.resumed_from_step,
-                              "before": before, "after": after}, indent=2))
+                              "precision": precision, "before": before, "after": after}, indent=2))
 
 
 def eval_tags(metrics: dict[str, float]) -> dict[str, float]:

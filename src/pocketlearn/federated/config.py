@@ -17,7 +17,7 @@ class _Section(BaseModel):
 
 
 class ModelSection(_Section):
-    name: str = "digits-mlp"  # a name from pocketlearn.models
+    name: str = "digits-mlp"  # a name from pocketlearn.models, or "package.module:function" (your own nn.Module)
     init: str | None = None  # start from these weights: a checkpoint with a "model" state dict (e.g. pretrained)
 
 
@@ -42,6 +42,7 @@ class ClientSection(_Section):
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    precision: Literal["fp32", "bf16"] = "fp32"  # "bf16": clients train in bfloat16 autocast (fp32 weights)
     options: dict[str, Any] = {}  # extra options of the method
     shuffle_seed: int = 2  # order of a client's samples in round r: default_rng([shuffle_seed, r, client])
     fit: Literal["plan", "report"] = "plan"  # a device the method does not fit: pick a method that fits, or

@@ -90,7 +90,7 @@ def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
     c = config.client
     return LocalTraining(method=c.method, epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, momentum=c.momentum,
                          weight_decay=c.weight_decay, options=tuple(sorted(c.options.items())),
-                         proximal_mu=proximal_mu, shuffle_seed=c.shuffle_seed)
+                         proximal_mu=proximal_mu, shuffle_seed=c.shuffle_seed, precision=c.precision)
 
 
 def is_mixed(config: RunConfig) -> bool:

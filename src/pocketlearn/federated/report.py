@@ -37,13 +37,53 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
         "clients_per_round": cfg.clients_per_round, "num_clients": len(server.clients.sizes),
         "resumed": resumed, "setup_s": setup_s, "train_s": float(sum(times)),
         "updates": updates, "updates_per_s": updates / sum(times) if times and sum(times) > 0 else 0.0,
-        "accuracy": last_eval.get("accuracy"), "test_loss": last_eval.get("loss"),
+        "accuracy": last_eval.get("accuracy"), "test_loss": last_eval.get("loss"), "precision": cfg.client.precision,
         "dropped": sum(r.dropped for r in records), "stragglers": sum(r.stragglers for r in records),
         "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
         "bytes_down": sum(r.bytes_down for r in records), "round_times": times,
         **({"methods": methods} if len(methods := method_summary(server.clients, records)) > 1 else {}),
         **({"privacy": privacy} if (privacy := privacy_summary(server.strategy)) else {}),
+        **({"training_path": path} if (path := training_path(server, cfg.vectorize)) else {}),
+        **({"client_steps": steps} if (steps := client_steps(server)) else {}),
     }
+
+
+def client_steps(server: Any) -> dict[str, Any] | None:
+    """The client-steps the in-process engine computed against the clients' real ones (padding makes it > 1)."""
+    from pocketlearn.federated.simulate import InProcessEngine
+
+    if not isinstance(server.engine, InProcessEngine) or not server.engine.client_steps[1]:
+        return None
+    computed, real = server.engine.client_steps
+    return {"computed": computed, "real": real, "computed_per_real": round(computed / real, 3)}
+
+
+def training_path(server: Any, vectorize: bool) -> str | None:
+    """How the in-process engine trains each method's clients, and why (None: they train in another engine)."""
+    from pocketlearn.federated.simulate import InProcessEngine
+
+    if not isinstance(server.engine, InProcessEngine):
+        return None
+    methods = sorted({fit.method for fit in server.clients.fits if fit.method is not None})
+    paths = {m: _path(server.engine, server.methods.local(m, 1), vectorize) for m in methods}
+    if len(set(paths.values())) == 1:
+        return paths[methods[0]]
+    return "; ".join(f"{m}: {p}" for m, p in paths.items()) or None
+
+
+def _path(engine: Any, local: Any, vectorize: bool) -> str:
+    from pocketlearn.federated.vectorized import batched_matmul_forward
+
+    if not vectorize:
+        return "one client at a time (vectorize = false)"
+    if engine.forward is None:
+        return "one client at a time (the model has layers that cannot be stacked over clients: batch norm, dropout)"
+    if not local.vectorizable:
+        options = " with these options" if local.facts.vectorizes else ""
+        return f"one client at a time (method {local.method!r} has no batched step{options})"
+    if batched_matmul_forward(engine.template) is not None:
+        return "vectorized (batched matmul/conv)"
+    return "vectorized (torch.func.vmap)"
 
 
 def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:

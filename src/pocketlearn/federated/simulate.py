@@ -17,12 +17,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pocketlearn.errors import ConfigError
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
-    PaddedBatches,
-    SGDConfig,
+    LocalOptimizer,
     StackedForward,
+    largest_first,
     mlp_layers,
     pad_batches,
     stacked_copies,
@@ -31,11 +32,37 @@ from pocketlearn.federated.vectorized import (
     train_stacked_mlp,
 )
 from pocketlearn.methods import available_methods, get_method_class, make_method
-from pocketlearn.methods.base import TrainingMethod, cross_entropy
+from pocketlearn.methods.base import Precision, TrainingMethod, cross_entropy
 
 # Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
 # synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
 SMALL_STEP_FLOPS = 5e7
+
+
+def flops_per_sample(model: nn.Module, example: Tensor) -> float:
+    """Forward + backward FLOPs of one example through the model's linear and convolution layers.
+
+    Counted from each layer's output size, so a convolution costs per pixel, not per parameter (a small CNN
+    does ten times the work its parameter count suggests). Backward is twice the forward.
+    """
+    total = 0.0
+
+    def count(layer: nn.Module, inputs: object, out: Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Linear):
+            total += 2.0 * out.numel() * layer.in_features
+        elif isinstance(layer, nn.Conv2d):
+            kh, kw = layer.kernel_size
+            total += 2.0 * out.numel() * layer.in_channels // layer.groups * kh * kw
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return 3.0 * total
 
 
 @contextmanager
@@ -65,6 +92,7 @@ class LocalTraining:
     options: tuple[tuple[str, object], ...] = ()
     proximal_mu: float = 0.0
     shuffle_seed: int = 2
+    precision: Precision = "fp32"  # "bf16": mixed precision on the client (gradient methods)
 
     @property
     def facts(self) -> type[TrainingMethod]:
@@ -75,11 +103,22 @@ class LocalTraining:
     def vectorizable(self) -> bool:
         return self.facts.vectorizes_with(dict(self.options))
 
+    def optimizer(self) -> LocalOptimizer:
+        """Each client's optimizer as the vectorized engine runs it (the method's own, batched)."""
+        opts = self.method_options()
+        return LocalOptimizer(float(opts["lr"]), float(opts.get("momentum", 0.0)), float(opts.get("weight_decay", 0.0)),
+                              self.proximal_mu, kind=opts.get("optimizer", "sgd"))
+
     def method_options(self) -> dict[str, Any]:
         opts = {"lr": self.lr, **dict(self.options)}
         if self.facts.takes_momentum:
             opts.setdefault("momentum", self.momentum)
             opts.setdefault("weight_decay", self.weight_decay)
+            if self.precision != "fp32":
+                opts.setdefault("precision", self.precision)
+        elif self.precision != "fp32":
+            raise ConfigError(f"client.precision = {self.precision!r} needs a method that trains by backpropagation; "
+                              f"{self.method!r} does not: use precision 'fp32' or another method")
         return opts
 
 
@@ -109,8 +148,10 @@ class InProcessEngine(SimulatedEngine):
         self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
         self.mlp = mlp_layers(template) if vectorize else None  # plain SGD on an MLP: backward written out
         self.num_params = sum(p.numel() for p in template.parameters())
+        self.flops_per_sample = flops_per_sample(template, x) if self.forward is not None and len(x) else 0.0
         self.group_size = group_size or self._auto_group_size()
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
+        self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
 
     def warm_up(self, num_clients: int, local: LocalTraining) -> None:
         """Train one batch of a round's worth of real clients with learning rate 0.
@@ -124,10 +165,16 @@ class InProcessEngine(SimulatedEngine):
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
         ids = list(range(min(num_clients, len(self.indices))))
         orders = [self.indices[c][None, : local.batch_size] for c in ids]
+        counted = self.client_steps  # the run's figures leave the warm-up out
         self._train_vectorized(params, ids, orders, replace(local, lr=0.0, epochs=1))
+        self.client_steps = counted
 
-    def _step_flops(self, data: PaddedBatches) -> float:
-        return 6.0 * self.num_params * data.w[:, 0].numel()
+    def _count_steps(self, computed: int, real: int) -> None:
+        self.client_steps = (self.client_steps[0] + computed, self.client_steps[1] + real)
+
+    def threads_for(self, clients: int, batch_size: int) -> int | None:
+        """One thread for a step too small to share (None: all of them), from the work a step really does."""
+        return 1 if self.flops_per_sample * clients * batch_size < SMALL_STEP_FLOPS else None
 
     def _auto_group_size(self) -> int:
         weights = self.num_params * 4
@@ -143,28 +190,35 @@ class InProcessEngine(SimulatedEngine):
 
     def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
                           local: LocalTraining) -> RoundResult:
+        """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish."""
         assert self.forward is not None
-        sgd = SGDConfig(local.lr, local.momentum, local.weight_decay, local.proximal_mu)
+        opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
+        rank = largest_first(orders)
         deltas: dict[str, list[Tensor]] = {n: [] for n in params}
         losses = []
         for start in range(0, len(client_ids), self.group_size):
-            chunk = orders[start:start + self.group_size]
+            chunk = [orders[i] for i in rank[start:start + self.group_size]]
             data = pad_batches(self.x, self.y, chunk, local.batch_size)
+            self._count_steps(sum(data.running), int(data.steps.sum()))
             k = len(chunk)
             if self._stack is None or len(next(iter(self._stack.values()))) != k:
                 self._stack = stacked_copies(params, k)
-            with torch_threads(1 if self._step_flops(data) < SMALL_STEP_FLOPS else None):
-                if self.mlp is not None and sgd == SGDConfig(sgd.lr) and data.y.dim() == 3:
-                    trained, loss = train_stacked_mlp(self.mlp, params, data, sgd.lr, self._stack)
+            with torch_threads(self.threads_for(k, data.w.shape[2])):
+                if self.mlp is not None and opt.plain and precision == "fp32" and data.y.dim() == 3:
+                    trained, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, self._stack)
                 else:
-                    trained, loss = train_stacked(self.forward, params, data, sgd, self._stack)
+                    trained, loss = train_stacked(self.forward, params, data, opt, self._stack, precision)
             single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             for n, t in trained.items():
                 deltas[n].append(t.sub_(params[n]) if single else t - params[n])
             losses.append(loss)
         counts = torch.tensor([float(o.shape[1]) for o in orders])
         stacked = {n: d[0] if len(d) == 1 else torch.cat(d) for n, d in deltas.items()}
-        return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), torch.cat(losses))
+        loss = torch.cat(losses)
+        if bool((rank != np.arange(len(rank))).any()):  # back in the order asked for
+            back = torch.from_numpy(np.argsort(rank))
+            stacked, loss = {n: t[back] for n, t in stacked.items()}, loss[back]
+        return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), loss)
 
     def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
                           local: LocalTraining, rnd: int) -> RoundResult:
@@ -197,6 +251,7 @@ class InProcessEngine(SimulatedEngine):
         if hasattr(method.loss_fn, "bind"):
             method.loss_fn.bind(trained, start)
         data = pad_batches(self.x, self.y, [order], local.batch_size)
+        self._count_steps(int(data.steps[0]), int(data.steps[0]))
         total = 0.0
         for s in range(int(data.steps[0])):
             real = data.w[0, s] > 0

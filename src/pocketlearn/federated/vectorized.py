@@ -1,26 +1,31 @@
 """Train many clients at once: one batched forward/backward over all clients' stacked weights.
 
 Each client keeps its own copy of the weights (a leading K dimension); client k's loss only touches its own
-slice, so one ``autograd.grad`` of the summed losses gives every client its own gradient. Clients with fewer
-samples are padded: a padded sample has weight 0, and a client whose batches have run out gets a zero
-gradient and no update. The result is the computation of K separate SGD loops, with Python overhead paid once
-per step instead of once per client.
+slice, so one ``autograd.grad`` of the summed losses gives every client its own gradient. Clients come largest
+first, and a client whose batches have run out leaves the step (the stack shrinks to the clients still
+running), so a round computes the clients' real steps and no more; a short last batch is padded with samples
+of weight 0. The result is the computation of K separate local loops (SGD, momentum, FedProx, AdamW), with
+Python overhead paid once per step instead of once per client.
 
-Plain stacks (Linear, Conv2d, pooling, activations, Flatten) run as batched matmuls and grouped convolutions;
-other models go through ``torch.func.vmap``; models neither can batch (batch norm in training mode, dropout)
-fall back to the sequential path of the engine.
+Plain stacks (Linear, Conv2d, pooling, activations, Flatten) run as batched matmuls and grouped convolutions
+(channels last); other models go through ``torch.func.vmap``; models neither can batch (batch norm in training
+mode, dropout) fall back to the sequential path of the engine.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pocketlearn.methods.base import Precision, autocast
 
 Params = dict[str, Tensor]
 StackedForward = Callable[[Params, Tensor], Tensor]  # (params (K, ...), x (K, B, ...)) -> output (K, B, ...)
@@ -41,55 +46,75 @@ def _linear(prefix: str) -> Callable[[Params, Tensor], Tensor]:
 
 
 def _conv2d(prefix: str, conv: nn.Conv2d) -> Callable[[Params, Tensor], Tensor]:
-    def run(p: Params, x: Tensor) -> Tensor:  # x (K, B, C, H, W) -> one grouped conv over K*groups groups
-        k, b = x.shape[:2]
+    def run(p: Params, x: Tensor) -> Tensor:  # grouped x (B, K*C, H, W) -> one convolution of K*groups groups
         w = p[prefix + "weight"]  # (K, out, in/groups, kh, kw)
         bias = p.get(prefix + "bias")
-        y = F.conv2d(x.transpose(0, 1).reshape(b, -1, *x.shape[3:]), w.reshape(-1, *w.shape[2:]),
-                     None if bias is None else bias.reshape(-1), conv.stride, conv.padding, conv.dilation,
-                     conv.groups * k)
-        return y.reshape(b, k, -1, *y.shape[2:]).transpose(0, 1)
+        return F.conv2d(x, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1), conv.stride,
+                        conv.padding, conv.dilation, conv.groups * w.shape[0])
 
     return run
 
 
-def _per_example(module: nn.Module) -> Callable[[Params, Tensor], Tensor]:
-    def run(p: Params, x: Tensor) -> Tensor:  # a parameter-free layer applied to (K*B, ...)
-        y = module(x.reshape(-1, *x.shape[2:]))
-        return y.reshape(*x.shape[:2], *y.shape[1:])
+def to_grouped(x: Tensor) -> Tensor:
+    """Stacked images (K, B, C, H, W) as one batch of K*C channels (B, K*C, H, W), channels last.
 
-    return run
+    In this layout the clients' convolutions are one grouped convolution, and ReLU and pooling apply as they
+    are; channels-last memory makes the grouped convolution about 1.7x faster on CPU than the default layout.
+    """
+    k, b = x.shape[:2]
+    return x.transpose(0, 1).reshape(b, k * x.shape[2], *x.shape[3:]).contiguous(memory_format=torch.channels_last)
 
 
-def _layer(prefix: str, module: nn.Module) -> Callable[[Params, Tensor], Tensor] | None:
+def to_stacked(x: Tensor, k: int) -> Tensor:
+    """Grouped (B, K*C, ...) back to stacked (K, B, C, ...)."""
+    return x.reshape(x.shape[0], k, -1, *x.shape[2:]).transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class _Step:
+    """One layer of a stacked forward: ``run`` takes the layout ``grouped`` says (None: either layout)."""
+
+    run: Callable[[Params, Tensor], Tensor]
+    grouped: bool | None
+
+
+def _step(prefix: str, module: nn.Module) -> _Step | None:
     if type(module) is nn.Linear:
-        return _linear(prefix)
+        return _Step(_linear(prefix), grouped=False)
     if type(module) is nn.Conv2d and module.padding_mode == "zeros" and isinstance(module.padding, tuple):
-        return _conv2d(prefix, module)
+        return _Step(_conv2d(prefix, module), grouped=True)
     if isinstance(module, _ELEMENTWISE):
-        return lambda p, x: module(x)
-    if isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d | nn.Flatten):
-        if isinstance(module, nn.Flatten) and (module.start_dim != 1 or module.end_dim != -1):
-            return None
-        return _per_example(module)
+        return _Step(lambda p, x: module(x), grouped=None)
+    if isinstance(module, nn.MaxPool2d | nn.AvgPool2d | nn.AdaptiveAvgPool2d):
+        return _Step(lambda p, x: module(x), grouped=True)  # per channel: the clients' channels stay apart
+    if isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
+        return _Step(lambda p, x: x.reshape(*x.shape[:2], -1), grouped=False)
     if isinstance(module, nn.Dropout) and module.p == 0:
-        return lambda p, x: x
+        return _Step(lambda p, x: x, grouped=None)
     return None
 
 
 def batched_matmul_forward(model: nn.Module) -> StackedForward | None:
-    """A stacked forward for ``nn.Sequential`` of plain layers, or None when the model has anything else."""
+    """A stacked forward for ``nn.Sequential`` of plain layers, or None when the model has anything else.
+
+    Linear layers run as batched matmuls on stacked activations (K, B, ...); convolutions and pooling on
+    grouped ones (:func:`to_grouped`), and the activations change layout only where the layer kind does.
+    """
     if type(model) is not nn.Sequential:
         return None
-    layers = [_layer(f"{name}.", m) for name, m in model.named_children()]
+    layers = [_step(f"{name}.", m) for name, m in model.named_children()]
     if any(f is None for f in layers):
         return None
     steps = [f for f in layers if f is not None]
 
     def forward(params: Params, x: Tensor) -> Tensor:
-        for f in steps:
-            x = f(params, x)
-        return x
+        k, grouped = x.shape[0], False
+        for step in steps:
+            if step.grouped is not None and step.grouped != grouped:
+                x = to_grouped(x) if step.grouped else to_stacked(x, k)
+                grouped = step.grouped
+            x = step.run(params, x)
+        return to_stacked(x, k) if grouped else x
 
     return forward
 
@@ -126,16 +151,28 @@ class PaddedBatches:
     """All clients' batches for a round, padded: sample (k, s, b) is ``x[k, s, b]`` with weight ``w[k, s, b]``.
 
     ``w`` is 1/(size of that batch) for real samples and 0 for padding, so a weighted sum is each batch's mean.
+    Clients come largest first (non-increasing ``steps``), so those with a batch left at step s are the first
+    ``running[s]``: a step runs on a prefix of the stack, and a client that has finished costs nothing.
     """
 
     x: Tensor  # (K, S, B, ...)
     y: Tensor  # (K, S, B, ...)
     w: Tensor  # (K, S, B)
-    steps: Tensor  # (K,) real steps per client
+    steps: Tensor  # (K,) real steps per client, non-increasing
+
+    def __post_init__(self) -> None:
+        if bool((self.steps[1:] > self.steps[:-1]).any()):
+            raise ValueError("clients must come largest first (non-increasing steps); sort them with largest_first")
 
     @property
-    def active(self) -> Tensor:  # (K, S) does client k take step s
-        return self.w.sum(2) > 0
+    def running(self) -> list[int]:
+        """How many clients take step s, for each step."""
+        return [int((self.steps > s).sum()) for s in range(self.x.shape[1])]
+
+
+def largest_first(orders: Sequence[np.ndarray]) -> np.ndarray:
+    """The permutation that puts clients in decreasing size (stable), as :class:`PaddedBatches` needs them."""
+    return np.argsort([-o.shape[1] for o in orders], kind="stable")
 
 
 def batch_positions(orders: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,11 +216,65 @@ def per_sample_loss(out: Tensor, y: Tensor) -> Tensor:
 
 
 @dataclass(frozen=True)
-class SGDConfig:
+class LocalOptimizer:
+    """Each client's optimizer, as the per-client loop builds it (``torch.optim.SGD`` or ``AdamW``).
+
+    ``proximal_mu``: FedProx's pull towards the round's global weights, added to the gradient.
+    """
+
     lr: float
     momentum: float = 0.0
     weight_decay: float = 0.0
-    proximal_mu: float = 0.0  # FedProx: pull towards the round's global weights
+    proximal_mu: float = 0.0
+    kind: Literal["sgd", "adamw"] = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def plain(self) -> bool:
+        """SGD without momentum, decay or pull: the update is the gradient times the learning rate."""
+        return self.kind == "sgd" and not (self.momentum or self.weight_decay or self.proximal_mu)
+
+    def slots(self, tensors: list[Tensor]) -> list[list[Tensor]]:
+        """Per-client state: a momentum buffer (SGD with momentum) or Adam's two moments per tensor."""
+        count = 2 if self.kind == "adamw" else int(self.momentum > 0)
+        return [[torch.zeros_like(t) for t in tensors] for _ in range(count)]
+
+    @torch.no_grad()
+    def step(self, views: list[Tensor], grads: list[Tensor], state: list[list[Tensor]], start: list[Tensor],
+             step: int) -> None:
+        """Step the ``n`` running clients (``views`` are the first n rows); every one of them takes its ``step``-th."""
+        if self.plain:
+            torch._foreach_add_(views, grads, alpha=-self.lr)
+            return
+        n = len(views[0])
+        grads = list(grads)
+        if self.proximal_mu:
+            torch._foreach_add_(grads, [v - s for v, s in zip(views, start, strict=True)], alpha=self.proximal_mu)
+        if self.kind == "adamw":
+            self._adamw(views, grads, [[t[:n] for t in slot] for slot in state], step + 1)
+            return
+        if self.weight_decay:
+            torch._foreach_add_(grads, views, alpha=self.weight_decay)
+        if self.momentum:
+            buffers = [t[:n] for t in state[0]]
+            torch._foreach_mul_(buffers, self.momentum)
+            torch._foreach_add_(buffers, grads)
+            grads = buffers
+        torch._foreach_add_(views, grads, alpha=-self.lr)
+
+    def _adamw(self, views: list[Tensor], grads: list[Tensor], moments: list[list[Tensor]], t: int) -> None:
+        """AdamW as ``torch.optim.AdamW`` computes it; all running clients are at their ``t``-th step."""
+        (b1, b2), (m, v) = self.betas, moments
+        if self.weight_decay:
+            torch._foreach_mul_(views, 1 - self.lr * self.weight_decay)
+        torch._foreach_lerp_(m, grads, 1 - b1)
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_div_(denom, math.sqrt(1 - b2**t))
+        torch._foreach_add_(denom, self.eps)
+        torch._foreach_addcdiv_(views, m, denom, value=-self.lr / (1 - b1**t))
 
 
 def stacked_copies(start: Params, k: int) -> Params:
@@ -191,59 +282,41 @@ def stacked_copies(start: Params, k: int) -> Params:
     return {n: p.detach().unsqueeze(0).repeat(k, *([1] * p.dim())).requires_grad_() for n, p in start.items()}
 
 
-def train_stacked(forward: StackedForward, start: Params, data: PaddedBatches, sgd: SGDConfig,
-                  stack: Params | None = None) -> tuple[Params, Tensor]:
-    """Run every client's local SGD at once from the global ``start``; return (K-stacked params, mean losses).
+def _reset(stack: Params | None, start: Params, k: int) -> Params:
+    """``stack`` (or a new one) holding K copies of ``start``."""
+    if stack is None:
+        return stacked_copies(start, k)
+    with torch.no_grad():
+        for n, t in stack.items():
+            t.copy_(start[n].unsqueeze(0).expand_as(t))
+    return stack
+
+
+def train_stacked(forward: StackedForward, start: Params, data: PaddedBatches, opt: LocalOptimizer,
+                  stack: Params | None = None, precision: Precision = "fp32") -> tuple[Params, Tensor]:
+    """Run every client's local training at once from the global ``start``; return (K-stacked params, mean losses).
 
     ``stack`` (from :func:`stacked_copies`) is overwritten and returned, so a round allocates no weights.
     The losses are each client's mean training loss over its steps, measured before each update.
+    ``precision`` "bf16" runs the forward (and so the backward) in bfloat16 autocast; weights, losses,
+    gradients and the optimizer stay fp32.
     """
     k = data.x.shape[0]
-    if stack is None:
-        stack = stacked_copies(start, k)
-    else:
-        with torch.no_grad():
-            for n, t in stack.items():
-                t.copy_(start[n].unsqueeze(0).expand_as(t))
-    tensors = list(stack.values())
+    stack = _reset(stack, start, k)
+    names, tensors = list(stack), list(stack.values())
     loss_sum = torch.zeros(k)
-    plain = not (sgd.momentum or sgd.weight_decay or sgd.proximal_mu)
-    buffers = [torch.zeros_like(t) for t in tensors] if sgd.momentum else []
-    active = data.active
-    for s in range(data.x.shape[1]):
-        rows = None if bool(active[:, s].all()) else active[:, s].nonzero().squeeze(1)
-        if rows is None:
-            per = per_sample_loss(forward(stack, data.x[:, s]), data.y[:, s]) * data.w[:, s]  # (K, B)
-        else:  # clients of unequal size: only those with a batch left run the model (padding cost half a round)
-            sub = {n: t[rows] for n, t in stack.items()}
-            per = per_sample_loss(forward(sub, data.x[rows, s]), data.y[rows, s]) * data.w[rows, s]
-        grads = torch.autograd.grad(per.sum(), tensors)  # an idle client's rows are zero
+    state = opt.slots(tensors)
+    origin = [start[n] for n in names]
+    for s, n in enumerate(data.running):
+        views = tensors if n == k else [t[:n] for t in tensors]  # the clients with a batch left: a prefix
+        with autocast(precision):
+            out = forward(dict(zip(names, views, strict=True)), data.x[:n, s])
+        per = per_sample_loss(out.float(), data.y[:n, s]) * data.w[:n, s]  # (n, B)
+        grads = torch.autograd.grad(per.sum(), views)
         with torch.no_grad():
-            if rows is None:
-                loss_sum += per.detach().sum(1)
-            else:
-                loss_sum.index_add_(0, rows, per.detach().sum(1))
-            if plain:  # an idle client's gradient is exactly zero: no masking needed
-                torch._foreach_add_(tensors, grads, alpha=-sgd.lr)
-            else:
-                _masked_step(tensors, list(grads), buffers, [start[n] for n in stack], data.active[:, s], sgd)
+            loss_sum[:n] += per.detach().sum(1)
+        opt.step(views, list(grads), state, origin, s)
     return {n: t.detach() for n, t in stack.items()}, loss_sum / data.steps.clamp_min(1)
-
-
-def _masked_step(tensors: list[Tensor], grads: list[Tensor], buffers: list[Tensor], start: list[Tensor],
-                 active: Tensor, sgd: SGDConfig) -> None:
-    """SGD with momentum / weight decay / proximal term; clients without a batch this step stay put."""
-    for i, (t, g) in enumerate(zip(tensors, grads, strict=True)):
-        on = active.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
-        if sgd.weight_decay:
-            g = g.add(t, alpha=sgd.weight_decay)
-        if sgd.proximal_mu:
-            g = g.add(t - start[i], alpha=sgd.proximal_mu)
-        g = g * on
-        if sgd.momentum:  # an idle client keeps its buffer and takes no step
-            buffers[i].mul_(1 - (1 - sgd.momentum) * on).add_(g)
-            g = buffers[i] * on
-        t.sub_(g, alpha=sgd.lr)
 
 
 @dataclass(frozen=True)
@@ -279,15 +352,13 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
     (softmax minus one-hot, weighted per sample, through batched matmuls), up to float rounding.
     """
     k = data.x.shape[0]
-    if stack is None:
-        stack = stacked_copies(start, k)
-    for n, t in stack.items():
-        t.copy_(start[n].unsqueeze(0).expand_as(t))
+    full = _reset(stack, start, k)
     first_linear = next(i for i, layer in enumerate(layers) if layer.kind == "linear")
     loss_sum = torch.zeros(k)
     minus_one = torch.full((*data.y.shape[::2], 1), -1.0)  # (K, B, 1): subtracts the one-hot
-    for s in range(data.x.shape[1]):
-        h, saved = data.x[:, s], []
+    for s, n in enumerate(data.running):
+        stack = full if n == k else {name: t[:n] for name, t in full.items()}  # the clients with a batch left
+        h, saved = data.x[:n, s], []
         for layer in layers:
             saved.append(h)
             if layer.kind == "linear":
@@ -296,12 +367,12 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
                 h = h.clamp_min(0)
                 saved[-1] = h  # the mask comes from the output
             else:
-                h = h.reshape(k, h.shape[1], -1)
-        log_p = torch.log_softmax(h, -1)  # (K, B, C)
-        target = data.y[:, s].unsqueeze(-1)
-        w = data.w[:, s]
-        loss_sum.sub_(torch.bmm(w.unsqueeze(1), log_p.gather(-1, target)).view(k))  # weighted mean NLL
-        g = log_p.exp_().scatter_add_(-1, target, minus_one).mul_(w.unsqueeze(-1))
+                h = h.reshape(n, h.shape[1], -1)
+        log_p = torch.log_softmax(h, -1)  # (n, B, C)
+        target = data.y[:n, s].unsqueeze(-1)
+        w = data.w[:n, s]
+        loss_sum[:n].sub_(torch.bmm(w.unsqueeze(1), log_p.gather(-1, target)).view(n))  # weighted mean NLL
+        g = log_p.exp_().scatter_add_(-1, target, minus_one[:n]).mul_(w.unsqueeze(-1))
         tensors, grads = [], []
         for i in range(len(layers) - 1, first_linear - 1, -1):
             layer, a = layers[i], saved[i]
@@ -319,4 +390,4 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
             else:
                 g = g.reshape(a.shape)
         torch._foreach_add_(tensors, grads, alpha=-lr)
-    return {n: t.detach() for n, t in stack.items()}, loss_sum / data.steps.clamp_min(1)
+    return {name: t.detach() for name, t in full.items()}, loss_sum / data.steps.clamp_min(1)

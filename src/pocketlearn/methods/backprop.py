@@ -54,9 +54,8 @@ class Backprop(GradientMethod):
 
     @classmethod
     def vectorizes_with(cls, options: Mapping[str, object]) -> bool:
-        """AdamW, checkpointing and sparse embedding rows each change the step from plain SGD."""
-        return (cls.vectorizes and options.get("optimizer", "sgd") == "sgd" and not options.get("checkpointing")
-                and options.get("embedding_rows", "all") == "all")
+        """Checkpointing and sparse embedding rows change the step (SGD and AdamW both run batched)."""
+        return cls.vectorizes and not options.get("checkpointing") and options.get("embedding_rows", "all") == "all"
 
     def select_trainable(self, model: nn.Module) -> nn.Module:
         for p in model.parameters():

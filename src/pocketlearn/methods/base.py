@@ -7,6 +7,7 @@ analytic estimator and the planner can reason about it without running it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -33,6 +34,16 @@ def logits_of(output: Any) -> Tensor:
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy for classification (B, C) and for language modelling (B, T, V)."""
     return nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
+Precision = Literal["fp32", "bf16"]
+
+
+def autocast(precision: Precision) -> contextlib.AbstractContextManager[object]:
+    """Mixed precision for a forward pass: bf16 matmuls and convolutions, fp32 weights, losses and gradients."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
 def forward_loss(model: nn.Module, batch: Batch, loss_fn: LossFn = cross_entropy) -> Tensor:
@@ -82,6 +93,7 @@ class GradientConfig(MethodConfig):
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = 0.0
     weight_decay: float = 0.0
+    precision: Precision = "fp32"  # "bf16": forward and backward in bfloat16 autocast, fp32 master weights
     # > 0: run the batch's forward and backward this many examples at a time, adding up the gradients (the
     # same update as the whole batch at once, for 1/k of its activation memory)
     micro_batch: int = 0
@@ -94,6 +106,8 @@ class GradientConfig(MethodConfig):
             out.append(f"momentum should be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             out.append(f"weight_decay should be >= 0, got {self.weight_decay}")
+        if self.precision not in ("fp32", "bf16"):
+            out.append(f"precision should be 'fp32' or 'bf16', got {self.precision!r}")
         if self.micro_batch < 0:
             out.append(f"micro_batch should be >= 0 (0: the whole batch at once), got {self.micro_batch}")
         return out
@@ -248,7 +262,8 @@ class GradientMethod(TrainingMethod):
         """Accumulate the batch's gradient (micro-batch by micro-batch if asked); return its mean loss."""
         total = 0.0
         for part, share in micro_batches(batch, self.config.micro_batch):
-            loss = forward_loss(self.model, part, self.loss_fn)
+            with autocast(self.config.precision):
+                loss = forward_loss(self.model, part, self.loss_fn).float()
             (loss * share).backward()
             total += loss.item() * share
         return total

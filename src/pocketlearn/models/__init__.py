@@ -1,6 +1,7 @@
 """Models by name, each with an example batch, so the planner and the CLI can build them anywhere.
 
-A :class:`ModelSpec` is referenced by name across processes (memory is measured in a fresh one).
+A :class:`ModelSpec` is referenced by name across processes (memory is measured in a fresh one). A name is
+registered here, or is your own model's import path ``package.module:function`` (:mod:`.imported`).
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ class ModelSpec:
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
         """A random batch of the model's input shape (for memory measurement and planning)."""
         g = torch.Generator().manual_seed(seed)
+        t = seq_len or self.seq_len
+        if not self.num_classes or not (t if self.task == "lm" else self.input_shape):
+            raise ConfigError(f"model {self.name!r} does not say its input shape: set input_shape and num_classes "
+                              "on the module it returns (e.g. model.input_shape = (1, 28, 28); model.num_classes = "
+                              "10), or task = 'lm', num_classes = vocabulary size and seq_len for a language model")
         if self.task == "lm":
-            t = seq_len or self.seq_len
             ids = torch.randint(0, self.num_classes, (batch_size, t + 1), generator=g)
             return ids[:, :-1], ids[:, 1:]
         x = torch.randn((batch_size, *self.input_shape), generator=g)
@@ -132,9 +137,15 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_model_spec(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    return MODELS[name]
+    """A registered model, or your own by import path (imported here, in any process that gets the name)."""
+    from pocketlearn.models import imported
+
+    if name in MODELS:
+        return MODELS[name]
+    if imported.is_import_path(name):
+        return imported.imported_spec(name)
+    raise ConfigError(f"unknown model {name!r}; choose one of {sorted(MODELS)}, or give your own as "
+                      f"{imported.IMPORT_FORM}")
 
 
 def build_model(name: str, base: str = "fp32") -> nn.Module:

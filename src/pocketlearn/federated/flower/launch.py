@@ -64,10 +64,16 @@ def die_with_parent() -> Callable[[], None] | None:
 
 
 def flower_env(home: Path, **extra: str) -> dict[str, str]:
-    """The environment Flower's processes run in: a private home, our Python first on PATH, no phoning home."""
+    """The environment Flower's processes run in: a private home, our Python first on PATH, no phoning home.
+
+    The folder the command runs in goes on PYTHONPATH: the apps import a model given as ``module:function``
+    from there, as the command itself does.
+    """
     home.mkdir(parents=True, exist_ok=True)
     path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
-    return {**os.environ, "FLWR_HOME": str(home), "PATH": path, "FLWR_TELEMETRY_ENABLED": "0",
+    python_path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), os.getcwd()) if p)
+    return {**os.environ, "FLWR_HOME": str(home), "PATH": path, "PYTHONPATH": python_path,
+            "FLWR_TELEMETRY_ENABLED": "0",
             "FLWR_DISABLE_UPDATE_CHECK": "1", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", **extra}
 
 
