@@ -50,7 +50,7 @@ DEFAULT_ANCHORS_VENV = REPO / ".anchors-venv"
 # The pocketlearn variant's command line. {repo}, {config} and {out} are filled in per run; the command must write
 # a result JSON to {out} with at least RESULT_KEYS (the keys the anchors write via workload.write_result).
 POCKETLEARN_CMD = ("{repo}/.venv/bin/pocketlearn fed simulate benchmarks/configs/anchor-{config}.toml "
-                   "--out {out} --quiet")
+                   "--out {out} --quiet --fresh")
 RESULT_KEYS = ("accuracy", "train_s", "updates_per_s", "round_times", "rounds", "clients_per_round")
 
 CONFIGS = ("small", "large", "cnn")
@@ -61,9 +61,11 @@ ANCHOR_VARIANTS = ("plain", "pfl", "flower")
 MIXED_PRECISION_CONFIGS = ("cnn",)  # pocketlearn-bf16 runs these only
 TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000}
 EXPECTED_ACCURACY = {"small": 265 / 360, "large": 155 / 360}  # anchors' RESULTS.md
-# fp32 results equal the anchors' within float rounding: one test sample on digits; on the CNN, whose
-# channels-last grouped convolutions round differently, ten of 10,000 after 20 rounds
+# fp32 results equal the anchors' within float rounding: one test sample on digits. On the CNN, 20 rounds
+# amplify rounding differences (the anchors disagree among themselves by tens of samples): there the tolerance
+# is the anchors' own spread in the same run, and at least ten of 10,000 samples
 ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9}
+SPREAD_TOLERANCE = ("cnn",)
 BF16_ACCURACY_TOLERANCE = 0.005  # bf16's final accuracy within half a point of fp32's
 WORKLOAD = REPO / "benchmarks" / "anchor_workloads" / "workload.py"
 
@@ -189,13 +191,16 @@ def load_run(config: str, variant: str, rep: int, rc: int, output: str, run_dir:
 def workload_anchors(anchors: Path, scratch: Path) -> tuple[Path, dict[str, str]]:
     """The anchors' scripts (linked, not copied) beside the CNN workload module, and the data it reads.
 
-    The scripts import ``workload`` from their own folder, so a folder of links runs them on this workload.
+    The scripts import ``workload`` from their own folder, so this folder runs them on this workload.
     The images are written once as pocketlearn loads them: the anchors' venv has no pocketlearn.
     """
     folder = scratch / "cnn-anchors"
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("run_plain.py", "run_pfl.py", "run_flower.py", "measure.py"):
+    for name in ("run_plain.py", "run_pfl.py", "measure.py"):
         (folder / name).symlink_to(anchors / name)
+    # (a copy: Ray's workers import from the real folder of the driver's script, so a link would give them the
+    # shared workload)
+    shutil.copy2(anchors / "run_flower.py", folder / "run_flower.py")
     (folder / "shared_workload.py").symlink_to(anchors / "workload.py")
     (folder / "workload.py").symlink_to(WORKLOAD)
     data = scratch / "fashion-mnist.npz"
@@ -334,7 +339,7 @@ def goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict
             deltas = [abs(r.accuracy - reference) for r in runs if r.config == config and r.variant == "pocketlearn"
                       and r.ok]
             worst = max(deltas) if deltas else None
-            n, tolerance = TEST_SAMPLES[config], ACCURACY_TOLERANCE[config]
+            n, tolerance = TEST_SAMPLES[config], accuracy_tolerance(runs, config)
             add(f"test accuracy: worst pocketlearn run vs anchors' {reference:.4f}", config, worst,
                 f"≤ {tolerance * n:.0f}/{n}", worst is not None and worst <= tolerance, unit="accuracy")
         steps = [r.raw.get("client_steps", {}).get("computed_per_real") for r in runs
@@ -359,6 +364,15 @@ def goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict
 
 def ratio_gap(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else abs(a - b)
+
+
+def accuracy_tolerance(runs: list[Run], config: str) -> float:
+    """How far pocketlearn's accuracy may be from the anchors' (see ACCURACY_TOLERANCE)."""
+    if config not in SPREAD_TOLERANCE:
+        return ACCURACY_TOLERANCE[config]
+    values = [r.accuracy for r in runs if r.config == config and r.variant in ANCHOR_VARIANTS and r.ok]
+    spread = max(values) - min(values) if values else 0.0
+    return max(ACCURACY_TOLERANCE[config], spread + 1e-9)
 
 
 def anchor_accuracy(runs: list[Run], config: str) -> float | None:
