@@ -121,8 +121,10 @@ def batched_matmul_forward(model: nn.Module) -> StackedForward | None:
 
 
 def _pool_before_relu(children: list[tuple[str, nn.Module]]) -> list[tuple[str, nn.Module]]:
-    """ReLU then max-pooling as max-pooling then ReLU: the same values and gradients (both keep the largest
-    input), with the ReLU on a quarter of the elements."""
+    """ReLU then max-pooling, run as max-pooling then ReLU.
+
+    Both keep the largest input, so values and gradients are the same, and the ReLU sees a quarter of the elements.
+    """
     out = list(children)
     for i in range(len(out) - 1):
         if type(out[i][1]) is nn.ReLU and type(out[i + 1][1]) is nn.MaxPool2d:
