@@ -1,14 +1,15 @@
 """Federated simulation: pocketlearn against the FL framework anchors (plain PyTorch, pfl-research, Flower).
 
     make anchors-venv                           # once: the anchors' own venv (.anchors-venv, ~1.6 GB)
-    python benchmarks/simulator.py              # full: 3 reps x {small, large, cnn} x {plain, pfl, flower, pocketlearn}
+    python benchmarks/simulator.py              # full: 3 reps x 4 workloads x {plain, pfl, flower, pocketlearn}
     python benchmarks/simulator.py --quick      # 1 rep, digits only, no Flower (CI); writes results/simulator-quick.*
 
 Workloads: `small` and `large` are the anchors' own (FedAvg, sklearn digits, MLP 64-128-10, Dirichlet(0.5) over
 100 / 1000 clients); the anchor scripts live in the anchors directory (--anchors, default ../shared/anchors next to
 this repository; see its README.md and RESULTS.md). `cnn` is pocketlearn's CNN on Fashion-MNIST with a strongly
-skewed Dirichlet(0.1) split (clients of a few dozen to a few thousand samples), run by the same anchor scripts
-through benchmarks/anchor_workloads/workload.py; pocketlearn runs it in fp32 and in bf16 (`pocketlearn-bf16`).
+skewed Dirichlet(0.1) split (clients of a few dozen to a few thousand samples), `cnn-lognormal` the same with
+IID labels and LogNormal(0, 1.5) client sizes; the same anchor scripts run them through
+benchmarks/anchor_workloads/workload.py, and pocketlearn runs them in fp32 and in bf16 (`pocketlearn-bf16`).
 Every run is one fresh command measured from outside by the anchors' measure.py (wall
 time from launch to exit, peak RSS summed over the whole process tree) and from inside by the command's own
 result JSON (rounds time, accuracy). The anchors run in .anchors-venv, pocketlearn in .venv. Runs are interleaved:
@@ -53,19 +54,21 @@ POCKETLEARN_CMD = ("{repo}/.venv/bin/pocketlearn fed simulate benchmarks/configs
                    "--out {out} --quiet --fresh")
 RESULT_KEYS = ("accuracy", "train_s", "updates_per_s", "round_times", "rounds", "clients_per_round")
 
-CONFIGS = ("small", "large", "cnn")
+CONFIGS = ("small", "large", "cnn", "cnn-lognormal")
 QUICK_CONFIGS = ("small", "large")
 VARIANTS = ("plain", "pfl", "flower", "pocketlearn", "pocketlearn-bf16")
 QUICK_VARIANTS = ("plain", "pfl", "pocketlearn")
 ANCHOR_VARIANTS = ("plain", "pfl", "flower")
-MIXED_PRECISION_CONFIGS = ("cnn",)  # pocketlearn-bf16 runs these only
-TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000}
+MIXED_PRECISION_CONFIGS = ("cnn", "cnn-lognormal")  # pocketlearn-bf16 runs these only
+SPLITS = {"cnn": "dirichlet", "cnn-lognormal": "lognormal"}  # the CNN workloads, by the anchors' split
+TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000, "cnn-lognormal": 10_000}
 EXPECTED_ACCURACY = {"small": 265 / 360, "large": 155 / 360}  # anchors' RESULTS.md
 # fp32 results equal the anchors' within float rounding: one test sample on digits. On the CNN, 20 rounds
 # amplify rounding differences (the anchors disagree among themselves by tens of samples): there the tolerance
 # is the anchors' own spread in the same run, and at least ten of 10,000 samples
-ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9}
-SPREAD_TOLERANCE = ("cnn",)
+ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9,
+                      "cnn-lognormal": 10 / 10_000 + 1e-9}
+SPREAD_TOLERANCE = tuple(SPLITS)
 BF16_ACCURACY_TOLERANCE = 0.005  # bf16's final accuracy within half a point of fp32's
 WORKLOAD = REPO / "benchmarks" / "anchor_workloads" / "workload.py"
 
@@ -253,7 +256,12 @@ def runs_on(variant: str, config: str) -> bool:
 
 def run_all(args: argparse.Namespace, scratch: Path) -> list[Run]:
     plan = schedule(args.configs, args.variants, args.reps)
-    args.workloads = {"cnn": workload_anchors(args.anchors, scratch)} if "cnn" in args.configs else {}
+    cnn = [c for c in args.configs if c in SPLITS]
+    if cnn:
+        folder, env = workload_anchors(args.anchors, scratch)
+        args.workloads = {c: (folder, {**env, "POCKETLEARN_BENCH_SPLIT": SPLITS[c]}) for c in cnn}
+    else:
+        args.workloads = {}
     runs: list[Run] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with progress_bars(*columns, console=console) as progress:
@@ -313,6 +321,62 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 PFL_FACTOR = {"small": 10, "large": 30}  # the digits MLP's lead over pfl-research, updates/s
+# each workload's model, one example's shape, the batch size and the clients of a round (for the FLOP/s goal)
+ROUND_BATCH = {"small": ("digits-mlp", (64,), 16, 10), "large": ("digits-mlp", (64,), 16, 100),
+               "cnn": ("cnn", (1, 28, 28), 32, 10), "cnn-lognormal": ("cnn", (1, 28, 28), 32, 10)}
+FLOPS_SHARE = 0.7  # achieved FLOP/s against the same layers as one model over the round's whole batch
+
+
+def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
+    """(FLOPs of one example's step, FLOP/s of the workload's model stepping on a round's whole batch at once).
+
+    The reference is the machine's practical limit for this arithmetic: one model (channels last), one batch
+    of clients x batch size examples, SGD, in ``precision``, timed after a warm-up.
+    """
+    import torch
+
+    from pocketlearn.federated.simulate import flops_per_sample
+    from pocketlearn.methods.base import autocast
+    from pocketlearn.models import build_model
+
+    name, shape, batch, clients = ROUND_BATCH[config]
+    model = build_model(name).to(memory_format=torch.channels_last)
+    x, y = torch.randn(clients * batch, *shape), torch.randint(0, 10, (clients * batch,))
+    x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    per_example = flops_per_sample(model, x)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def step() -> None:
+        with autocast(precision):  # type: ignore[arg-type]
+            out = model(x)
+        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        sgd.step()
+        sgd.zero_grad()
+
+    for _ in range(5):
+        step()
+    start, n = time.perf_counter(), 30
+    for _ in range(n):
+        step()
+    return per_example, per_example * len(x) * n / (time.perf_counter() - start)
+
+
+def flops_goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict[str, Any]]:
+    """Achieved FLOP/s of each pocketlearn variant against :func:`whole_batch_flops` in the same precision."""
+    out = []
+    for config in configs:
+        for variant in (v for v in ("pocketlearn", "pocketlearn-bf16") if v in variants and runs_on(v, config)):
+            done = [r for r in runs if r.config == config and r.variant == variant and r.ok and r.train_s]
+            if not done:
+                continue
+            per_example, limit = whole_batch_flops(config, "bf16" if variant.endswith("bf16") else "fp32")
+            achieved = statistics.median(per_example * r.raw.get("client_steps", {}).get("samples", 0) / r.train_s
+                                         for r in done)
+            share = achieved / limit
+            out.append(goal(f"FLOP/s: {variant} / one model over the round's whole batch ({limit / 1e9:.1f} GFLOP/s)",
+                            share, f"≥ {FLOPS_SHARE}", share >= FLOPS_SHARE, config=config, unit="ratio"))
+    return out
+
 
 
 def goals(runs: list[Run], configs: list[str], variants: list[str]) -> list[dict[str, Any]]:
@@ -471,7 +535,8 @@ def main() -> None:
     if scratch.exists() and not any(scratch.iterdir()):
         scratch.rmdir()
 
-    rows, goal_rows = summary(runs, args.configs, args.variants), goals(runs, args.configs, args.variants)
+    rows = summary(runs, args.configs, args.variants)
+    goal_rows = goals(runs, args.configs, args.variants) + flops_goals(runs, args.configs, args.variants)
     default_reps = 1 if args.quick else 3
     flags = (" --quick" if args.quick else "") + ("" if args.reps == default_reps else f" --reps {args.reps}")
     header = (f"Measured by `python benchmarks/simulator.py{flags}` in {seconds:.0f} s on {os.cpu_count()} CPUs "

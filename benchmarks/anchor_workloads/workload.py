@@ -7,7 +7,9 @@ as pocketlearn draws it, the schedule, the per-round visiting order, plain SGD a
 
 * data    : Fashion-MNIST as pocketlearn loads it (60,000 train / 10,000 test images), written by the
             benchmark to the .npz named by POCKETLEARN_BENCH_DATA (this venv has no pocketlearn).
-* clients : Dirichlet(0.1) label skew over 100 clients: sizes from a few dozen to a few thousand samples.
+* clients : 100 of them. ``cnn``: Dirichlet(0.1) label skew (sizes from a few dozen to a few thousand samples).
+            ``cnn-lognormal``: IID labels, sizes from LogNormal(0, 1.5) shares (a handful to ~10,000 samples),
+            drawn as pocketlearn's ``lognormal`` partition draws them. POCKETLEARN_BENCH_SPLIT says which.
 * model   : pocketlearn's ``cnn``: conv 1->16, pool, conv 16->32, pool, fc 1568->64, fc 64->10,
             initialised after torch.manual_seed(0) in the same layer order.
 * local   : 1 epoch of plain SGD, lr 0.05, batch 32.
@@ -23,8 +25,10 @@ from shared_workload import dirichlet_partition
 
 CONFIGS = {
     "cnn": dict(num_clients=100, clients_per_round=10, rounds=20),
+    "cnn-lognormal": dict(num_clients=100, clients_per_round=10, rounds=20),
 }
 ALPHA = 0.1
+SIGMA = 1.5
 BATCH_SIZE = 32
 
 
@@ -38,7 +42,19 @@ def load_data():
 @functools.cache
 def partitions(num_clients: int) -> tuple:
     _, y_tr, _, _ = load_data()
+    if os.environ.get("POCKETLEARN_BENCH_SPLIT") == "lognormal":
+        return tuple(lognormal_partition(len(y_tr), num_clients, SIGMA, PARTITION_SEED))  # noqa: F405
     return tuple(dirichlet_partition(y_tr, num_clients, ALPHA, PARTITION_SEED))  # noqa: F405
+
+
+def lognormal_partition(num_samples: int, num_clients: int, sigma: float, seed: int) -> list[np.ndarray]:
+    """Sizes from LogNormal(0, sigma) shares (each at least 1, the remainder to the largest), labels IID."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num_samples)
+    weights = rng.lognormal(0.0, sigma, num_clients)
+    sizes = 1 + np.floor(weights / weights.sum() * (num_samples - num_clients)).astype(int)
+    sizes[np.argmax(sizes)] += num_samples - sizes.sum()
+    return [np.sort(p).astype(np.int64) for p in np.split(perm, np.cumsum(sizes)[:-1])]
 
 
 def client_data(cid: int, num_clients: int, rnd: int):

@@ -10,6 +10,7 @@ from pocketlearn.data.partition import (
     Partition,
     dirichlet,
     iid,
+    lognormal_sizes,
     make_partition,
     natural,
     partition_stats,
@@ -65,6 +66,36 @@ def test_quantity_skew_makes_unequal_sizes_with_iid_labels():
     assert stats["max"] > 5 * stats["median"] and stats["min"] >= 1
     spread = [partition_stats(quantity_skew(2000, 40, a, seed=0))["max"] for a in (100, 0.1)]
     assert spread[0] < spread[1]
+
+
+def test_lognormal_sizes_are_heavy_tailed_with_iid_labels():
+    part = lognormal_sizes(2000, 40, 1.5, seed=0)
+    _covers_once(part, 2000)
+    stats = partition_stats(part, LABELS)
+    assert stats["max"] > 8 * stats["median"] and stats["min"] >= 1
+    assert make_partition("lognormal", LABELS, 40, sigma=1.5).indices[3].tolist() == part.indices[3].tolist()
+    assert partition_stats(lognormal_sizes(2000, 40, 0.1))["max"] < 2 * stats["median"] + 60  # small sigma: even
+    with pytest.raises(ConfigError, match="sigma must be positive"):
+        lognormal_sizes(2000, 40, 0.0)
+
+
+def test_lognormal_equals_the_benchmarks_anchor_workload(monkeypatch):
+    """benchmarks/anchor_workloads/workload.py draws the same split for the anchors (which lack pocketlearn)."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "anchor_workloads" / "workload.py"
+    shared = types.ModuleType("shared_workload")  # the names the module takes from the shared anchors
+    shared.dirichlet_partition = dirichlet
+    monkeypatch.setitem(sys.modules, "shared_workload", shared)
+    spec = importlib.util.spec_from_file_location("cnn_workload", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    theirs = module.lognormal_partition(5000, 100, 1.5, 0)
+    ours = lognormal_sizes(5000, 100, 1.5, seed=0).indices
+    assert all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 @pytest.mark.parametrize("num_clients", [100, 1000])

@@ -133,7 +133,7 @@ def test_a_skewed_round_computes_only_its_real_client_steps():
     params = {n: p.detach().clone() for n, p in engine.template.named_parameters()}
     engine.train(params, [0, 1, 2, 3, 4], 1, LocalTraining(lr=0.1, batch_size=4, momentum=0.5))
     assert sum(seen) == 1 + 10 + 1 + 2 + 1  # each client's ceil(n / 4) steps, nothing for finished clients
-    assert engine.client_steps == (15, 15)
+    assert engine.client_steps == (15, 15) and engine.samples_trained == 1 + 40 + 3 + 5 + 2
 
 
 def _small_cnn() -> torch.nn.Sequential:

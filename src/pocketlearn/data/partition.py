@@ -22,7 +22,7 @@ from pocketlearn.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from rich.table import Table
 
-KINDS = ("iid", "dirichlet", "quantity", "natural")
+KINDS = ("iid", "dirichlet", "quantity", "lognormal", "natural")
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,27 @@ def quantity_skew(num_samples: int, num_clients: int, alpha: float, seed: int = 
     _check_alpha(alpha)
     rng = np.random.default_rng(seed)
     perm = rng.permutation(num_samples)
-    shares = rng.dirichlet(np.full(num_clients, alpha))
+    return _split_by_shares(perm, rng.dirichlet(np.full(num_clients, alpha)))
+
+
+def lognormal_sizes(num_samples: int, num_clients: int, sigma: float, seed: int = 0) -> Partition:
+    """Heavy-tailed client sizes: shares drawn from LogNormal(0, sigma) (each client at least 1), labels IID.
+
+    sigma 1.5 gives clients from a handful to several thousand samples out of 60,000, as real device
+    populations have (a few heavy users, many light ones).
+    """
+    _check(num_samples, num_clients)
+    if not sigma > 0:
+        raise ConfigError(f"sigma must be positive (the spread of log client sizes), got {sigma}")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(num_samples)
+    weights = rng.lognormal(0.0, sigma, num_clients)
+    return _split_by_shares(perm, weights / weights.sum())
+
+
+def _split_by_shares(perm: np.ndarray, shares: np.ndarray) -> Partition:
+    """``perm`` cut into one part per share (each at least 1 sample; the remainder to the largest)."""
+    num_samples, num_clients = len(perm), len(shares)
     sizes = 1 + np.floor(shares * (num_samples - num_clients)).astype(int)
     sizes[np.argmax(sizes)] += num_samples - sizes.sum()  # the rounding remainder
     return Partition([np.sort(p).astype(np.int64) for p in np.split(perm, np.cumsum(sizes)[:-1])])
@@ -112,7 +132,7 @@ def natural(user_ids: Sequence[Any] | np.ndarray) -> Partition:
 
 
 def make_partition(kind: str, labels: np.ndarray, num_clients: int, *, alpha: float = 0.5, seed: int = 0,
-                   user_ids: Sequence[Any] | np.ndarray | None = None) -> Partition:
+                   user_ids: Sequence[Any] | np.ndarray | None = None, sigma: float = 1.5) -> Partition:
     """Partition by name, as configs and the CLI name it; ``natural`` takes its clients from ``user_ids``."""
     if kind == "iid":
         return iid(len(labels), num_clients, seed)
@@ -120,6 +140,8 @@ def make_partition(kind: str, labels: np.ndarray, num_clients: int, *, alpha: fl
         return dirichlet(labels, num_clients, alpha, seed)
     if kind == "quantity":
         return quantity_skew(len(labels), num_clients, alpha, seed)
+    if kind == "lognormal":
+        return lognormal_sizes(len(labels), num_clients, sigma, seed)
     if kind == "natural":
         if user_ids is None:
             raise ConfigError("a natural partition needs a data set with users (shakespeare, hapt)")

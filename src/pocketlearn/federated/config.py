@@ -23,9 +23,10 @@ class ModelSection(_Section):
 
 class DataSection(_Section):
     name: str = "digits"  # a name from pocketlearn.data
-    partition: Literal["iid", "dirichlet", "quantity", "natural"] = "dirichlet"
+    partition: Literal["iid", "dirichlet", "quantity", "lognormal", "natural"] = "dirichlet"
     num_clients: int = Field(100, ge=1)
     alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (label or quantity skew)
+    sigma: float = Field(1.5, gt=0)  # lognormal: the spread of log client sizes
     seed: int = 0
     limit: int | None = Field(None, ge=1)  # use only the first N training samples (quick runs)
     test_limit: int | None = Field(None, ge=1)

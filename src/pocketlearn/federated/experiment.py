@@ -58,7 +58,7 @@ def load_federated_data(config: RunConfig) -> FederatedData:
     if d.test_limit:
         xt, yt = xt[: d.test_limit], yt[: d.test_limit]
     labels = y.numpy() if y.dim() == 1 else np.zeros(len(y), dtype=np.int64)
-    part = make_partition(d.partition, labels, d.num_clients, alpha=d.alpha, seed=d.seed)
+    part = make_partition(d.partition, labels, d.num_clients, alpha=d.alpha, seed=d.seed, sigma=d.sigma)
     return FederatedData(x, y, xt, yt, list(part.indices), part.names)
 
 

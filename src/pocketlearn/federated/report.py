@@ -55,7 +55,8 @@ def client_steps(server: Any) -> dict[str, Any] | None:
     if not isinstance(server.engine, InProcessEngine) or not server.engine.client_steps[1]:
         return None
     computed, real = server.engine.client_steps
-    return {"computed": computed, "real": real, "computed_per_real": round(computed / real, 3)}
+    return {"computed": computed, "real": real, "computed_per_real": round(computed / real, 3),
+            "samples": server.engine.samples_trained}
 
 
 def training_path(server: Any, vectorize: bool) -> str | None:

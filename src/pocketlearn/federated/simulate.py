@@ -152,6 +152,7 @@ class InProcessEngine(SimulatedEngine):
         self.group_size = group_size or self._auto_group_size()
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
+        self.samples_trained = 0  # examples the clients trained on so far (each epoch counted)
 
     def warm_up(self, num_clients: int, local: LocalTraining) -> None:
         """Train one batch of a round's worth of real clients with learning rate 0.
@@ -165,12 +166,13 @@ class InProcessEngine(SimulatedEngine):
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
         ids = list(range(min(num_clients, len(self.indices))))
         orders = [self.indices[c][None, : local.batch_size] for c in ids]
-        counted = self.client_steps  # the run's figures leave the warm-up out
+        counted = self.client_steps, self.samples_trained  # the run's figures leave the warm-up out
         self._train_vectorized(params, ids, orders, replace(local, lr=0.0, epochs=1))
-        self.client_steps = counted
+        self.client_steps, self.samples_trained = counted
 
-    def _count_steps(self, computed: int, real: int) -> None:
+    def _count_steps(self, computed: int, real: int, samples: int) -> None:
         self.client_steps = (self.client_steps[0] + computed, self.client_steps[1] + real)
+        self.samples_trained += samples
 
     def threads_for(self, clients: int, batch_size: int) -> int | None:
         """One thread for a step too small to share (None: all of them), from the work a step really does."""
@@ -199,7 +201,7 @@ class InProcessEngine(SimulatedEngine):
         for start in range(0, len(client_ids), self.group_size):
             chunk = [orders[i] for i in rank[start:start + self.group_size]]
             data = pad_batches(self.x, self.y, chunk, local.batch_size)
-            self._count_steps(sum(data.running), int(data.steps.sum()))
+            self._count_steps(sum(data.running), int(data.steps.sum()), sum(o.size for o in chunk))
             k = len(chunk)
             if self._stack is None or len(next(iter(self._stack.values()))) != k:
                 self._stack = stacked_copies(params, k)
@@ -251,7 +253,7 @@ class InProcessEngine(SimulatedEngine):
         if hasattr(method.loss_fn, "bind"):
             method.loss_fn.bind(trained, start)
         data = pad_batches(self.x, self.y, [order], local.batch_size)
-        self._count_steps(int(data.steps[0]), int(data.steps[0]))
+        self._count_steps(int(data.steps[0]), int(data.steps[0]), order.size)
         total = 0.0
         for s in range(int(data.steps[0])):
             real = data.w[0, s] > 0
