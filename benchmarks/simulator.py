@@ -8,8 +8,9 @@ Workloads: `small` and `large` are the anchors' own (FedAvg, sklearn digits, MLP
 100 / 1000 clients); the anchor scripts live in the anchors directory (--anchors, default ../shared/anchors next to
 this repository; see its README.md and RESULTS.md). `cnn` is pocketlearn's CNN on Fashion-MNIST with a strongly
 skewed Dirichlet(0.1) split (clients of a few dozen to a few thousand samples), `cnn-lognormal` the same with
-IID labels and LogNormal(0, 1.5) client sizes; the same anchor scripts run them through
-benchmarks/anchor_workloads/workload.py, and pocketlearn runs them in fp32 and in bf16 (`pocketlearn-bf16`).
+IID labels and LogNormal(0, 1.5) client sizes, `keyboard` the keyboard's next-word GPT on Shakespeare roles (a
+natural split) from scratch; the same anchor scripts run them through benchmarks/anchor_workloads/workload.py,
+and pocketlearn runs the CNN ones in fp32 and in bf16 (`pocketlearn-bf16`).
 Every run is one fresh command measured from outside by the anchors' measure.py (wall
 time from launch to exit, peak RSS summed over the whole process tree) and from inside by the command's own
 result JSON (rounds time, accuracy). The anchors run in .anchors-venv, pocketlearn in .venv. Runs are interleaved:
@@ -54,21 +55,22 @@ POCKETLEARN_CMD = ("{repo}/.venv/bin/pocketlearn fed simulate benchmarks/configs
                    "--out {out} --quiet --fresh")
 RESULT_KEYS = ("accuracy", "train_s", "updates_per_s", "round_times", "rounds", "clients_per_round")
 
-CONFIGS = ("small", "large", "cnn", "cnn-lognormal")
+CONFIGS = ("small", "large", "cnn", "cnn-lognormal", "keyboard")
 QUICK_CONFIGS = ("small", "large")
 VARIANTS = ("plain", "pfl", "flower", "pocketlearn", "pocketlearn-bf16")
 QUICK_VARIANTS = ("plain", "pfl", "pocketlearn")
 ANCHOR_VARIANTS = ("plain", "pfl", "flower")
 MIXED_PRECISION_CONFIGS = ("cnn", "cnn-lognormal")  # pocketlearn-bf16 runs these only
-SPLITS = {"cnn": "dirichlet", "cnn-lognormal": "lognormal"}  # the CNN workloads, by the anchors' split
-TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000, "cnn-lognormal": 10_000}
+# pocketlearn's own workloads, as benchmarks/anchor_workloads/workload.py names them (POCKETLEARN_BENCH_WORKLOAD)
+OWN_WORKLOADS = {"cnn": "dirichlet", "cnn-lognormal": "lognormal", "keyboard": "keyboard"}
+TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000, "cnn-lognormal": 10_000}  # keyboard's: its test tokens
 EXPECTED_ACCURACY = {"small": 265 / 360, "large": 155 / 360}  # anchors' RESULTS.md
 # fp32 results equal the anchors' within float rounding: one test sample on digits. On the CNN, 20 rounds
 # amplify rounding differences (the anchors disagree among themselves by tens of samples): there the tolerance
 # is the anchors' own spread in the same run, and at least ten of 10,000 samples
 ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9,
-                      "cnn-lognormal": 10 / 10_000 + 1e-9}
-SPREAD_TOLERANCE = tuple(SPLITS)
+                      "cnn-lognormal": 10 / 10_000 + 1e-9, "keyboard": 1e-3}
+SPREAD_TOLERANCE = tuple(OWN_WORKLOADS)
 BF16_ACCURACY_TOLERANCE = 0.005  # bf16's final accuracy within half a point of fp32's
 WORKLOAD = REPO / "benchmarks" / "anchor_workloads" / "workload.py"
 
@@ -191,13 +193,14 @@ def load_run(config: str, variant: str, rep: int, rc: int, output: str, run_dir:
     return run
 
 
-def workload_anchors(anchors: Path, scratch: Path) -> tuple[Path, dict[str, str]]:
-    """The anchors' scripts (linked, not copied) beside the CNN workload module, and the data it reads.
+def workload_anchors(anchors: Path, scratch: Path, configs: list[str]) -> dict[str, tuple[Path, dict[str, str]]]:
+    """For each of pocketlearn's own workloads: the anchors' scripts beside its workload module, and its env.
 
-    The scripts import ``workload`` from their own folder, so this folder runs them on this workload.
-    The images are written once as pocketlearn loads them: the anchors' venv has no pocketlearn.
+    The scripts import ``workload`` from their own folder, so this folder runs them on these workloads. The data
+    is written once as pocketlearn loads it (the anchors' venv has no pocketlearn; the keyboard's model comes
+    from pocketlearn's source, which needs only torch).
     """
-    folder = scratch / "cnn-anchors"
+    folder = scratch / "own-anchors"
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("run_plain.py", "run_pfl.py", "measure.py"):
         (folder / name).symlink_to(anchors / name)
@@ -206,12 +209,25 @@ def workload_anchors(anchors: Path, scratch: Path) -> tuple[Path, dict[str, str]
     shutil.copy2(anchors / "run_flower.py", folder / "run_flower.py")
     (folder / "shared_workload.py").symlink_to(anchors / "workload.py")
     (folder / "workload.py").symlink_to(WORKLOAD)
-    data = scratch / "fashion-mnist.npz"
-    from pocketlearn.data import load_tensors
+    out = {}
+    for config in configs:
+        data = scratch / f"{config}.npz"
+        write_data(config, data)
+        out[config] = (folder, {"POCKETLEARN_BENCH_DATA": str(data), "PYTHONPATH": str(REPO / "src"),
+                                "POCKETLEARN_BENCH_WORKLOAD": OWN_WORKLOADS[config]})
+    return out
 
-    x, y, xt, yt = load_tensors("fashion-mnist")
-    np.savez(data, x=x.numpy(), y=y.numpy(), xt=xt.numpy(), yt=yt.numpy())
-    return folder, {"POCKETLEARN_BENCH_DATA": str(data)}
+
+def write_data(config: str, path: Path) -> None:
+    """The workload's data, and for a natural split its clients, as pocketlearn's own run loads them."""
+    from pocketlearn.federated.config import load_config
+    from pocketlearn.federated.experiment import load_federated_data
+
+    data = load_federated_data(load_config(REPO / "benchmarks" / "configs" / f"anchor-{config}.toml"))
+    sizes = [len(i) for i in data.indices]
+    np.savez(path, x=data.x.numpy(), y=data.y.numpy(), xt=data.x_test.numpy(), yt=data.y_test.numpy(),
+             indices=np.concatenate(data.indices).astype(np.int64), offsets=np.concatenate([[0], np.cumsum(sizes)]))
+    TEST_SAMPLES.setdefault(config, int(data.y_test.numel()))
 
 
 def run_one(config: str, variant: str, rep: int, args: argparse.Namespace, scratch: Path) -> Run:
@@ -256,12 +272,7 @@ def runs_on(variant: str, config: str) -> bool:
 
 def run_all(args: argparse.Namespace, scratch: Path) -> list[Run]:
     plan = schedule(args.configs, args.variants, args.reps)
-    cnn = [c for c in args.configs if c in SPLITS]
-    if cnn:
-        folder, env = workload_anchors(args.anchors, scratch)
-        args.workloads = {c: (folder, {**env, "POCKETLEARN_BENCH_SPLIT": SPLITS[c]}) for c in cnn}
-    else:
-        args.workloads = {}
+    args.workloads = workload_anchors(args.anchors, scratch, [c for c in args.configs if c in OWN_WORKLOADS])
     runs: list[Run] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with progress_bars(*columns, console=console) as progress:
@@ -323,7 +334,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 PFL_FACTOR = {"small": 10, "large": 30}  # the digits MLP's lead over pfl-research, updates/s
 # each workload's model, one example's shape, the batch size and the clients of a round (for the FLOP/s goal)
 ROUND_BATCH = {"small": ("digits-mlp", (64,), 16, 10), "large": ("digits-mlp", (64,), 16, 100),
-               "cnn": ("cnn", (1, 28, 28), 32, 10), "cnn-lognormal": ("cnn", (1, 28, 28), 32, 10)}
+               "cnn": ("cnn", (1, 28, 28), 32, 10), "cnn-lognormal": ("cnn", (1, 28, 28), 32, 10),
+               "keyboard": ("keyboard-gpt", (24,), 16, 10)}
 FLOPS_SHARE = 0.7  # achieved FLOP/s against the same layers as one model over the round's whole batch
 
 
@@ -336,12 +348,13 @@ def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
     import torch
 
     from pocketlearn.federated.simulate import flops_per_sample
-    from pocketlearn.methods.base import autocast
-    from pocketlearn.models import build_model
+    from pocketlearn.methods.base import autocast, cross_entropy
+    from pocketlearn.models import get_model_spec
 
     name, shape, batch, clients = ROUND_BATCH[config]
-    model = build_model(name).to(memory_format=torch.channels_last)
-    x, y = torch.randn(clients * batch, *shape), torch.randint(0, 10, (clients * batch,))
+    spec = get_model_spec(name)
+    model = spec.build().to(memory_format=torch.channels_last)
+    x, y = spec.example_batch(clients * batch, seq_len=shape[0] if spec.task == "lm" else None)
     x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     per_example = flops_per_sample(model, x)
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -349,7 +362,7 @@ def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
     def step() -> None:
         with autocast(precision):  # type: ignore[arg-type]
             out = model(x)
-        torch.nn.functional.cross_entropy(out.float(), y).backward()
+        cross_entropy(out.float(), y).backward()
         sgd.step()
         sgd.zero_grad()
 

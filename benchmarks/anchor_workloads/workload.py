@@ -1,18 +1,23 @@
-"""The anchors' workload interface for a CNN on Fashion-MNIST (the shared one is the digits MLP).
+"""The anchors' workload interface for pocketlearn's CNN and keyboard workloads (the shared one is the digits MLP).
 
 benchmarks/simulator.py links the anchors' run_*.py and measure.py into a scratch folder next to this file (as
 ``workload.py``) and the shared module (as ``shared_workload.py``), so the anchors' own scripts run this workload
 unchanged. Everything but the data, the model and the batch size is the shared module's: the Dirichlet split
 as pocketlearn draws it, the schedule, the per-round visiting order, plain SGD and sample-weighted FedAvg.
 
-* data    : Fashion-MNIST as pocketlearn loads it (60,000 train / 10,000 test images), written by the
-            benchmark to the .npz named by POCKETLEARN_BENCH_DATA (this venv has no pocketlearn).
-* clients : 100 of them. ``cnn``: Dirichlet(0.1) label skew (sizes from a few dozen to a few thousand samples).
-            ``cnn-lognormal``: IID labels, sizes from LogNormal(0, 1.5) shares (a handful to ~10,000 samples),
-            drawn as pocketlearn's ``lognormal`` partition draws them. POCKETLEARN_BENCH_SPLIT says which.
-* model   : pocketlearn's ``cnn``: conv 1->16, pool, conv 16->32, pool, fc 1568->64, fc 64->10,
-            initialised after torch.manual_seed(0) in the same layer order.
-* local   : 1 epoch of plain SGD, lr 0.05, batch 32.
+POCKETLEARN_BENCH_WORKLOAD says which workload; POCKETLEARN_BENCH_DATA names the .npz the benchmark wrote
+with the data as pocketlearn loads it (the anchors' venv has no pocketlearn).
+* ``cnn``, ``cnn-lognormal``: Fashion-MNIST (60,000 train / 10,000 test images), 100 clients: Dirichlet(0.1)
+  label skew (sizes from a few dozen to a few thousand samples), or IID labels with sizes from LogNormal(0, 1.5)
+  shares drawn as pocketlearn's ``lognormal`` partition draws them. Model: pocketlearn's ``cnn`` (conv 1->16,
+  pool, conv 16->32, pool, fc 1568->64, fc 64->10), initialised after torch.manual_seed(0) in the same layer
+  order. Local: 1 epoch of plain SGD, lr 0.05, batch 32.
+* ``keyboard``: next-word prediction on Shakespeare, one client per role (a natural split, the indices in the
+  .npz), 24-word windows over a 10,000-word vocabulary. Model: pocketlearn's ``keyboard-gpt`` (a 2-layer,
+  128-wide GPT) from scratch, imported from pocketlearn's source (REPO/src on PYTHONPATH: it needs only torch),
+  its logits as (batch, vocabulary, position) so that the scripts' ``cross_entropy(model(x), y)`` is the
+  mean over tokens (targets of -100 are padding, left out of loss and accuracy). Local: 1 epoch of plain SGD,
+  lr 0.05, batch 16. Accuracy is top-1 over the counted test tokens.
 """
 from __future__ import annotations
 
@@ -26,10 +31,12 @@ from shared_workload import dirichlet_partition
 CONFIGS = {
     "cnn": dict(num_clients=100, clients_per_round=10, rounds=20),
     "cnn-lognormal": dict(num_clients=100, clients_per_round=10, rounds=20),
+    "keyboard": dict(num_clients=100, clients_per_round=10, rounds=20),
 }
 ALPHA = 0.1
 SIGMA = 1.5
-BATCH_SIZE = 32
+WORKLOAD = os.environ.get("POCKETLEARN_BENCH_WORKLOAD", "dirichlet")  # dirichlet | lognormal | keyboard
+BATCH_SIZE = 16 if WORKLOAD == "keyboard" else 32
 
 
 @functools.cache
@@ -39,10 +46,18 @@ def load_data():
         return f["x"], f["y"], f["xt"], f["yt"]
 
 
+def _natural_split() -> list[np.ndarray]:
+    """The clients of a natural split, as the benchmark wrote them (their indices, concatenated, and offsets)."""
+    with np.load(os.environ["POCKETLEARN_BENCH_DATA"]) as f:
+        return np.split(f["indices"], f["offsets"][1:-1])
+
+
 @functools.cache
 def partitions(num_clients: int) -> tuple:
     _, y_tr, _, _ = load_data()
-    if os.environ.get("POCKETLEARN_BENCH_SPLIT") == "lognormal":
+    if WORKLOAD == "keyboard":
+        return tuple(_natural_split())
+    if WORKLOAD == "lognormal":
         return tuple(lognormal_partition(len(y_tr), num_clients, SIGMA, PARTITION_SEED))  # noqa: F405
     return tuple(dirichlet_partition(y_tr, num_clients, ALPHA, PARTITION_SEED))  # noqa: F405
 
@@ -67,8 +82,21 @@ def client_data(cid: int, num_clients: int, rnd: int):
 
 @functools.cache
 def mlp_class():
-    """The CNN (class; instantiate for a fresh model). Named as the scripts call it."""
+    """The workload's model class (instantiate for a fresh model). Named as the scripts call it."""
     import torch.nn as nn
+
+    if WORKLOAD == "keyboard":
+        from pocketlearn.models.tiny_gpt import GPTConfig, TinyGPT
+
+        class KeyboardGPT(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.net = TinyGPT(GPTConfig(vocab_size=10_000, block_size=24, n_layer=2, n_head=4, n_embd=128))
+
+            def forward(self, x):
+                return self.net(x).transpose(1, 2)  # (batch, vocabulary, position): cross_entropy's layout
+
+        return KeyboardGPT
 
     class CNN(nn.Module):
         def __init__(self):
@@ -112,8 +140,9 @@ def evaluate(model) -> float:
     _, _, X_te, y_te = load_data()
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(torch.from_numpy(X_te[s:s + 1000])) for s in range(0, len(X_te), 1000)])
-    return float((pred.argmax(1).numpy() == y_te).mean())
+        pred = torch.cat([model(torch.from_numpy(X_te[s:s + 1000])).argmax(1) for s in range(0, len(X_te), 1000)])
+    counted = y_te != -100  # a language model's padding targets are not scored (as pocketlearn's evaluate)
+    return float((pred.numpy() == y_te)[counted].mean())
 
 
 def common_args(argv=None):

@@ -190,3 +190,17 @@ def test_bf16_needs_a_method_that_backpropagates():
         LocalTraining(method="mezo", precision="bf16").method_options()
     assert LocalTraining(method="bias", precision="bf16").method_options()["precision"] == "bf16"
     assert "precision" not in LocalTraining(method="bias").method_options()  # fp32 runs keep their fingerprints
+
+
+def test_a_language_models_ignored_targets_weigh_as_in_the_per_client_loop():
+    """Targets of -100 (padding) count nothing, and each batch's loss is the mean over its counted tokens."""
+    torch.manual_seed(0)
+    model = build_model("tiny-gpt")
+    x = torch.randint(0, 256, (12, 9))
+    y = torch.roll(x, -1, 1)
+    y[::2, 5:] = -100  # half the windows end early, by different amounts per batch
+    y[3, 2:] = -100
+    vec, seq = _both_engines(model, x, y, _clients(12, [2, 5, 3]), LocalTraining(lr=0.05, batch_size=2))
+    for name, d in seq.updates.deltas.items():
+        torch.testing.assert_close(vec.updates.deltas[name], d, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(vec.train_loss, seq.train_loss, rtol=1e-4, atol=1e-5)

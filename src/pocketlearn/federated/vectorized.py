@@ -214,18 +214,26 @@ def batch_positions(orders: Sequence[np.ndarray], batch_size: int) -> tuple[np.n
 
 
 def pad_batches(x: Tensor, y: Tensor, orders: Sequence[np.ndarray], batch_size: int) -> PaddedBatches:
+    """The clients' batches (see :class:`PaddedBatches`); sequence targets weigh each batch's tokens alike.
+
+    A language model's batch loss is the mean over its targets that are not -100 (``cross_entropy``'s
+    ``ignore_index``), as the per-client loop computes it: each sample then weighs 1/(the batch's counted tokens).
+    """
     index, weight, steps = batch_positions(orders, batch_size)
     flat = torch.from_numpy(index.reshape(-1))
     shape = index.shape
-    return PaddedBatches(x[flat].reshape(*shape, *x.shape[1:]), y[flat].reshape(*shape, *y.shape[1:]),
-                         torch.from_numpy(weight), torch.from_numpy(steps))
+    xs, ys, w = x[flat].reshape(*shape, *x.shape[1:]), y[flat].reshape(*shape, *y.shape[1:]), torch.from_numpy(weight)
+    if ys.dim() > 3:  # (K, S, B, T): token targets
+        counted = ((ys != -100).flatten(3).sum(3) * (w > 0)).sum(2, keepdim=True)  # (K, S, 1)
+        w = torch.where(w > 0, 1.0 / counted.clamp_min(1), 0.0)
+    return PaddedBatches(xs, ys, w, torch.from_numpy(steps))
 
 
 def per_sample_loss(out: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy per sample (K, B); sequence outputs are averaged over their positions."""
+    """Cross-entropy per sample (K, B); a sequence's is summed over its positions (-100 targets count nothing)."""
     k, b = y.shape[:2]
     ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
-    return ce.reshape(k, b, -1).mean(2)
+    return ce.reshape(k, b, -1).sum(2)
 
 
 @dataclass(frozen=True)
