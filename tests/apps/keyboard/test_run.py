@@ -41,8 +41,8 @@ def test_partial_embedding_updates_send_a_fraction_of_the_full_model(tmp_path):
     partial = run_keyboard(_config("partial"), tmp_path / "partial")
     full = run_keyboard(_config("full"), tmp_path / "full")
     assert partial.bytes_up_per_client < full.bytes_up_per_client / 2
-    for result in (partial, full):
-        assert result.after["accuracy"] != result.before["accuracy"]
+    for result in (partial, full):  # training lowered the held-out loss (two tiny rounds may not move top-1)
+        assert result.after["loss"] < result.before["loss"] - 0.1
         assert {"accuracy", "top3", "perplexity"} <= set(result.after)
         assert [r["round"] for r in result.rounds] == [1, 2] and result.epsilon is None
 
