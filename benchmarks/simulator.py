@@ -1,7 +1,7 @@
 """Federated simulation: pocketlearn against the FL framework anchors (plain PyTorch, pfl-research, Flower).
 
     make anchors-venv                           # once: the anchors' own venv (.anchors-venv, ~1.6 GB)
-    python benchmarks/simulator.py              # full: 3 reps x 4 workloads x {plain, pfl, flower, pocketlearn}
+    python benchmarks/simulator.py              # full: 3 reps x 5 workloads x {plain, pfl, flower, pocketlearn}
     python benchmarks/simulator.py --quick      # 1 rep, digits only, no Flower (CI); writes results/simulator-quick.*
 
 Workloads: `small` and `large` are the anchors' own (FedAvg, sklearn digits, MLP 64-128-10, Dirichlet(0.5) over
@@ -65,9 +65,9 @@ MIXED_PRECISION_CONFIGS = ("cnn", "cnn-lognormal")  # pocketlearn-bf16 runs thes
 OWN_WORKLOADS = {"cnn": "dirichlet", "cnn-lognormal": "lognormal", "keyboard": "keyboard"}
 TEST_SAMPLES = {"small": 360, "large": 360, "cnn": 10_000, "cnn-lognormal": 10_000}  # keyboard's: its test tokens
 EXPECTED_ACCURACY = {"small": 265 / 360, "large": 155 / 360}  # anchors' RESULTS.md
-# fp32 results equal the anchors' within float rounding: one test sample on digits. On the CNN, 20 rounds
-# amplify rounding differences (the anchors disagree among themselves by tens of samples): there the tolerance
-# is the anchors' own spread in the same run, and at least ten of 10,000 samples
+# fp32 results equal the anchors' within float rounding: one test sample on digits. On our workloads 20 rounds
+# amplify rounding differences (the anchors disagree among themselves by tens of samples on the CNN): there the
+# tolerance is the anchors' own spread in the same run, and at least the value below
 ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9,
                       "cnn-lognormal": 10 / 10_000 + 1e-9, "keyboard": 1e-3}
 SPREAD_TOLERANCE = tuple(OWN_WORKLOADS)
