@@ -347,7 +347,7 @@ def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
     """
     import torch
 
-    from pocketlearn.federated.simulate import flops_per_sample
+    from pocketlearn.federated.population import train_flops_per_sample
     from pocketlearn.methods.base import autocast, cross_entropy
     from pocketlearn.models import get_model_spec
 
@@ -356,7 +356,7 @@ def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
     model = spec.build().to(memory_format=torch.channels_last)
     x, y = spec.example_batch(clients * batch, seq_len=shape[0] if spec.task == "lm" else None)
     x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
-    per_example = flops_per_sample(model, x)
+    per_example = train_flops_per_sample(model, x)
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
 
     def step() -> None:

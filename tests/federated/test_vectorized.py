@@ -146,13 +146,13 @@ def _small_cnn() -> torch.nn.Sequential:
 def test_a_steps_work_is_counted_per_pixel_as_torch_counts_it():
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pocketlearn.federated.simulate import flops_per_sample
+    from pocketlearn.federated.population import train_flops_per_sample
 
     model, x = _small_cnn(), torch.randn(1, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         model(x).sum().backward()
-    assert flops_per_sample(model, x) == pytest.approx(counter.get_total_flops(), rel=0.05)
-    assert flops_per_sample(model, x) > 40 * sum(p.numel() for p in model.parameters())
+    assert train_flops_per_sample(model, x) == pytest.approx(counter.get_total_flops(), rel=0.05)
+    assert train_flops_per_sample(model, x) > 40 * sum(p.numel() for p in model.parameters())
 
 
 def test_a_convolution_step_uses_every_core_and_a_tiny_mlp_step_one():

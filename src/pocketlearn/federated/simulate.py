@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.population import train_flops_per_sample
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
@@ -37,32 +38,6 @@ from pocketlearn.methods.base import Precision, TrainingMethod, cross_entropy
 # Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
 # synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
 SMALL_STEP_FLOPS = 5e7
-
-
-def flops_per_sample(model: nn.Module, example: Tensor) -> float:
-    """Forward + backward FLOPs of one example through the model's linear and convolution layers.
-
-    Counted from each layer's output size, so a convolution costs per pixel, not per parameter (a small CNN
-    does ten times the work its parameter count suggests). Backward is twice the forward.
-    """
-    total = 0.0
-
-    def count(layer: nn.Module, inputs: object, out: Tensor) -> None:
-        nonlocal total
-        if isinstance(layer, nn.Linear):
-            total += 2.0 * out.numel() * layer.in_features
-        elif isinstance(layer, nn.Conv2d):
-            kh, kw = layer.kernel_size
-            total += 2.0 * out.numel() * layer.in_channels // layer.groups * kh * kw
-
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return 3.0 * total
 
 
 @contextmanager
@@ -148,7 +123,8 @@ class InProcessEngine(SimulatedEngine):
         self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
         self.mlp = mlp_layers(template) if vectorize else None  # plain SGD on an MLP: backward written out
         self.num_params = sum(p.numel() for p in template.parameters())
-        self.flops_per_sample = flops_per_sample(template, x) if self.forward is not None and len(x) else 0.0
+        # (counted per layer output: a convolution costs per pixel, so a small CNN does 10x its parameter count)
+        self.flops_per_sample = train_flops_per_sample(template, x) if self.forward is not None and len(x) else 0.0
         self.group_size = group_size or self._auto_group_size()
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
