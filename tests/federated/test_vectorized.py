@@ -79,15 +79,13 @@ def test_batches_never_span_epochs_and_padding_weighs_nothing():
     assert weight[1, 2:].sum() == 0  # the small client idles once its two epochs are done
 
 
-def test_each_clients_payload_row_is_its_dense_encoding():
-    from pocketlearn.federated.codecs import decode_dense, encode_dense, encode_dense_rows
+def test_a_dense_payloads_size_is_its_encodings_length():
+    from pocketlearn.federated.codecs import decode_dense, dense_size, encode_dense
 
-    stacked = {"w": torch.randn(3, 4, 2), "b": torch.randn(3, 4)}
-    rows = encode_dense_rows(stacked)
-    for k in range(3):
-        one = {n: t[k] for n, t in stacked.items()}
-        assert rows[k].tobytes() == encode_dense(one)
-        assert all(torch.equal(decode_dense(rows[k].tobytes())[n], one[n]) for n in one)
+    for tensors in ({"w": torch.randn(4, 2), "b": torch.randn(4)}, dict(mlp(64, (128,), 10).state_dict())):
+        payload = encode_dense(tensors)
+        assert dense_size({n: tuple(t.shape) for n, t in tensors.items()}) == len(payload)
+        assert all(torch.equal(decode_dense(payload)[n], t) for n, t in tensors.items())  # lossless
 
 
 def test_the_warm_up_trains_one_batch_per_client_not_a_round():
@@ -99,14 +97,15 @@ def test_the_warm_up_trains_one_batch_per_client_not_a_round():
                                                                                                local)
     engine.warm_up(3, LocalTraining(batch_size=4, epochs=2))
     assert [o.shape for o in seen[0]] == [(1, 4)] * 3  # 12 samples, not the round's 2 x 60
+    assert all(o.shape == (1, 4) for orders in seen for o in orders)  # the timed steps too
 
 
 def test_only_clients_with_a_batch_left_run_the_model():
-    from pocketlearn.federated.vectorized import LocalOptimizer, pad_batches, stacked_forward, train_stacked
+    from pocketlearn.federated.vectorized import LocalOptimizer, pad_batches, stacked_forwards, train_stacked
 
     model = mlp(4, (8,), 2)
     x, y = torch.randn(10, 4), torch.randint(0, 2, (10,))
-    forward = stacked_forward(model)
+    forward = stacked_forwards(model)["batched matmul/conv"]
     rows = []
     data = pad_batches(x, y, [np.arange(8)[None], np.arange(8, 10)[None]], 2)  # 4 steps and 1 step
     params = {n: p.detach() for n, p in model.named_parameters()}
@@ -128,8 +127,8 @@ def test_a_skewed_round_computes_only_its_real_client_steps():
     x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
     engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients(80, [1, 40, 3, 5, 2]))
     seen = []
-    forward = engine.forward
-    engine.forward = lambda p, xs: seen.append(len(xs)) or forward(p, xs)
+    forward = engine.forwards["batched matmul/conv"]
+    engine.forwards["batched matmul/conv"] = lambda p, xs: seen.append(len(xs)) or forward(p, xs)
     params = {n: p.detach().clone() for n, p in engine.template.named_parameters()}
     engine.train(params, [0, 1, 2, 3, 4], 1, LocalTraining(lr=0.1, batch_size=4, momentum=0.5))
     assert sum(seen) == 1 + 10 + 1 + 2 + 1  # each client's ceil(n / 4) steps, nothing for finished clients

@@ -73,8 +73,6 @@ def training_path(server: Any, vectorize: bool) -> str | None:
 
 
 def _path(engine: Any, local: Any, vectorize: bool) -> str:
-    from pocketlearn.federated.vectorized import batched_matmul_forward
-
     if not vectorize:
         return "one client at a time (vectorize = false)"
     if engine.forward is None:
@@ -82,9 +80,8 @@ def _path(engine: Any, local: Any, vectorize: bool) -> str:
     if not local.vectorizable:
         options = " with these options" if local.facts.vectorizes else ""
         return f"one client at a time (method {local.method!r} has no batched step{options})"
-    if batched_matmul_forward(engine.template) is not None:
-        return "vectorized (batched matmul/conv)"
-    return "vectorized (torch.func.vmap)"
+    how = engine.execution.describe()
+    return f"vectorized ({'MLP with its backward written out, ' if engine._written_out(local) else ''}{how})"
 
 
 def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:

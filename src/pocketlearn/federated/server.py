@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.attacks import Attack
-from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense, encode_dense_rows
+from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.pipeline import (
     Aggregation,
@@ -126,7 +126,7 @@ class FederatedServer:
         self.run_id = secrets.token_hex(8)  # new for a fresh run, restored on resume (devices key state by it)
         self.last_round = 0  # evaluated whatever eval_every says
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
-        self._codec = CodecUplink(policy.uplink, policy.codec_seed, self.feedback, self._warm_send_buffer())
+        self._codec = CodecUplink(policy.uplink, policy.codec_seed, self.feedback)
         self.log = MetricsLog(run_dir / "metrics.jsonl") if run_dir else None
         self.discarded_rounds = 0  # metrics lines of a run folder without a checkpoint, dropped by resume()
         self._bytes_by_method: dict[str, int] = {}  # this round's uplink bytes per training method
@@ -141,13 +141,6 @@ class FederatedServer:
             mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
         self._uplinks: dict[str, Uplink] = {}
         self._attack: Callable[[RoundUpdates, int], object] = policy.attack.poison if policy.attack else _no_attack
-
-    def _warm_send_buffer(self, limit: int = 64 << 20) -> np.ndarray | None:
-        """Allocate (and fault in) the round's send buffer during setup rather than in round 1."""
-        k = self.sampler.per_round
-        if k * 4 * sum(p.numel() for p in self.params.values()) > limit:
-            return None
-        return encode_dense_rows({n: p.detach().unsqueeze(0).expand(k, *p.shape) for n, p in self.params.items()})
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @property

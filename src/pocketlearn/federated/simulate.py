@@ -1,8 +1,8 @@
 """The in-process engine: a round's clients trained in this process, no process or model copy per client.
 
-Clients that train with plain SGD backprop go through :mod:`pocketlearn.federated.vectorized` together
-(chunks of at most ``group_size``); any other method, or a model that cannot be batched, trains one client
-after another through the method's own ``step`` on one reused model.
+Clients whose method has a batched step go through :mod:`pocketlearn.federated.vectorized` together, in
+groups whose size and stacking :mod:`pocketlearn.federated.execution` times at setup; any other method, or a
+model that cannot be batched, trains one client after another through the method's own ``step``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.execution import Execution, cached, choose, timed
 from pocketlearn.federated.population import train_flops_per_sample
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
@@ -28,7 +29,7 @@ from pocketlearn.federated.vectorized import (
     mlp_layers,
     pad_batches,
     stacked_copies,
-    stacked_forward,
+    stacked_forwards,
     train_stacked,
     train_stacked_mlp,
 )
@@ -120,31 +121,66 @@ class InProcessEngine(SimulatedEngine):
     def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
                  vectorize: bool = True, group_size: int | None = None):
         self.template, self.x, self.y, self.indices = template, x, y, indices
-        self.forward: StackedForward | None = stacked_forward(self.template) if vectorize else None
+        self.forwards: dict[str, StackedForward] = stacked_forwards(template) if vectorize else {}
         self.mlp = mlp_layers(template) if vectorize else None  # plain SGD on an MLP: backward written out
         self.num_params = sum(p.numel() for p in template.parameters())
         # (counted per layer output: a convolution costs per pixel, so a small CNN does 10x its parameter count)
-        self.flops_per_sample = train_flops_per_sample(template, x) if self.forward is not None and len(x) else 0.0
-        self.group_size = group_size or self._auto_group_size()
+        self.flops_per_sample = train_flops_per_sample(template, x) if self.forwards and len(x) else 0.0
+        # at most as many clients as fit ~256 MiB (or the group size asked for); warm_up times smaller groups
+        self._largest_group = group_size or self._auto_group_size()
+        self.execution = Execution(next(iter(self.forwards), ""), self._largest_group)
+        self._timed = group_size is None
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
         self.samples_trained = 0  # examples the clients trained on so far (each epoch counted)
 
+    @property
+    def forward(self) -> StackedForward | None:
+        """The stacked forward vectorized rounds use (None: clients train one at a time)."""
+        return self.forwards.get(self.execution.forward)
+
+    @property
+    def group_size(self) -> int:
+        return self.execution.group_size
+
     def warm_up(self, num_clients: int, local: LocalTraining) -> None:
-        """Train one batch of a round's worth of real clients with learning rate 0.
+        """Time one batch of a round's worth of real clients with learning rate 0, and choose how to run them.
 
         First-use costs (autograd, kernels, the clients' stacked weights) then land in setup rather than in
-        round 1, as the anchors' own warm-up does. One batch each is enough: a whole round (every epoch of every
-        sample) cost as much as round 1 itself, 30 s and more for a CCT on 2 cores.
+        round 1, as the anchors' own warm-up does, and the forward and group size come from those timings
+        (:mod:`pocketlearn.federated.execution`). One batch each is enough: a whole round cost as much as
+        round 1 itself, 30 s and more for a CCT on 2 cores.
         """
         if self.forward is None or not local.vectorizable:
             return
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
-        ids = list(range(min(num_clients, len(self.indices))))
-        orders = [self.indices[c][None, : local.batch_size] for c in ids]
+        orders = [self.indices[c][None, : local.batch_size] for c in range(min(num_clients, len(self.indices)))]
+        quiet = replace(local, lr=0.0, epochs=1)
         counted = self.client_steps, self.samples_trained  # the run's figures leave the warm-up out
-        self._train_vectorized(params, ids, orders, replace(local, lr=0.0, epochs=1))
+        if self._timed:
+            largest = min(len(orders), self._largest_group)
+            forwards = [next(iter(self.forwards))] if self._written_out(quiet) else list(self.forwards)
+            key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(self.x.shape[1:]), self.x.dtype,
+                   local.batch_size, largest, local.optimizer(), quiet.method_options().get("precision"),
+                   tuple(forwards), torch.get_num_threads())
+            self.execution = cached(key, lambda: choose(forwards, largest, self._time_step(params, orders, quiet)))
+            self._stack = None
+        self._train_vectorized(params, list(range(len(orders))), orders, quiet)
         self.client_steps, self.samples_trained = counted
+
+    def _time_step(self, params: dict[str, Tensor], orders: list[np.ndarray], local: LocalTraining
+                   ) -> Callable[[str, int], float]:
+        def seconds_per_client_step(forward: str, size: int) -> float:
+            self.execution, self._stack = Execution(forward, size), None
+            return timed(lambda: self._train_vectorized(params, list(range(size)), orders[:size], local)) / size
+
+        return seconds_per_client_step
+
+    def _written_out(self, local: LocalTraining) -> bool:
+        """Whether the MLP path (backward written out, no forward to choose) trains these clients."""
+        opt = local.optimizer()
+        return self.mlp is not None and opt.plain and local.method_options().get("precision", "fp32") == "fp32" \
+            and self.y.dim() == 1
 
     def _count_steps(self, computed: int, real: int, samples: int) -> None:
         self.client_steps = (self.client_steps[0] + computed, self.client_steps[1] + real)
@@ -179,13 +215,14 @@ class InProcessEngine(SimulatedEngine):
             data = pad_batches(self.x, self.y, chunk, local.batch_size)
             self._count_steps(sum(data.running), int(data.steps.sum()), sum(o.size for o in chunk))
             k = len(chunk)
-            if self._stack is None or len(next(iter(self._stack.values()))) != k:
+            if self._stack is None or len(next(iter(self._stack.values()))) < k:
                 self._stack = stacked_copies(params, k)
+            stack = {n: t[:k] for n, t in self._stack.items()}  # a smaller last group: the first k rows
             with torch_threads(self.threads_for(k, data.w.shape[2])):
-                if self.mlp is not None and opt.plain and precision == "fp32" and data.y.dim() == 3:
-                    trained, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, self._stack)
+                if self.mlp is not None and self._written_out(local):
+                    trained, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack)
                 else:
-                    trained, loss = train_stacked(self.forward, params, data, opt, self._stack, precision)
+                    trained, loss = train_stacked(self.forward, params, data, opt, stack, precision)
             single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             for n, t in trained.items():
                 deltas[n].append(t.sub_(params[n]) if single else t - params[n])

@@ -2,8 +2,9 @@
 
 One :class:`Uplink` per method, chosen once when the run is built (:func:`choose_uplink`): the codec (with
 error feedback), MeZO's (seed, g) pairs, a mixed run's zeroth-order coefficients, or payloads that real
-devices already encoded. In simulation the step encodes each update for real and decodes it again, so the
-server aggregates exactly what a device would have sent and the byte counts are those of real payloads.
+devices already encoded. In simulation a lossy codec encodes each update for real and decodes it again, so the
+server aggregates exactly what a device would have sent and the byte counts are those of real payloads; the
+uncompressed payload is lossless, so there only its exact size is computed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from torch import Tensor
 
-from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense_rows
+from pocketlearn.federated.codecs import Codec, ErrorFeedback, dense_size
 from pocketlearn.federated.codecs.seeds import decode_history, encode_history, replay_delta
 from pocketlearn.federated.round import Payloads, RoundResult, SeedHistory, SeedPairs
 from pocketlearn.federated.updates import RoundUpdates
@@ -39,15 +40,11 @@ def uplink_stream(codec_seed: int, rnd: int, client: int) -> np.random.Generator
 
 @dataclass
 class CodecUplink:
-    """Each update encoded with the run's uplink codec (error feedback kept per client), then decoded.
-
-    ``buffer``: the dense payloads of a round, reused across rounds (no codec: one serialization for all rows).
-    """
+    """Each update encoded with the run's uplink codec (error feedback kept per client), then decoded."""
 
     codec: Codec
     codec_seed: int
     feedback: ErrorFeedback | None = None
-    buffer: np.ndarray | None = None
 
     def send(self, result: RoundResult, rnd: int, start: dict[str, Tensor], expansion: Expansion | None
              ) -> tuple[RoundUpdates, list[int]]:
@@ -55,9 +52,8 @@ class CodecUplink:
 
     def encode(self, u: RoundUpdates, rnd: int) -> list[int]:
         """Encode each client's update for real; its row becomes what the server decodes. Returns byte counts."""
-        if not self.codec.stages and not u.trained:
-            self.buffer = encode_dense_rows(u.deltas, self.buffer)
-            return [self.buffer.shape[1]] * len(u)
+        if not self.codec.stages and not u.trained:  # lossless: what the server decodes is the update itself
+            return [dense_size({n: d.shape[1:] for n, d in u.deltas.items()})] * len(u)
         sizes = []
         expected = {n: d.shape[1:] for n, d in u.deltas.items()}
         for k, c in enumerate(u.client_ids):

@@ -132,20 +132,24 @@ def _pool_before_relu(children: list[tuple[str, nn.Module]]) -> list[tuple[str, 
     return out
 
 
+def _functional(model: nn.Module) -> bool:
+    """Whether every client's forward is a pure function of its weights (no batch statistics, no dropout)."""
+    return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) or (isinstance(m, nn.Dropout) and m.p)
+                   for m in model.modules())
+
+
+def _logits(out: object) -> Tensor:
+    return out.logits if hasattr(out, "logits") else out  # type: ignore[union-attr,return-value]
+
+
 def vmap_forward(model: nn.Module) -> StackedForward | None:
     """A stacked forward through ``torch.func.vmap``; None for models it cannot batch."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm | nn.Dropout) and (not isinstance(m, nn.Dropout) or m.p)
-           for m in model.modules()):
+    if not _functional(model):
         return None
     from torch.func import functional_call, vmap
 
     buffers = dict(model.named_buffers())
-
-    def one(params: Params, x: Tensor) -> Tensor:
-        out = functional_call(model, (params, buffers), (x,))
-        return out.logits if hasattr(out, "logits") else out
-
-    batched = vmap(one)
+    batched = vmap(lambda params, x: _logits(functional_call(model, (params, buffers), (x,))))
 
     def forward(params: Params, x: Tensor) -> Tensor:
         with warnings.catch_warnings():  # ops without a batching rule fall back to a loop: slower, still right
@@ -155,8 +159,30 @@ def vmap_forward(model: nn.Module) -> StackedForward | None:
     return forward
 
 
-def stacked_forward(model: nn.Module) -> StackedForward | None:
-    return batched_matmul_forward(model) or vmap_forward(model)
+def looped_forward(model: nn.Module) -> StackedForward | None:
+    """Each client's forward in turn on its own rows of the stack, one backward for all.
+
+    Plain kernels (a linear layer's bias fused into its matmul, attention's own kernel) where ``vmap`` has none;
+    for a next-word transformer on 2 cores, one client at a time this way beats vmap's by ~10%.
+    """
+    if not _functional(model):
+        return None
+    from torch.func import functional_call
+
+    buffers = dict(model.named_buffers())
+
+    def forward(params: Params, x: Tensor) -> Tensor:
+        return torch.stack([_logits(functional_call(model, ({n: p[k] for n, p in params.items()}, buffers), (x[k],)))
+                            for k in range(len(x))])
+
+    return forward
+
+
+def stacked_forwards(model: nn.Module) -> dict[str, StackedForward]:
+    """The ways this model's clients can be stacked, by name (none: they train one at a time)."""
+    candidates = {"batched matmul/conv": batched_matmul_forward(model), "torch.func.vmap": vmap_forward(model),
+                  "one client after another": looped_forward(model)}
+    return {name: f for name, f in candidates.items() if f is not None}
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from pocketlearn.errors import ConfigError
-from pocketlearn.federated.codecs.dense import decode_dense, encode_dense, encode_dense_rows
+from pocketlearn.federated.codecs.dense import decode_dense, dense_size, encode_dense
 from pocketlearn.federated.codecs.format import Frame, PayloadError, pack, unpack
 from pocketlearn.federated.codecs.stages import Stage, parse_stage
 
@@ -143,5 +143,5 @@ class ErrorFeedback:
         self.residuals = {int(k): v for k, v in state.items()}
 
 
-__all__ = ["Codec", "ErrorFeedback", "Frame", "PayloadError", "decode_dense", "encode_dense", "encode_dense_rows",
+__all__ = ["Codec", "ErrorFeedback", "Frame", "PayloadError", "decode_dense", "dense_size", "encode_dense",
            "make_codec", "pack", "unpack"]

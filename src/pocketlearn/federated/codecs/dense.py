@@ -1,4 +1,4 @@
-"""Uncompressed float32 payloads, with a fast path that writes K clients' payloads into one buffer."""
+"""Uncompressed float32 payloads, and their exact size from the tensors' shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketlearn.federated.codecs.format import Frame, pack, seal
+from pocketlearn.federated.codecs.format import Frame, pack
 
 
 def encode_dense(tensors: dict[str, Tensor]) -> bytes:
@@ -24,32 +24,17 @@ def decode_dense(payload: bytes | memoryview, expected: dict[str, torch.Size] | 
 
 
 @functools.lru_cache(maxsize=16)
-def _header(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> np.ndarray:
+def _header_size(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
     """The bytes before the values in a dense payload of these tensors (the same for every client)."""
     empty = pack(Frame({n: np.zeros(shape, np.float32) for n, shape in shapes}), [])
-    values = 4 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape in shapes)
-    return np.frombuffer(empty[: len(empty) - values], np.uint8)
+    return len(empty) - 4 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape in shapes)
 
 
-def encode_dense_rows(stacked: dict[str, Tensor], out: np.ndarray | None = None) -> np.ndarray:
-    """``encode_dense`` of each client's row of K-stacked tensors (K, *shape), as rows of one (K, L) byte array.
+def dense_size(shapes: dict[str, tuple[int, ...]]) -> int:
+    """``len(encode_dense(t))`` for tensors of these shapes, without writing the payload.
 
-    Row k holds exactly the bytes ``encode_dense`` gives for client k; writing all K into one buffer (``out``,
-    reused across rounds when its shape fits) saves K allocations of fresh pages.
+    A dense payload is lossless (float32 in, float32 out), so a simulated client's update needs no round trip
+    through it: only its exact size, which the shapes fix.
     """
-    names = sorted(stacked)
-    k = len(stacked[names[0]])
-    sizes = [4 * stacked[n][0].numel() for n in names]
-    header = _header(tuple((n, tuple(stacked[n].shape[1:])) for n in names))
-    width = len(header) + sum(sizes)
-    if out is None or out.shape != (k, width):
-        out = np.empty((k, width), np.uint8)
-    out[:, : len(header)] = header
-    offset = len(header)
-    for n, size in zip(names, sizes, strict=True):  # each tensor's rows straight into its columns, one copy
-        values = stacked[n].detach().to(torch.float32).reshape(k, -1).numpy().astype("<f4", copy=False)
-        out[:, offset:offset + size] = values.view(np.uint8)
-        offset += size
-    for row in out:  # each row's own CRC-32, as pack writes it
-        seal(row)
-    return out
+    key = tuple((n, tuple(shapes[n])) for n in sorted(shapes))
+    return _header_size(key) + 4 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape in key)
