@@ -224,9 +224,10 @@ def write_data(config: str, path: Path) -> None:
     from pocketlearn.federated.experiment import load_federated_data
 
     data = load_federated_data(load_config(REPO / "benchmarks" / "configs" / f"anchor-{config}.toml"))
-    sizes = [len(i) for i in data.indices]
-    np.savez(path, x=data.x.numpy(), y=data.y.numpy(), xt=data.x_test.numpy(), yt=data.y_test.numpy(),
-             indices=np.concatenate(data.indices).astype(np.int64), offsets=np.concatenate([[0], np.cumsum(sizes)]))
+    split = data.in_memory("the anchors' copy of a workload")
+    np.savez(path, x=split.x.numpy(), y=split.y.numpy(), xt=data.x_test.numpy(), yt=data.y_test.numpy(),
+             indices=np.concatenate(split.indices).astype(np.int64),
+             offsets=np.concatenate([[0], np.cumsum(split.sizes)]))
     TEST_SAMPLES.setdefault(config, int(data.y_test.numel()))
 
 

@@ -26,7 +26,7 @@ def test_the_ids_example_loads_and_a_typo_names_the_fields(tmp_path):
 # Each example at --set rounds=1 through the CLI, under a time limit in seconds: many times what its header
 # states, as a busy shared 2-core machine runs them up to 10x slower; a setup that regresses to minutes fails.
 # The CCT ones run with `pytest -m slow`; the rest stay in the default suite.
-ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed.toml": 300, "phones.toml": 60,
+ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed.toml": 300, "phones.toml": 60, "synthetic.toml": 60,
                      "vision-quick.toml": 120, "vision.toml": 400}
 SLOW = {"vision.toml", "vision-quick.toml"}  # a CCT round, and the Fashion-MNIST package
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

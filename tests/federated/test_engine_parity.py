@@ -83,7 +83,7 @@ def ray_engine():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     config = config_with(BASE)
     data = load_federated_data(config)
-    engine = RayEngine(build_template(config), data.x, data.y, data.indices, num_workers=2)
+    engine = RayEngine(build_template(config), data.clients, num_workers=2)
     yield engine
     engine.shutdown()
     ray.shutdown()

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pocketlearn.federated.clients import InMemoryClients
 from pocketlearn.federated.execution import Execution, choose, group_sizes
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.models import mlp
@@ -39,7 +40,8 @@ def test_groups_of_any_size_train_the_same_weights():
     indices, ids = _clients([20, 3, 9, 1, 12, 25]), [0, 1, 2, 3, 4, 5]
     local = LocalTraining(lr=0.1, batch_size=4, momentum=0.5)
     params = {n: p.detach().clone() for n, p in mlp(8, (16,), 3).named_parameters()}
-    results = [InProcessEngine(mlp(8, (16,), 3), x, y, indices, group_size=g).train(params, ids, 1, local)
+    clients = InMemoryClients(x, y, indices)
+    results = [InProcessEngine(mlp(8, (16,), 3), clients, group_size=g).train(params, ids, 1, local)
                for g in (6, 4, 2, 1)]
     for r in results[1:]:
         for n, d in results[0].updates.deltas.items():
@@ -50,19 +52,19 @@ def test_groups_of_any_size_train_the_same_weights():
 @pytest.mark.parametrize("method_options", [(), (("optimizer", "adamw"),)], ids=["written-out MLP", "stacked"])
 def test_the_warm_up_times_group_sizes_and_keeps_the_fastest(method_options):
     x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
-    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients([10] * 8))
+    engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients([10] * 8)))
     engine.warm_up(8, LocalTraining(batch_size=4, options=method_options))
     timings = engine.execution.timings
     assert {g for _, g in timings} == {1, 2, 4, 8}
     assert engine.group_size in {1, 2, 4, 8} and timings[(engine.execution.forward, engine.group_size)] == min(
         s for (f, _), s in timings.items() if f == engine.execution.forward)
-    again = InProcessEngine(mlp(8, (16,), 3), x, y, _clients([10] * 8))
+    again = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients([10] * 8)))
     again.warm_up(8, LocalTraining(batch_size=4, options=method_options))
     assert again.execution is engine.execution  # measured once per model shape in a process
 
 
 def test_a_group_size_asked_for_is_kept():
     x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
-    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients([10] * 8), group_size=3)
+    engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients([10] * 8)), group_size=3)
     engine.warm_up(8, LocalTraining(batch_size=4))
     assert engine.execution == Execution("batched matmul/conv", 3)

@@ -8,7 +8,7 @@ def test_local_fine_tuning_fits_skewed_clients_better_than_the_global_model(tmp_
                         "data": {"name": "digits", "partition": "dirichlet", "alpha": 0.1, "num_clients": 20}})
     server, data = build_server(cfg, tmp_path)
     server.run(5)
-    result = personalize(server.model, server.params, server.engine.template, data.x, data.y, data.indices,
+    result = personalize(server.model, server.params, server.engine.template, data.clients,
                          server.local, num_clients=12, epochs=3)
     assert len(result["clients"]) == 12
     assert result["mean"]["accuracy_after"] > result["mean"]["accuracy_before"]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pocketlearn.errors import TrainingError
+from pocketlearn.federated.clients import InMemoryClients
 from pocketlearn.federated.round import InTheClear, Payloads, RoundResult, SeedPairs
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.models import mlp
@@ -32,7 +33,7 @@ def setup(local_ray):
     model = mlp(8, (16,), 3)
     x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
     indices = [np.arange(i, 80, 10) for i in range(10)]
-    engine = RayEngine(copy.deepcopy(model), x, y, indices, num_workers=2)
+    engine = RayEngine(copy.deepcopy(model), InMemoryClients(x, y, indices), num_workers=2)
     yield model, x, y, indices, engine
     engine.shutdown()
 
@@ -44,7 +45,7 @@ def test_ray_gives_the_in_process_result(setup, local):
     model, x, y, indices, engine = setup
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = [0, 2, 3, 5, 7, 9]
-    here = InProcessEngine(copy.deepcopy(model), x, y, indices).train(params, ids, 3, local)
+    here = InProcessEngine(copy.deepcopy(model), InMemoryClients(x, y, indices)).train(params, ids, 3, local)
     there = engine.train(params, ids, 3, local)
     assert there.updates.client_ids == ids
     for name, d in here.updates.deltas.items():

@@ -32,7 +32,7 @@ def test_the_flower_engine_trains_a_plan_as_the_simulator_does(tmp_path):
     assert there.updates.client_ids == [0, 2]
     assert isinstance(there.wire, Payloads) and len(there.wire.sizes) == 2  # what crossed the network
     data = load_federated_data(cfg)
-    here = InProcessEngine(template, data.x, data.y, data.indices).run(params, plan)
+    here = InProcessEngine(template, data.clients).run(params, plan)
     assert here.wire == InTheClear()  # simulated clients: the server encodes their updates itself
     for name, d in here.updates.deltas.items():
         torch.testing.assert_close(there.updates.deltas[name], d, rtol=1e-4, atol=1e-6, msg=name)

@@ -214,7 +214,7 @@ def test_shakespeare_roles_are_natural_clients_of_a_character_model(tmp_path):
                         "data": {"name": "shakespeare", "partition": "natural", "num_clients": 6},
                         "client": {"lr": 0.01, "batch_size": 32}, "eval": {"batch_size": 256}})
     server, data = build_server(cfg, tmp_path)
-    assert len(data.indices) == 6 and "HAMLET (Hamlet)" in data.client_names
+    assert len(data.clients) == 6 and "HAMLET (Hamlet)" in data.client_names
     before = server.evaluate(server.model)["loss"]
     record = server.run(1)[0]
     assert record.finished == 3 and record.eval["loss"] < before
@@ -224,7 +224,7 @@ def test_hapt_users_are_natural_clients(tmp_path):
     cfg = parse_config({"rounds": 2, "clients_per_round": 6, "model": {"name": "hapt-mlp"},
                         "data": {"name": "hapt", "partition": "natural"}, "client": {"lr": 0.02}})
     server, data = build_server(cfg, tmp_path)
-    assert len(data.indices) == 24
+    assert len(data.clients) == 24
     records = server.run(2)
     assert records[-1].finished == 6 and records[-1].eval["accuracy"] > 0.4
 

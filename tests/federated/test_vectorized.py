@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from pocketlearn.federated.clients import InMemoryClients
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.federated.vectorized import batch_positions, batched_matmul_forward, vmap_forward
 from pocketlearn.models import build_model, cnn, mlp
@@ -16,8 +17,8 @@ def _clients(n_samples: int, sizes: list[int]) -> list[np.ndarray]:
 def _both_engines(model, x, y, indices, local, ids=None):
     ids = ids or list(range(len(indices)))
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
-    vec = InProcessEngine(model, x, y, indices, vectorize=True).train(params, ids, 1, local)
-    seq = InProcessEngine(model, x, y, indices, vectorize=False).train(params, ids, 1, local)
+    vec = InProcessEngine(model, InMemoryClients(x, y, indices), vectorize=True).train(params, ids, 1, local)
+    seq = InProcessEngine(model, InMemoryClients(x, y, indices), vectorize=False).train(params, ids, 1, local)
     return vec, seq
 
 
@@ -64,7 +65,8 @@ def test_other_models_train_together_through_vmap():
 
 def test_batch_norm_falls_back_to_one_client_at_a_time():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    engine = InProcessEngine(model, torch.randn(10, 4), torch.randint(0, 2, (10,)), _clients(10, [5, 5]))
+    clients = InMemoryClients(torch.randn(10, 4), torch.randint(0, 2, (10,)), _clients(10, [5, 5]))
+    engine = InProcessEngine(model, clients)
     assert engine.forward is None
     result = engine.train({n: p.detach() for n, p in model.named_parameters()}, [0, 1], 1, LocalTraining())
     assert len(result.updates) == 2
@@ -90,11 +92,11 @@ def test_a_dense_payloads_size_is_its_encodings_length():
 
 def test_the_warm_up_trains_one_batch_per_client_not_a_round():
     x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
-    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients(60, [20, 30, 10]))
+    engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients(60, [20, 30, 10])))
     seen = []
     train = engine._train_vectorized
-    engine._train_vectorized = lambda params, ids, orders, local: seen.append(orders) or train(params, ids, orders,
-                                                                                               local)
+    engine._train_vectorized = lambda params, ids, cohort, orders, local: seen.append(orders) or train(
+        params, ids, cohort, orders, local)
     engine.warm_up(3, LocalTraining(batch_size=4, epochs=2))
     assert [o.shape for o in seen[0]] == [(1, 4)] * 3  # 12 samples, not the round's 2 x 60
     assert all(o.shape == (1, 4) for orders in seen for o in orders)  # the timed steps too
@@ -125,7 +127,7 @@ def test_clients_must_come_largest_first():
 def test_a_skewed_round_computes_only_its_real_client_steps():
     """Sizes from 1 to 40 samples: a padded stack would run 5 x 10 client-steps for 16 real ones."""
     x, y = torch.randn(80, 8), torch.randint(0, 3, (80,))
-    engine = InProcessEngine(mlp(8, (16,), 3), x, y, _clients(80, [1, 40, 3, 5, 2]))
+    engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients(80, [1, 40, 3, 5, 2])))
     seen = []
     forward = engine.forwards["batched matmul/conv"]
     engine.forwards["batched matmul/conv"] = lambda p, xs: seen.append(len(xs)) or forward(p, xs)
@@ -156,10 +158,11 @@ def test_a_steps_work_is_counted_per_pixel_as_torch_counts_it():
 
 def test_a_convolution_step_uses_every_core_and_a_tiny_mlp_step_one():
     x = torch.randn(64, 1, 28, 28)
-    conv = InProcessEngine(_small_cnn(), x, torch.zeros(64, dtype=torch.long), _clients(64, [32, 32]))
+    conv = InProcessEngine(_small_cnn(), InMemoryClients(x, torch.zeros(64, dtype=torch.long), _clients(64, [32, 32])))
     assert conv.threads_for(clients=10, batch_size=32) is None
-    digits = InProcessEngine(mlp(64, (128,), 10), torch.randn(64, 64), torch.zeros(64, dtype=torch.long),
-                             _clients(64, [32, 32]))
+    digits = InProcessEngine(mlp(64, (128,), 10), InMemoryClients(torch.randn(64, 64),
+                                                                  torch.zeros(64, dtype=torch.long),
+                                                                  _clients(64, [32, 32])))
     assert digits.threads_for(clients=10, batch_size=16) == 1
 
 

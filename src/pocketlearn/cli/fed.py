@@ -50,7 +50,8 @@ def simulate_command(
 
 
 def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) -> dict[str, Any]:
-    from pocketlearn.data.partition import Partition, partition_stats, save_stats, stats_table
+    from pocketlearn.data.partition import save_stats, stats_table
+    from pocketlearn.federated.clients import client_stats
     from pocketlearn.federated.experiment import build_server
     from pocketlearn.federated.report import device_table, summarize, training_path
     from pocketlearn.federated.run_folder import check_run_folder
@@ -65,10 +66,10 @@ def run_simulation(cfg: Any, run_dir: Path, *, fresh: bool, console: Console) ->
     setup_s = time.perf_counter() - t0
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=1))
-    stats = partition_stats(Partition(data.indices), data.y.numpy() if data.y.dim() == 1 else None)
+    stats = client_stats(data.clients)
     save_stats(stats, run_dir / "partition.json")
     console.print(stats_table(stats, f"partition: {cfg.data.partition} of {cfg.data.name}"))
-    console.print(device_table(server.clients, len(data.indices)))
+    console.print(device_table(server.clients, len(data.clients)))
     if path := training_path(server, cfg.vectorize):
         console.print(f"training path: {path}", highlight=False, soft_wrap=True)
     if resumed:
@@ -99,7 +100,7 @@ def _personalize(cfg: Any, server: Any, data: Any, run_dir: Path, console: Conso
     from pocketlearn.progress import working
 
     with working(console, f"personalizing {cfg.eval.personalize_clients} clients"):
-        result = personalize(server.model, server.params, server.engine.template, data.x, data.y, data.indices,
+        result = personalize(server.model, server.params, server.engine.template, data.clients,
                              server.local, num_clients=cfg.eval.personalize_clients,
                              epochs=cfg.eval.personalize_epochs, seed=cfg.seed)
     (run_dir / "personalization.json").write_text(json.dumps(result, indent=1))

@@ -158,13 +158,17 @@ def _label_stats(partition: Partition, labels: np.ndarray) -> dict[str, float]:
             "label_skew_tv": float(0.5 * np.abs(mixes - overall).sum(1).mean())}  # 0 = IID, ->1 = disjoint
 
 
-def partition_stats(partition: Partition, labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Client sizes, and with class labels how many classes a client sees and how far its mix is from the whole."""
-    sizes = partition.sizes
+def size_stats(sizes: np.ndarray) -> dict[str, Any]:
+    """How many clients, and how many samples each holds (min, median, mean, max)."""
     if not len(sizes):
         raise DataError("a partition with no clients has no statistics")
-    stats: dict[str, Any] = {"clients": len(sizes), "samples": int(sizes.sum()), "min": int(sizes.min()),
-                             "median": float(np.median(sizes)), "mean": float(sizes.mean()), "max": int(sizes.max())}
+    return {"clients": len(sizes), "samples": int(sizes.sum()), "min": int(sizes.min()),
+            "median": float(np.median(sizes)), "mean": float(sizes.mean()), "max": int(sizes.max())}
+
+
+def partition_stats(partition: Partition, labels: np.ndarray | None = None) -> dict[str, Any]:
+    """Client sizes, and with class labels how many classes a client sees and how far its mix is from the whole."""
+    stats = size_stats(partition.sizes)
     if labels is not None and np.ndim(labels) == 1:
         stats |= _label_stats(partition, np.asarray(labels))
     return stats

@@ -22,11 +22,14 @@ class ModelSection(_Section):
 
 
 class DataSection(_Section):
-    name: str = "digits"  # a name from pocketlearn.data
-    partition: Literal["iid", "dirichlet", "quantity", "lognormal", "natural"] = "dirichlet"
+    name: str = "digits"  # a name from pocketlearn.data, or "synthetic" (LEAF's Synthetic(alpha, beta))
+    # "resample": each client's samples drawn with replacement when it is sampled (any number of clients)
+    partition: Literal["iid", "dirichlet", "quantity", "lognormal", "natural", "resample"] = "dirichlet"
     num_clients: int = Field(100, ge=1)
-    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (label or quantity skew)
-    sigma: float = Field(1.5, gt=0)  # lognormal: the spread of log client sizes
+    alpha: float = Field(0.5, gt=0)  # Dirichlet concentration (label or quantity skew); synthetic: model spread
+    beta: float = Field(0.5, ge=0)  # synthetic: how far the clients' inputs are apart
+    sigma: float = Field(1.5, gt=0)  # lognormal, resample, synthetic: the spread of log client sizes
+    mean_size: float = Field(32.0, ge=1)  # resample, synthetic: mean samples per client
     seed: int = 0
     limit: int | None = Field(None, ge=1)  # use only the first N training samples (quick runs)
     test_limit: int | None = Field(None, ge=1)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from pocketlearn.devices import DeviceProfile
 from pocketlearn.errors import ConfigError, raise_problems
 from pocketlearn.federated.attacks import Attack
+from pocketlearn.federated.clients import ClientData, InMemoryClients, ResampledClients, SyntheticClients
 from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.config import RunConfig, SecAggSection
 from pocketlearn.federated.population import (
@@ -33,23 +34,34 @@ from pocketlearn.methods import methods_where
 if TYPE_CHECKING:
     from pocketlearn.federated.mixed import MixedMethods
 
+# Synthetic(alpha, beta)'s test set: this many fresh samples from each of this many of the population's clients.
+SYNTHETIC_TEST_CLIENTS, SYNTHETIC_TEST_SAMPLES = 200, 20
+
 
 @dataclass
 class FederatedData:
-    """Training samples, which client holds which, and the held-out test set."""
+    """Every client's training samples, and the held-out test set."""
 
-    x: Tensor
-    y: Tensor
+    clients: ClientData
     x_test: Tensor
     y_test: Tensor
-    indices: list[np.ndarray]
     client_names: list[str] | None = None
+
+    def in_memory(self, need: str) -> InMemoryClients:
+        """The clients as a loaded split; a lazy population cannot do ``need`` (a clear error names it)."""
+        if not isinstance(self.clients, InMemoryClients):
+            raise ConfigError(f"{need} needs every client's samples listed up front; data.partition = "
+                              f"{type(self.clients).__name__} makes them on demand: use a partition of a loaded "
+                              "data set (iid, dirichlet, quantity, lognormal, natural)")
+        return self.clients
 
 
 def load_federated_data(config: RunConfig) -> FederatedData:
     from pocketlearn.data.partition import make_partition
 
     d = config.data
+    if d.name == "synthetic":
+        return _synthetic_data(config)
     if d.partition == "natural":
         return _natural_data(config)
     from pocketlearn.data import load_tensors
@@ -57,9 +69,28 @@ def load_federated_data(config: RunConfig) -> FederatedData:
     x, y, xt, yt = load_tensors(d.name, limit=d.limit)
     if d.test_limit:
         xt, yt = xt[: d.test_limit], yt[: d.test_limit]
+    if d.partition == "resample":
+        return FederatedData(ResampledClients(x, y, d.num_clients, d.alpha, d.mean_size, d.sigma, d.seed), xt, yt)
     labels = y.numpy() if y.dim() == 1 else np.zeros(len(y), dtype=np.int64)
     part = make_partition(d.partition, labels, d.num_clients, alpha=d.alpha, seed=d.seed, sigma=d.sigma)
-    return FederatedData(x, y, xt, yt, list(part.indices), part.names)
+    return FederatedData(InMemoryClients(x, y, list(part.indices)), xt, yt, part.names)
+
+
+def _synthetic_data(config: RunConfig) -> FederatedData:
+    """LEAF's Synthetic(alpha, beta) with ``data.num_clients`` clients; the test set: fresh samples of some of them."""
+    from pocketlearn.data.synthetic import Synthetic
+
+    d = config.data
+    if d.partition != "natural":
+        raise ConfigError(f"data.name = 'synthetic' has its own clients (each its own model and inputs): set "
+                          f"data.partition = 'natural', not {d.partition!r}")
+    source = Synthetic(d.alpha, d.beta, d.seed)
+    tested = np.random.default_rng([d.seed, 3]).choice(d.num_clients, min(d.num_clients, SYNTHETIC_TEST_CLIENTS),
+                                                       replace=False)
+    xt, yt = source.held_out(np.sort(tested), SYNTHETIC_TEST_SAMPLES)
+    if d.test_limit:
+        xt, yt = xt[: d.test_limit], yt[: d.test_limit]
+    return FederatedData(SyntheticClients(source, d.num_clients, d.mean_size, d.sigma), xt, yt)
 
 
 def _natural_data(config: RunConfig) -> FederatedData:
@@ -68,22 +99,22 @@ def _natural_data(config: RunConfig) -> FederatedData:
         from pocketlearn.data.shakespeare import federated_char_lm
 
         fed = federated_char_lm(num_roles=d.num_clients, seq_len=64)
-        return FederatedData(fed.x, fed.y, fed.x_test, fed.y_test, list(fed.partition.indices),
+        return FederatedData(InMemoryClients(fed.x, fed.y, list(fed.partition.indices)), fed.x_test, fed.y_test,
                              fed.partition.names)
     if d.name == "shakespeare-words":
         from pocketlearn.data.words import shakespeare_word_users
 
         users = shakespeare_word_users(d.num_clients, seed=d.seed)
-        return FederatedData(users.x, users.y, users.x_test, users.y_test, [i.numpy() for i in users.indices],
-                             users.names)
+        return FederatedData(InMemoryClients(users.x, users.y, [i.numpy() for i in users.indices]), users.x_test,
+                             users.y_test, users.names)
     if d.name == "hapt":
         from pocketlearn.data.hapt import federated_hapt
 
         hapt = federated_hapt()
-        return FederatedData(hapt.x, hapt.y, hapt.x_test, hapt.y_test, list(hapt.partition.indices),
-                             hapt.partition.names)
+        return FederatedData(InMemoryClients(hapt.x, hapt.y, list(hapt.partition.indices)), hapt.x_test,
+                             hapt.y_test, hapt.partition.names)
     raise ConfigError("data.partition = 'natural' needs a data set with users (shakespeare, shakespeare-words, "
-                      f"hapt), not {d.name!r}")
+                      f"hapt, synthetic), not {d.name!r}")
 
 
 def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
@@ -164,10 +195,14 @@ def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], d
     if config.eval.personalize_clients:
         raise ConfigError("eval.personalize_clients: personalisation after a mixed-method run is not supported "
                           "yet; set it to 0, or pin one method for every device")
-    methods = [fits[i].method for i in device_index if fits[i].method is not None]
-    if not methods:
+    clients_of = np.bincount(device_index, minlength=len(fits))  # clients per device class
+    counts: dict[str, int] = {}
+    for fit, n in zip(fits, clients_of, strict=True):
+        if fit.method is not None and n:
+            counts[fit.method] = counts.get(fit.method, 0) + int(n)
+    if not counts:
         raise ConfigError("no device of this run can train with any method; see `pocketlearn plan` for budgets")
-    shares = {m: methods.count(m) / len(methods) for m in set(methods)}
+    shares = {m: n / sum(counts.values()) for m, n in counts.items()}
     return MixedMethods(template, {m: mixed_method_options(config, m) for m in shares},
                         c.shuffle_seed, shares)
 
@@ -207,8 +242,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
     strategy.check_round_size(config.clients_per_round, "clients_per_round")  # a run Krum cannot aggregate never starts
     local = local_training(config, strategy.proximal_mu)
-    clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
-                      train_flops_per_sample(template, data.x[:1]))
+    clients = Clients(data.clients.sizes, device_index, fits, train_flops_per_sample(template,
+                                                                                     data.clients.example(1)[0]))
     engine = engine or make_engine(config, template, data)
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)
@@ -221,7 +256,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                          seed=config.devices.seed, eval_every=config.eval.every,
                          uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),
                          error_feedback=config.codec.error_feedback, codec_seed=config.codec.seed,
-                         attack=_attack(config, len(data.indices)), seed_exchange=seeds, secagg=_secagg(config),
+                         attack=_attack(config, len(data.clients)), seed_exchange=seeds, secagg=_secagg(config),
                          mixed=mixed_setup(config, template, fits, device_index))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -234,15 +269,16 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
 def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module
                  ) -> tuple[ClientSampler, list[DeviceFit], np.ndarray]:
     """The run's client sampler (only clients whose device can train), with the devices' fits and classes."""
-    _check_round_size(config, len(data.indices))
-    example = (data.x[: config.client.batch_size].clone(), data.y[: config.client.batch_size].clone())  # own storage
-    devices, device_index = assign_devices(len(data.indices), config.devices.mix, config.devices.seed,
+    num_clients = len(data.clients)
+    _check_round_size(config, num_clients)
+    example = tuple(t.clone() for t in data.clients.example(config.client.batch_size))  # own storage
+    devices, device_index = assign_devices(num_clients, config.devices.mix, config.devices.seed,
                                            config.devices.profiles)
-    fits = fit_devices(config, devices, template, example)
-    allowed = np.array([fits[i].method is not None for i in device_index])
-    availability = np.array([fits[i].device.availability for i in device_index]) if config.devices.availability \
+    fits = fit_devices(config, devices, template, (example[0], example[1]))
+    allowed = np.array([f.method is not None for f in fits])[device_index]  # per device class, then per client
+    availability = np.array([f.device.availability for f in fits])[device_index] if config.devices.availability \
         else None
-    sampler = ClientSampler(len(data.indices), config.clients_per_round, seed=config.sampling_seed,
+    sampler = ClientSampler(num_clients, config.clients_per_round, seed=config.sampling_seed,
                             availability=availability, availability_seed=config.devices.seed, allowed=allowed)
     return sampler, fits, device_index
 
@@ -306,5 +342,5 @@ def make_engine(config: RunConfig, template: nn.Module, data: FederatedData) -> 
     if config.engine == "ray":
         from pocketlearn.federated.ray_engine import RayEngine
 
-        return RayEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)
-    return InProcessEngine(template, data.x, data.y, data.indices, vectorize=config.vectorize)
+        return RayEngine(template, data.clients, vectorize=config.vectorize)
+    return InProcessEngine(template, data.clients, vectorize=config.vectorize)

@@ -11,31 +11,33 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.evaluate import batches_of, evaluate
+from pocketlearn.federated.clients import ClientData, InMemoryClients
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 
 
-def personalize(model: nn.Module, params: dict[str, Tensor], template: nn.Module, x: Tensor, y: Tensor,
-                indices: list[np.ndarray], local: LocalTraining, *, num_clients: int, epochs: int, seed: int = 0,
-                test_fraction: float = 0.2) -> dict[str, Any]:
+def personalize(model: nn.Module, params: dict[str, Tensor], template: nn.Module, clients: ClientData,
+                local: LocalTraining, *, num_clients: int, epochs: int, seed: int = 0, test_fraction: float = 0.2
+                ) -> dict[str, Any]:
     """Fine-tune a copy of the global model on each of ``num_clients`` clients' own training part.
 
     A client's samples are split (seeded) into a local training part and a held-out part of at least one
     sample; clients with fewer than two samples are skipped. Returns per-client and mean accuracy/loss.
     """
     rng = np.random.default_rng([seed, 7])
-    eligible = [c for c, idx in enumerate(indices) if len(idx) >= 2]
+    eligible = np.flatnonzero(clients.sizes >= 2)
     chosen = sorted(rng.choice(eligible, min(num_clients, len(eligible)), replace=False).tolist())
-    splits = {}
-    for c in chosen:
-        idx = indices[c][rng.permutation(len(indices[c]))]
+    cohort = clients.take(chosen)
+    splits = []
+    for idx in cohort.indices:
+        idx = idx[rng.permutation(len(idx))]
         n_test = max(1, int(round(test_fraction * len(idx))))
-        splits[c] = (np.sort(idx[n_test:]), idx[:n_test])
-    engine = InProcessEngine(template, x, y, [splits.get(c, (indices[c], None))[0] for c in range(len(indices))],
-                             vectorize=False)
-    tuned = engine.train(params, chosen, 0, replace(local, epochs=epochs, proximal_mu=0.0))
+        splits.append((np.sort(idx[n_test:]), idx[:n_test]))
+    x, y = cohort.x, cohort.y
+    engine = InProcessEngine(template, InMemoryClients(x, y, [train for train, _ in splits]), vectorize=False)
+    tuned = engine.train(params, list(range(len(chosen))), 0, replace(local, epochs=epochs, proximal_mu=0.0))
     rows = []
     for k, c in enumerate(chosen):
-        test = torch.from_numpy(splits[c][1])
+        test = torch.from_numpy(splits[k][1])
         held_out = batches_of(x[test], y[test], 1024)
         before = evaluate(model, held_out)
         personal = copy.deepcopy(model)

@@ -1,9 +1,9 @@
 """The Ray engine: a round's clients split across Ray actors, on this machine's cores or a cluster.
 
-Each actor holds the training data once and runs the in-process engine on its share of the clients, so a
-client trains exactly as it would in-process (same visiting order, same batched arithmetic): the same seed
-gives the same global model with either engine. ``RAY_ADDRESS`` (``--address HOST:PORT``) joins a running
-cluster; without it a local Ray starts with this machine's CPUs.
+Each actor holds the clients' data once (a lazy population: only its recipe) and runs the in-process engine on
+its share of the clients, so a client trains exactly as it would in-process (same visiting order, same batched
+arithmetic): the same seed gives the same global model with either engine. ``RAY_ADDRESS``
+(``--address HOST:PORT``) joins a running cluster; without it a local Ray starts with this machine's CPUs.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.federated.clients import ClientData
 from pocketlearn.federated.round import InTheClear, Payloads, RoundResult, SeedPairs, SimulatedEngine, Wire
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.federated.updates import RoundUpdates
@@ -34,10 +35,9 @@ def _ray():  # type: ignore[no-untyped-def]
 class _Worker:
     """Runs in a Ray actor: an in-process engine over the shared data."""
 
-    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: list[np.ndarray], vectorize: bool,
-                 threads: int):
+    def __init__(self, template: nn.Module, clients: ClientData, vectorize: bool, threads: int):
         torch.set_num_threads(threads)
-        self.engine = InProcessEngine(template, x, y, indices, vectorize=vectorize)
+        self.engine = InProcessEngine(template, clients, vectorize=vectorize)
 
     def train(self, params: dict[str, Tensor], client_ids: list[int], rnd: int, local: LocalTraining
               ) -> RoundResult:
@@ -52,8 +52,8 @@ class _Worker:
 class RayEngine(SimulatedEngine):
     """Same interface as :class:`InProcessEngine`; clients are spread over ``num_workers`` actors."""
 
-    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
-                 vectorize: bool = True, num_workers: int | None = None, address: str | None = None):
+    def __init__(self, template: nn.Module, clients: ClientData, *, vectorize: bool = True,
+                 num_workers: int | None = None, address: str | None = None):
         self.template = template
         ray = _ray()
         if not ray.is_initialized():
@@ -63,7 +63,7 @@ class RayEngine(SimulatedEngine):
         cpus = int(ray.available_resources().get("CPU", 1))
         self.num_workers = max(1, num_workers or cpus)
         remote = ray.remote(num_cpus=1)(_Worker)
-        shared = [ray.put(v) for v in (template, x, y, list(indices))]
+        shared = [ray.put(v) for v in (template, clients)]  # a lazy population travels as its recipe
         self.workers = [remote.remote(*shared, vectorize, 1) for _ in range(self.num_workers)]
         self.ray = ray
 

@@ -31,7 +31,7 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
     times = [r.round_time_s for r in records]
     updates = sum(r.finished for r in records)
     last_eval: dict[str, float] = next((r.eval for r in reversed(records) if r.eval), {})
-    unfit = int(sum(1 for c in server.clients.device_index if server.clients.fits[c].method is None))
+    unfit = int(np.array([f.method is None for f in server.clients.fits])[server.clients.device_index].sum())
     return {
         "framework": "pocketlearn", "name": cfg.name, "rounds": server.round, "rounds_run": len(records),
         "clients_per_round": cfg.clients_per_round, "num_clients": len(server.clients.sizes),

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.clients import ClientData, Cohort
 from pocketlearn.federated.execution import Execution, cached, choose, timed
 from pocketlearn.federated.population import train_flops_per_sample
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
@@ -100,10 +101,12 @@ class LocalTraining:
 
 def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rnd: int, epochs: int, seed: int
                     ) -> list[np.ndarray]:
-    """Each client's samples in visiting order for round ``rnd``: (epochs, n) from ``default_rng([seed, rnd, c])``."""
+    """Each client's samples in visiting order for round ``rnd``: (epochs, n) from ``default_rng([seed, rnd, c])``.
+
+    ``indices[k]`` holds the samples of client ``client_ids[k]``.
+    """
     orders = []
-    for c in client_ids:
-        idx = indices[c]
+    for idx, c in zip(indices, client_ids, strict=True):
         if len(idx) == 1:  # one order only: no generator needed (each client's generator is its own)
             orders.append(np.broadcast_to(idx, (epochs, 1)))
             continue
@@ -118,9 +121,11 @@ def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rn
 class InProcessEngine(SimulatedEngine):
     """Trains clients on the data of this process; the server gives it global weights and client ids."""
 
-    def __init__(self, template: nn.Module, x: Tensor, y: Tensor, indices: Sequence[np.ndarray], *,
-                 vectorize: bool = True, group_size: int | None = None):
-        self.template, self.x, self.y, self.indices = template, x, y, indices
+    def __init__(self, template: nn.Module, clients: ClientData, *, vectorize: bool = True,
+                 group_size: int | None = None):
+        self.template, self.clients = template, clients
+        x, y = clients.example(1)
+        self._token_targets = y.dim() > 1  # a language model's (B, T) targets: no written-out MLP path
         self.forwards: dict[str, StackedForward] = stacked_forwards(template) if vectorize else {}
         self.mlp = mlp_layers(template) if vectorize else None  # plain SGD on an MLP: backward written out
         self.num_params = sum(p.numel() for p in template.parameters())
@@ -154,25 +159,30 @@ class InProcessEngine(SimulatedEngine):
         if self.forward is None or not local.vectorizable:
             return
         params = {n: p.detach().clone() for n, p in self.template.named_parameters()}
-        orders = [self.indices[c][None, : local.batch_size] for c in range(min(num_clients, len(self.indices)))]
+        ids = list(range(min(num_clients, len(self.clients))))
+        cohort = self.clients.take(ids)
+        cohort = replace(cohort, indices=[i[: local.batch_size] for i in cohort.indices])
+        orders = [i[None] for i in cohort.indices]
         quiet = replace(local, lr=0.0, epochs=1)
         counted = self.client_steps, self.samples_trained  # the run's figures leave the warm-up out
         if self._timed:
             largest = min(len(orders), self._largest_group)
             forwards = [next(iter(self.forwards))] if self._written_out(quiet) else list(self.forwards)
-            key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(self.x.shape[1:]), self.x.dtype,
+            key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(cohort.x.shape[1:]), cohort.x.dtype,
                    local.batch_size, largest, local.optimizer(), quiet.method_options().get("precision"),
                    tuple(forwards), torch.get_num_threads())
-            self.execution = cached(key, lambda: choose(forwards, largest, self._time_step(params, orders, quiet)))
+            timing = self._time_step(params, cohort, orders, quiet)
+            self.execution = cached(key, lambda: choose(forwards, largest, timing))
             self._stack = None
-        self._train_vectorized(params, list(range(len(orders))), orders, quiet)
+        self._train_vectorized(params, ids, cohort, orders, quiet)
         self.client_steps, self.samples_trained = counted
 
-    def _time_step(self, params: dict[str, Tensor], orders: list[np.ndarray], local: LocalTraining
+    def _time_step(self, params: dict[str, Tensor], cohort: Cohort, orders: list[np.ndarray], local: LocalTraining
                    ) -> Callable[[str, int], float]:
         def seconds_per_client_step(forward: str, size: int) -> float:
             self.execution, self._stack = Execution(forward, size), None
-            return timed(lambda: self._train_vectorized(params, list(range(size)), orders[:size], local)) / size
+            return timed(lambda: self._train_vectorized(params, list(range(size)), cohort, orders[:size], local)
+                         ) / size
 
         return seconds_per_client_step
 
@@ -180,7 +190,7 @@ class InProcessEngine(SimulatedEngine):
         """Whether the MLP path (backward written out, no forward to choose) trains these clients."""
         opt = local.optimizer()
         return self.mlp is not None and opt.plain and local.method_options().get("precision", "fp32") == "fp32" \
-            and self.y.dim() == 1
+            and not self._token_targets
 
     def _count_steps(self, computed: int, real: int, samples: int) -> None:
         self.client_steps = (self.client_steps[0] + computed, self.client_steps[1] + real)
@@ -197,13 +207,14 @@ class InProcessEngine(SimulatedEngine):
     def train(self, params: dict[str, Tensor], client_ids: Sequence[int], rnd: int, local: LocalTraining
               ) -> RoundResult:
         """Train ``client_ids`` from the global ``params`` (trainable tensors by name) with ``local``."""
-        orders = visiting_orders(self.indices, client_ids, rnd, local.epochs, local.shuffle_seed)
+        cohort = self.clients.take(client_ids)
+        orders = visiting_orders(cohort.indices, client_ids, rnd, local.epochs, local.shuffle_seed)
         if self.forward is not None and local.vectorizable:
-            return self._train_vectorized(params, client_ids, orders, local)
-        return self._train_sequential(params, client_ids, orders, local, rnd)
+            return self._train_vectorized(params, client_ids, cohort, orders, local)
+        return self._train_sequential(params, client_ids, cohort, orders, local, rnd)
 
-    def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
-                          local: LocalTraining) -> RoundResult:
+    def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], cohort: Cohort,
+                          orders: list[np.ndarray], local: LocalTraining) -> RoundResult:
         """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish."""
         assert self.forward is not None
         opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
@@ -212,7 +223,7 @@ class InProcessEngine(SimulatedEngine):
         losses = []
         for start in range(0, len(client_ids), self.group_size):
             chunk = [orders[i] for i in rank[start:start + self.group_size]]
-            data = pad_batches(self.x, self.y, chunk, local.batch_size)
+            data = pad_batches(cohort.x, cohort.y, chunk, local.batch_size)
             self._count_steps(sum(data.running), int(data.steps.sum()), sum(o.size for o in chunk))
             k = len(chunk)
             if self._stack is None or len(next(iter(self._stack.values()))) < k:
@@ -235,13 +246,13 @@ class InProcessEngine(SimulatedEngine):
             stacked, loss = {n: t[back] for n, t in stacked.items()}, loss[back]
         return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), loss)
 
-    def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], orders: list[np.ndarray],
-                          local: LocalTraining, rnd: int) -> RoundResult:
+    def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], cohort: Cohort,
+                          orders: list[np.ndarray], local: LocalTraining, rnd: int) -> RoundResult:
         updates, losses, histories = [], [], []
         for c, order in zip(client_ids, orders, strict=True):
             seed = int(np.random.SeedSequence([local.shuffle_seed, rnd, int(c)]).generate_state(1)[0] >> 1)
             torch.manual_seed(seed)  # dropout layers
-            delta, loss, history = self._train_one(params, order, local, seed)
+            delta, loss, history = self._train_one(params, cohort, order, local, seed)
             updates.append(ClientUpdate(int(c), order.shape[1], delta))
             losses.append(loss)
             histories.append(history)
@@ -249,8 +260,8 @@ class InProcessEngine(SimulatedEngine):
         wire = SeedPairs(histories) if seeds else InTheClear()
         return RoundResult(RoundUpdates.stack(updates), torch.tensor(losses), wire)
 
-    def _train_one(self, params: dict[str, Tensor], order: np.ndarray, local: LocalTraining, seed: int
-                   ) -> tuple[dict[str, Tensor], float, list[tuple[int, float]]]:
+    def _train_one(self, params: dict[str, Tensor], cohort: Cohort, order: np.ndarray, local: LocalTraining,
+                   seed: int) -> tuple[dict[str, Tensor], float, list[tuple[int, float]]]:
         model = copy.deepcopy(self.template)
         options = local.method_options()
         if local.facts.sends_seeds:
@@ -265,12 +276,13 @@ class InProcessEngine(SimulatedEngine):
             start = {n: p.detach().clone() for n, p in trained.items()}
         if hasattr(method.loss_fn, "bind"):
             method.loss_fn.bind(trained, start)
-        data = pad_batches(self.x, self.y, [order], local.batch_size)
+        data = pad_batches(cohort.x, cohort.y, [order], local.batch_size)
         self._count_steps(int(data.steps[0]), int(data.steps[0]), order.size)
         total = 0.0
         for s in range(int(data.steps[0])):
             real = data.w[0, s] > 0
-            loss = method.step((data.x[0, s][real], data.y[0, s][real]))
+            x, y = data.batch(s, 1)
+            loss = method.step((x[0][real], y[0][real]))
             total += getattr(method.loss_fn, "task_loss", loss)
         delta = {base_name(n): p.detach() - start[n] for n, p in trained.items()}
         return delta, total / max(int(data.steps[0]), 1), list(getattr(method, "history", []))

@@ -187,15 +187,17 @@ def stacked_forwards(model: nn.Module) -> dict[str, StackedForward]:
 
 @dataclass
 class PaddedBatches:
-    """All clients' batches for a round, padded: sample (k, s, b) is ``x[k, s, b]`` with weight ``w[k, s, b]``.
+    """All clients' batches for a round: sample (k, s, b) is row ``index[k, s, b]``, weighing ``w[k, s, b]``.
 
     ``w`` is 1/(size of that batch) for real samples and 0 for padding, so a weighted sum is each batch's mean.
     Clients come largest first (non-increasing ``steps``), so those with a batch left at step s are the first
-    ``running[s]``: a step runs on a prefix of the stack, and a client that has finished costs nothing.
+    ``running[s]``: a step runs on a prefix of the stack, and a client that has finished costs nothing. A step's
+    samples are gathered when it runs (:meth:`batch`), so a round never holds its clients padded to the longest.
     """
 
-    x: Tensor  # (K, S, B, ...)
-    y: Tensor  # (K, S, B, ...)
+    x: Tensor  # the samples (N, ...) the index points into
+    y: Tensor  # their targets (N, ...)
+    index: Tensor  # (K, S, B)
     w: Tensor  # (K, S, B)
     steps: Tensor  # (K,) real steps per client, non-increasing
 
@@ -204,9 +206,18 @@ class PaddedBatches:
             raise ValueError("clients must come largest first (non-increasing steps); sort them with largest_first")
 
     @property
+    def num_clients(self) -> int:
+        return self.index.shape[0]
+
+    @property
     def running(self) -> list[int]:
         """How many clients take step s, for each step."""
-        return [int((self.steps > s).sum()) for s in range(self.x.shape[1])]
+        return [int((self.steps > s).sum()) for s in range(self.index.shape[1])]
+
+    def batch(self, s: int, n: int) -> tuple[Tensor, Tensor]:
+        """Step ``s`` of the first ``n`` clients: inputs (n, B, ...) and targets (n, B, ...)."""
+        rows = self.index[:n, s]
+        return self.x[rows], self.y[rows]
 
 
 def largest_first(orders: Sequence[np.ndarray]) -> np.ndarray:
@@ -246,13 +257,12 @@ def pad_batches(x: Tensor, y: Tensor, orders: Sequence[np.ndarray], batch_size: 
     ``ignore_index``), as the per-client loop computes it: each sample then weighs 1/(the batch's counted tokens).
     """
     index, weight, steps = batch_positions(orders, batch_size)
-    flat = torch.from_numpy(index.reshape(-1))
-    shape = index.shape
-    xs, ys, w = x[flat].reshape(*shape, *x.shape[1:]), y[flat].reshape(*shape, *y.shape[1:]), torch.from_numpy(weight)
-    if ys.dim() > 3:  # (K, S, B, T): token targets
-        counted = ((ys != -100).flatten(3).sum(3) * (w > 0)).sum(2, keepdim=True)  # (K, S, 1)
+    rows, w = torch.from_numpy(index), torch.from_numpy(weight)
+    if y.dim() > 1:  # (N, T): token targets
+        tokens = (y != -100).flatten(1).sum(1)  # counted targets per sample
+        counted = (tokens[rows] * (w > 0)).sum(2, keepdim=True)  # (K, S, 1)
         w = torch.where(w > 0, 1.0 / counted.clamp_min(1), 0.0)
-    return PaddedBatches(xs, ys, w, torch.from_numpy(steps))
+    return PaddedBatches(x, y, rows, w, torch.from_numpy(steps))
 
 
 def per_sample_loss(out: Tensor, y: Tensor) -> Tensor:
@@ -348,7 +358,7 @@ def train_stacked(forward: StackedForward, start: Params, data: PaddedBatches, o
     ``precision`` "bf16" runs the forward (and so the backward) in bfloat16 autocast; weights, losses,
     gradients and the optimizer stay fp32.
     """
-    k = data.x.shape[0]
+    k = data.num_clients
     stack = _reset(stack, start, k)
     names, tensors = list(stack), list(stack.values())
     loss_sum = torch.zeros(k)
@@ -356,9 +366,10 @@ def train_stacked(forward: StackedForward, start: Params, data: PaddedBatches, o
     origin = [start[n] for n in names]
     for s, n in enumerate(data.running):
         views = tensors if n == k else [t[:n] for t in tensors]  # the clients with a batch left: a prefix
+        x, y = data.batch(s, n)
         with autocast(precision):
-            out = forward(dict(zip(names, views, strict=True)), data.x[:n, s])
-        per = per_sample_loss(out.float(), data.y[:n, s]) * data.w[:n, s]  # (n, B)
+            out = forward(dict(zip(names, views, strict=True)), x)
+        per = per_sample_loss(out.float(), y) * data.w[:n, s]  # (n, B)
         grads = torch.autograd.grad(per.sum(), views)
         with torch.no_grad():
             loss_sum[:n] += per.detach().sum(1)
@@ -398,14 +409,15 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
     Autograd's bookkeeping costs more than the arithmetic at these sizes; the gradients are the same
     (softmax minus one-hot, weighted per sample, through batched matmuls), up to float rounding.
     """
-    k = data.x.shape[0]
+    k = data.num_clients
     full = _reset(stack, start, k)
     first_linear = next(i for i, layer in enumerate(layers) if layer.kind == "linear")
     loss_sum = torch.zeros(k)
-    minus_one = torch.full((*data.y.shape[::2], 1), -1.0)  # (K, B, 1): subtracts the one-hot
+    minus_one = torch.full((k, data.index.shape[2], 1), -1.0)  # (K, B, 1): subtracts the one-hot
     for s, n in enumerate(data.running):
         stack = full if n == k else {name: t[:n] for name, t in full.items()}  # the clients with a batch left
-        h, saved = data.x[:n, s], []
+        h, y = data.batch(s, n)
+        saved: list[Tensor] = []
         for layer in layers:
             saved.append(h)
             if layer.kind == "linear":
@@ -416,7 +428,7 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
             else:
                 h = h.reshape(n, h.shape[1], -1)
         log_p = torch.log_softmax(h, -1)  # (n, B, C)
-        target = data.y[:n, s].unsqueeze(-1)
+        target = y.unsqueeze(-1)
         w = data.w[:n, s]
         loss_sum[:n].sub_(torch.bmm(w.unsqueeze(1), log_p.gather(-1, target)).view(n))  # weighted mean NLL
         g = log_p.exp_().scatter_add_(-1, target, minus_one[:n]).mul_(w.unsqueeze(-1))

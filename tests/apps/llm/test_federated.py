@@ -6,6 +6,7 @@ from pocketlearn.apps.llm import FederatedLLMConfig
 from pocketlearn.apps.llm.federated import build_llm_server, run_federated
 from pocketlearn.apps.llm.portion import top_block_targets
 from pocketlearn.errors import BudgetError, ConfigError
+from pocketlearn.federated.clients import InMemoryClients
 from pocketlearn.federated.experiment import FederatedData
 from tests.apps.llm.conftest import tiny_llama, windows
 
@@ -23,7 +24,7 @@ def users_data():
         xts.append(x[4:6])
         yts.append(y[4:6])
     indices = [np.arange(4 * k, 4 * k + 4) for k in range(len(LINES))]
-    return FederatedData(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), indices,
+    return FederatedData(InMemoryClients(torch.cat(xs), torch.cat(ys), indices), torch.cat(xts), torch.cat(yts),
                          [f"Play/USER{k}" for k in range(len(LINES))])
 
 

@@ -70,6 +70,7 @@ class FederatedHarResult:
 
 def user_clients(users: tuple[int, ...], adapt_fraction: float) -> tuple[Any, list[np.ndarray]]:
     """FederatedData with one client per user (their first windows) and every user's later windows as test."""
+    from pocketlearn.federated.clients import InMemoryClients
     from pocketlearn.federated.experiment import FederatedData
 
     split = split_users((), users, adapt_fraction=adapt_fraction).users
@@ -84,7 +85,7 @@ def user_clients(users: tuple[int, ...], adapt_fraction: float) -> tuple[Any, li
         test_slices.append(np.arange(tstart, tstart + len(d.y_test)))
         start += len(d.y_adapt)
         tstart += len(d.y_test)
-    data = FederatedData(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), indices,
+    data = FederatedData(InMemoryClients(torch.cat(xs), torch.cat(ys), indices), torch.cat(xts), torch.cat(yts),
                          [f"user {u}" for u in users])
     return data, test_slices
 

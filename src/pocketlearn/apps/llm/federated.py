@@ -31,6 +31,7 @@ from pocketlearn.apps.llm.portion import PortionEngine, Targets, top_block_targe
 from pocketlearn.devices import DeviceProfile, format_bytes
 from pocketlearn.errors import BudgetError, Validated
 from pocketlearn.evaluate import batches_of, evaluate
+from pocketlearn.federated.clients import InMemoryClients
 from pocketlearn.federated.codecs import make_codec
 from pocketlearn.federated.experiment import FederatedData
 from pocketlearn.federated.population import DeviceFit, assign_devices, train_flops_per_sample
@@ -116,7 +117,7 @@ def federated_users(tokenizer: Tokenizer, config: FederatedLLMConfig) -> Federat
         indices.append(np.arange(start, start + len(user.x)))
         names.append(user.name)
         start += len(user.x)
-    return FederatedData(torch.cat(xs), torch.cat(ys), torch.cat(xts), torch.cat(yts), indices, names)
+    return FederatedData(InMemoryClients(torch.cat(xs), torch.cat(ys), indices), torch.cat(xts), torch.cat(yts), names)
 
 
 def local_training(config: FederatedLLMConfig, model: nn.Module | None = None) -> LocalTraining:
@@ -152,15 +153,15 @@ def build_llm_server(template: nn.Module, data: FederatedData, config: Federated
     torch.manual_seed(config.seed)
     options: dict[str, Any] = local.method_options()
     method = make_method(local.method, copy.deepcopy(template), **options)  # the global model
-    n = len(data.indices)
+    n = len(data.clients)
     devices, device_index = assign_devices(n, config.devices, config.seed + 3, config.device_profiles)
-    example = (data.x[: config.batch_size].clone(), data.y[: config.batch_size].clone())
+    x, y = data.clients.example(config.batch_size)
+    example = (x.clone(), y.clone())
     fits, targets = _fits(template, config, local, devices, example)
     sampler = ClientSampler(n, config.clients_per_round, seed=config.seed + 1,
                             allowed=np.array([fits[i].method is not None for i in device_index]))
-    clients = Clients(np.array([len(i) for i in data.indices]), device_index, fits,
-                      train_flops_per_sample(template, data.x[:1]))
-    engine: Any = InProcessEngine(template, data.x, data.y, data.indices, vectorize=False)
+    clients = Clients(data.clients.sizes, device_index, fits, train_flops_per_sample(template, x[:1]))
+    engine: Any = InProcessEngine(template, data.clients, vectorize=False)
     if config.mode == "portion":
         engine = PortionEngine(engine, lambda c: targets[int(device_index[c])])
     seeds = config.mode == "mezo"

@@ -89,13 +89,13 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
         say(f"devices.deadline_s = {cfg.devices.deadline_s:g} simulated seconds does not apply to real devices; "
             f"a round waits up to {settings.round_timeout_s:g} s (--round-timeout)")
     server.policy = replace(server.policy, deadline_s=None)  # real time decides who is late: the engine's timeout
-    engine.num_clients = len(data.indices)
+    engine.num_clients = len(data.clients)
     resumed = server.resume()
     if resumed:
         say(f"resuming {settings.run_dir} after round {server.round}")
     elif server.discarded_rounds:
         say(f"{settings.run_dir} had metrics of {server.discarded_rounds} round(s) but no checkpoint: starting over")
-    wanted = settings.min_devices or len(data.indices)
+    wanted = settings.min_devices or len(data.clients)
     if server.round < cfg.rounds and engine.wait_for_devices(wanted, settings.join_timeout_s,
                                                              resumed=server.round > 0) == 0:
         raise ConfigError(f"no device joined within {settings.join_timeout_s:g} s; start devices with "

@@ -103,6 +103,7 @@ class _OwnSamples(Sequence[np.ndarray]):
 def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) -> TrainReply:
     """Run one client's round on this device and encode what it sends back."""
     from pocketlearn.data.files import load_examples
+    from pocketlearn.federated.clients import InMemoryClients
     from pocketlearn.federated.codecs import make_codec
     from pocketlearn.federated.experiment import build_template
     from pocketlearn.federated.simulate import InProcessEngine
@@ -115,7 +116,8 @@ def train_request(request: TrainRequest, config: RunConfig, setup: DeviceSetup) 
     template = build_template(config)
     start = make_codec(request.down_codec).decode(request.weights)
     check_budget(template, request, setup.profile(), (x[: request.local.batch_size], y[: request.local.batch_size]))
-    engine = InProcessEngine(template, x, y, _OwnSamples(setup.client_id, len(x)), vectorize=config.vectorize)
+    engine = InProcessEngine(template, InMemoryClients(x, y, _OwnSamples(setup.client_id, len(x))),
+                             vectorize=config.vectorize)
     result = engine.train(start, [setup.client_id], request.rnd, request.local)
     payload = uplink_payload(request, config, setup, wire_update(request, config, template, start, result))
     return TrainReply(setup.client_id, int(result.updates.num_samples[0]), float(result.train_loss[0]), payload,
