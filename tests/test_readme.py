@@ -24,6 +24,7 @@ BLOCKS = {
     "import torch": "fast",
     ".venv/bin/pocketlearn fed simulate examples/phones.toml": "fast",
     ".venv/bin/pocketlearn fed simulate examples/synthetic.toml": "fast",
+    ".venv/bin/pocketlearn fed simulate examples/phones.toml --fresh --set asynchronous.buffer=10": "fast",
     ".venv/bin/pocketlearn fed simulate benchmarks/configs/anchor-small.toml --engine ray --fresh": "slow",
     "from pocketlearn.federated.config import parse_config": "fast",
     "pocketlearn fed partition examples/devices.toml --out clients/": (

@@ -116,6 +116,14 @@ class EvalSection(_Section):
     personalize_epochs: int = Field(1, ge=1)
 
 
+class AsynchronousSection(_Section):
+    """FedBuff (federated/asynchronous.py): no rounds; the server applies its strategy every ``buffer`` arrivals."""
+
+    buffer: int = Field(0, ge=0)  # arrivals per server update (K); 0: synchronous rounds
+    concurrency: int = Field(0, ge=0)  # clients training at any moment; 0: clients_per_round
+    staleness: float = Field(0.5, ge=0)  # an update that is tau versions old weighs (1 + tau) ** -staleness
+
+
 class TrackingSection(_Section):
     # metrics of every round as TensorBoard event files in this folder (view: tensorboard --logdir DIR); where a
     # run is watched, not what it is: it may change when the run resumes
@@ -141,6 +149,7 @@ class RunConfig(_Section):
     secagg: SecAggSection = SecAggSection()
     eval: EvalSection = EvalSection()
     tracking: TrackingSection = TrackingSection()
+    asynchronous: AsynchronousSection = AsynchronousSection()
 
 
 def parse_config(raw: dict[str, Any], *, source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:

@@ -231,6 +231,10 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     from pocketlearn.evaluate import batches_of, evaluate
     from pocketlearn.federated.strategies import make_strategy
 
+    if config.asynchronous.buffer:
+        from pocketlearn.federated.asynchronous import buffer_problems
+
+        raise_problems("asynchronous.buffer (FedBuff)", buffer_problems(config), lines=True)
     data = data or load_federated_data(config)
     template = build_template(config)
     initial = copy.deepcopy(template)
@@ -260,10 +264,15 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                          mixed=mixed_setup(config, template, fits, device_index))
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
-    server = FederatedServer(model, params, engine, strategy, sampler, clients, local, policy,
-                             lambda m: evaluate(m, test_batches), run_dir, fingerprint(config.model_dump()),
-                             checkpoint=config.checkpoint)
-    return server, data
+    args = (model, params, engine, strategy, sampler, clients, local, policy, lambda m: evaluate(m, test_batches),
+            run_dir, fingerprint(config.model_dump()))
+    if config.asynchronous.buffer:
+        from pocketlearn.federated.asynchronous import BufferedServer, BufferSettings
+
+        a = config.asynchronous
+        settings = BufferSettings(a.buffer, a.concurrency or config.clients_per_round, a.staleness)
+        return BufferedServer(*args, checkpoint=config.checkpoint, settings=settings), data
+    return FederatedServer(*args, checkpoint=config.checkpoint), data
 
 
 def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module

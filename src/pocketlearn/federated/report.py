@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,8 @@ def device_table(clients: Any, num_clients: int) -> Table:
 
 def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resumed: bool) -> dict[str, Any]:
     """Totals of this invocation's rounds, in the anchors' terms (updates/s = client updates / round time)."""
+    from pocketlearn.federated.asynchronous import BufferedServer
+
     times = [r.round_time_s for r in records]
     updates = sum(r.finished for r in records)
     last_eval: dict[str, float] = next((r.eval for r in reversed(records) if r.eval), {})
@@ -40,7 +43,8 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
         "accuracy": last_eval.get("accuracy"), "test_loss": last_eval.get("loss"), "precision": cfg.client.precision,
         "dropped": sum(r.dropped for r in records), "stragglers": sum(r.stragglers for r in records),
         "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
-        "bytes_down": sum(r.bytes_down for r in records), "round_times": times,
+        "bytes_down": sum(r.bytes_down for r in records), "round_times": times, "simulated_s": server.clock_s,
+        **({"asynchronous": asdict(server.settings)} if isinstance(server, BufferedServer) else {}),
         **({"methods": methods} if len(methods := method_summary(server.clients, records)) > 1 else {}),
         **({"privacy": privacy} if (privacy := privacy_summary(server.strategy)) else {}),
         **({"training_path": path} if (path := training_path(server, cfg.vectorize)) else {}),

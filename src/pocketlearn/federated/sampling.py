@@ -53,6 +53,17 @@ class ClientSampler:
         k = min(self.per_round, len(ids))
         return np.sort(self.rng.choice(ids, k, replace=False)) if k else ids
 
+    def sample_excluding(self, rnd: int, n: int, busy: np.ndarray) -> np.ndarray:
+        """Sorted ids of ``n`` clients eligible in round ``rnd`` and not ``busy`` (fewer when fewer are left).
+
+        An asynchronous server's draw: one client each time one arrives, from the same checkpointed stream.
+        """
+        mask = self.eligible(rnd).copy()
+        mask[busy] = False
+        ids = np.flatnonzero(mask)
+        k = min(n, len(ids))
+        return np.sort(self.rng.choice(ids, k, replace=False)) if k else ids[:0]
+
     def state_dict(self) -> dict[str, Any]:
         return {"rng": self.rng.bit_generator.state}
 

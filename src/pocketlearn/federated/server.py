@@ -101,6 +101,7 @@ class RoundRecord:
     bytes_by_method: dict[str, int] = field(default_factory=dict)  # uplink bytes of the clients that made it
     epsilon: float | None = None  # privacy spent so far (differentially private strategies)
     dp_noise: str | None = None  # where the DP noise came from ("... not private" when reproducible from the seed)
+    clock_s: float = 0.0  # simulated seconds since the run started, when this round (or server update) ended
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method", "bytes_by_method")}
@@ -123,6 +124,7 @@ class FederatedServer:
         self.evaluate, self.run_dir, self.fingerprint = evaluate, run_dir, fingerprint
         self.checkpoint = checkpoint
         self.round = 0
+        self.clock_s = 0.0  # simulated time: each round adds its slowest client's (or the deadline)
         self.run_id = secrets.token_hex(8)  # new for a fresh run, restored on resume (devices key state by it)
         self.last_round = 0  # evaluated whatever eval_every says
         self.feedback = ErrorFeedback() if policy.uplink.biased and policy.error_feedback else None
@@ -150,12 +152,16 @@ class FederatedServer:
     def save(self) -> None:
         if self.state_path is None:
             return
-        save_checkpoint(self.state_path, {
-            "fingerprint": self.fingerprint, "round": self.round, "run_id": self.run_id,
+        save_checkpoint(self.state_path, self.state_dict())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue as if never stopped."""
+        return {
+            "fingerprint": self.fingerprint, "round": self.round, "run_id": self.run_id, "clock_s": self.clock_s,
             "params": {n: p.detach().clone() for n, p in self.params.items()},
             "strategy": self.strategy.state_dict(), "sampler": json.dumps(self.sampler.state_dict()),
             "feedback": self.feedback.state_dict() if self.feedback else {},
-        })
+        }
 
     def resume(self) -> bool:
         """Continue from the checkpoint in the run folder, if any; True when resumed.
@@ -181,9 +187,14 @@ class FederatedServer:
             self.feedback.load_state_dict(state.get("feedback", {}))
         self.round = int(state["round"])
         self.run_id = str(state.get("run_id", self.run_id))
+        self.clock_s = float(state.get("clock_s", 0.0))
+        self.load_state(state)
         if self.log:
             self.log.truncate(self.round)
         return True
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """What a subclass keeps besides the common state (nothing here)."""
 
     # --- one round ---------------------------------------------------------------------------------------
     def run_round(self) -> RoundRecord:
@@ -208,12 +219,14 @@ class FederatedServer:
             up = up if applied.sent is None else applied.sent
         round_time = time.perf_counter() - start
         self.round = rnd
+        self.clock_s += float(max(times, default=0.0))
         record = RoundRecord(
             rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up,
             len(weights) * len(sampled) + received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
-            by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method)
+            by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method,
+            clock_s=self.clock_s)
         mechanism = self.strategy.mechanism
         if mechanism is not None:
             record.epsilon = mechanism.epsilon_so_far()
