@@ -41,7 +41,7 @@ def test_rounds_log_metrics_and_respect_availability(tmp_path):
     server, _ = build_server(cfg, tmp_path)
     sampled = []
     original = server.sampler.sample
-    server.sampler.sample = lambda rnd: sampled.append((rnd, original(rnd))) or sampled[-1][1]
+    server.sampler.sample = lambda rnd, *more: sampled.append((rnd, original(rnd, *more))) or sampled[-1][1]
     server.run(4)
     for rnd, ids in sampled:
         assert server.sampler.eligible(rnd)[ids].all()

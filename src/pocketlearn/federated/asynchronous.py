@@ -25,7 +25,6 @@ from torch import Tensor
 from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.federated.codecs import dense_size
 from pocketlearn.federated.pipeline import Arrived
-from pocketlearn.federated.population import simulated_seconds
 from pocketlearn.federated.server import FederatedServer, RoundRecord, downlink_payload
 from pocketlearn.federated.updates import RoundUpdates
 
@@ -124,15 +123,13 @@ class BufferedServer(FederatedServer):
         if n <= 0:
             return 0
         busy = np.array([f.client for f in self.waiting.flights], dtype=np.int64)
-        chosen = self.sampler.sample_excluding(self.round + 1, n, busy)
+        chosen = self.sampler.sample_excluding(self.round + 1, n, busy, self.clock_s)
         if len(chosen) and self.round not in self.waiting.versions:
             self.waiting.versions[self.round] = {k: p.detach().clone() for k, p in self.params.items()}
         deadline, dropout = self.policy.deadline_s, self.policy.dropout
         for c in chosen:
-            device = self.clients.fits[self.clients.device_index[c]].device
-            duration = simulated_seconds(device, samples=int(self.clients.sizes[c]) * self.local.epochs,
-                                         flops_per_sample=self.clients.flops_per_sample,
-                                         down_bytes=self._down_bytes, up_bytes=self._up_bytes)
+            duration = self.clients.seconds(int(c), samples=int(self.clients.sizes[c]) * self.local.epochs,
+                                            down_bytes=self._down_bytes, up_bytes=self._up_bytes)
             drops = dropout > 0 and np.random.default_rng([self.policy.seed, self.round, int(c)]).random() < dropout
             late = deadline is not None and duration > deadline
             if drops or late:  # the server hears nothing and gives up on it after the deadline (or its own time)
@@ -199,6 +196,9 @@ def buffer_problems(config: Any) -> list[str]:
                         "replacement; pick fedavg or a FedOpt strategy with asynchronous.buffer")
     if config.client.method == "auto" or config.client.methods:
         problems.append("client.method: a mixed-method run needs rounds; pin one method")
+    if config.devices.overselect:
+        problems.append("devices.overselect: FedBuff has no rounds to close early; its buffer already takes the "
+                        "first arrivals: leave overselect at 0")
     if config.codec.up != "float32":
         problems.append(f"codec.up = {config.codec.up!r}: the asynchronous server times uploads of uncompressed "
                         "updates only; leave codec.up at float32")

@@ -64,6 +64,12 @@ class DevicesSection(_Section):
     deadline_s: float | None = Field(None, gt=0)  # simulated seconds a round waits for clients
     dropout: float = Field(0.0, ge=0, lt=1)  # chance that a client drops out of a round it was sampled for
     availability: bool = True  # sample only clients available this round (device availability)
+    # availability over simulated time instead: "diurnal" (nightly charging windows across time zones) or a CSV
+    # of client,start_s,end_s windows repeating every trace_period_s (federated/traces.py)
+    trace: str | None = None
+    trace_period_s: float = Field(86_400.0, gt=0)
+    spread: float = Field(0.0, ge=0)  # each device's speed: its class's times LogNormal (mean 1, this log-spread)
+    overselect: float = Field(0.0, ge=0)  # sample (1 + overselect) x clients_per_round, close at clients_per_round
     seed: int = 3
 
     @field_validator("mix")

@@ -29,6 +29,7 @@ from pocketlearn.federated.round import SimulatedEngine
 from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.server import Clients, Engine, FederatedServer, RoundPolicy, fingerprint
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
+from pocketlearn.federated.traces import make_trace, speed_factors
 from pocketlearn.methods import methods_where
 
 if TYPE_CHECKING:
@@ -247,7 +248,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     strategy.check_round_size(config.clients_per_round, "clients_per_round")  # a run Krum cannot aggregate never starts
     local = local_training(config, strategy.proximal_mu)
     clients = Clients(data.clients.sizes, device_index, fits, train_flops_per_sample(template,
-                                                                                     data.clients.example(1)[0]))
+                                                                                     data.clients.example(1)[0]),
+                      speed_factors(len(data.clients), config.devices.spread, config.devices.seed))
     engine = engine or make_engine(config, template, data)
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)
@@ -257,6 +259,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         raise ConfigError(f"codec.up = 'seeds' (seed exchange) needs client.method = {' or '.join(map(repr, senders))}"
                           "; in a mixed run ZO clients always send one coefficient per pooled seed")
     policy = RoundPolicy(deadline_s=config.devices.deadline_s, dropout=config.devices.dropout,
+                         overselect=config.devices.overselect,
                          seed=config.devices.seed, eval_every=config.eval.every,
                          uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),
                          error_feedback=config.codec.error_feedback, codec_seed=config.codec.seed,
@@ -287,8 +290,11 @@ def make_sampler(config: RunConfig, data: FederatedData, template: nn.Module
     allowed = np.array([f.method is not None for f in fits])[device_index]  # per device class, then per client
     availability = np.array([f.device.availability for f in fits])[device_index] if config.devices.availability \
         else None
+    trace = make_trace(config.devices.trace, num_clients, config.devices.seed, config.devices.trace_period_s) \
+        if config.devices.trace else None
     sampler = ClientSampler(num_clients, config.clients_per_round, seed=config.sampling_seed,
-                            availability=availability, availability_seed=config.devices.seed, allowed=allowed)
+                            availability=availability, availability_seed=config.devices.seed, allowed=allowed,
+                            trace=trace)
     return sampler, fits, device_index
 
 

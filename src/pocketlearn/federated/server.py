@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -58,9 +59,17 @@ class Clients:
     device_index: np.ndarray  # index into ``fits`` per client
     fits: list[DeviceFit]  # per device class: method to train with (None = cannot train; reported)
     flops_per_sample: float
+    speed: np.ndarray | None = None  # per client: its device's speed relative to its class (None: all 1)
 
     def method_of(self, c: int) -> str | None:
         return self.fits[int(self.device_index[c])].method
+
+    def seconds(self, c: int, *, samples: int, down_bytes: int, up_bytes: int) -> float:
+        """Client ``c``'s simulated time for a task: download, train ``samples``, upload, on its own device."""
+        device = self.fits[int(self.device_index[c])].device
+        t = simulated_seconds(device, samples=samples, flops_per_sample=self.flops_per_sample,
+                              down_bytes=down_bytes, up_bytes=up_bytes)
+        return t if self.speed is None else t / float(self.speed[c])
 
 
 @dataclass(kw_only=True)
@@ -72,6 +81,7 @@ class RoundPolicy:
 
     deadline_s: float | None = None
     dropout: float = 0.0
+    overselect: float = 0.0  # sample this much more than clients_per_round; the round closes at clients_per_round
     seed: int = 3
     eval_every: int = 1
     uplink: Codec = field(default_factory=Codec)
@@ -102,6 +112,7 @@ class RoundRecord:
     epsilon: float | None = None  # privacy spent so far (differentially private strategies)
     dp_noise: str | None = None  # where the DP noise came from ("... not private" when reproducible from the seed)
     clock_s: float = 0.0  # simulated seconds since the run started, when this round (or server update) ended
+    surplus: int = 0  # over-selected clients that finished after the round had its clients_per_round
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method", "bytes_by_method")}
@@ -142,6 +153,7 @@ class FederatedServer:
             self._local_dp_on_devices = True
             mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
         self._uplinks: dict[str, Uplink] = {}
+        self._surplus = 0  # this round's over-selected clients past the report goal
         self._attack: Callable[[RoundUpdates, int], object] = policy.attack.poison if policy.attack else _no_attack
 
     # --- checkpoints -------------------------------------------------------------------------------------
@@ -200,7 +212,8 @@ class FederatedServer:
     def run_round(self) -> RoundRecord:
         rnd = self.round + 1
         start = time.perf_counter()
-        sampled = self.sampler.sample(rnd)
+        drawn = math.ceil(self.sampler.per_round * (1 + self.policy.overselect))
+        sampled = self.sampler.sample(rnd, self.clock_s, drawn)
         dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
         weights, start_params = self._download(rnd)
         training = [int(c) for c in sampled[~dropped]]
@@ -221,12 +234,12 @@ class FederatedServer:
         self.round = rnd
         self.clock_s += float(max(times, default=0.0))
         record = RoundRecord(
-            rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished, up,
+            rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished - self._surplus, up,
             len(weights) * len(sampled) + received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method,
-            clock_s=self.clock_s)
+            clock_s=self.clock_s, surplus=self._surplus)
         mechanism = self.strategy.mechanism
         if mechanism is not None:
             record.epsilon = mechanism.epsilon_so_far()
@@ -282,31 +295,36 @@ class FederatedServer:
         Returns the updates that made it (expanded to deltas of the global parameters, with each method's wire
         updates in a mixed run), the uplink bytes, each client's simulated time and the training losses.
         """
-        keep_rows, up_total, times, losses, wire_groups = [], 0, [], [], []
-        self._bytes_by_method = {}
         deadline = self.policy.deadline_s
-        for result, method in zip(results, methods, strict=True):
+        arrivals: list[tuple[float, int, str, RoundResult, int, int]] = []  # (time, group, method, result, row, bytes)
+        wires, losses = [], []
+        for g, (result, method) in enumerate(zip(results, methods, strict=True)):
             self._attack(result.updates, rnd)
             wire, sizes = self._uplink(method).send(result, rnd, start, expansion)
             result.updates = u = expansion.expand(method, wire) if expansion is not None else wire
             samples = u.num_samples.tolist()
-            kept = []
             for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
-                device = self.clients.fits[self.clients.device_index[c]].device
-                t = simulated_seconds(device, samples=int(samples[k]) * self.local.epochs,
-                                      flops_per_sample=self.clients.flops_per_sample, down_bytes=down, up_bytes=up)
-                on_time = deadline is None or t <= deadline
-                times.append(min(t, deadline) if deadline is not None else t)
-                if on_time:
-                    up_total += up
-                    keep_rows.append((result, k))
-                    kept.append(k)
-                    self._bytes_by_method[method] = self._bytes_by_method.get(method, 0) + up
+                t = self.clients.seconds(c, samples=int(samples[k]) * self.local.epochs, down_bytes=down, up_bytes=up)
+                arrivals.append((t, g, method, result, k, up))
+            wires.append(wire)
             losses.append(result.train_loss)
-            if expansion is not None and kept:
-                wire_groups.append((method, _rows(wire, kept)))
-        if not keep_rows:
+        on_time = sorted((a for a in arrivals if deadline is None or a[0] <= deadline),
+                         key=lambda a: (a[0], a[1], a[4]))  # first to arrive first
+        kept = on_time[: self.sampler.per_round]  # over-selected: the round closes at its report goal
+        self._surplus = len(on_time) - len(kept)
+        times = [a[0] for a in kept] if self._surplus else [min(a[0], deadline) if deadline is not None else a[0]
+                                                             for a in arrivals]
+        self._bytes_by_method = {}
+        for a in kept:
+            self._bytes_by_method[a[2]] = self._bytes_by_method.get(a[2], 0) + a[5]
+        up_total = sum(a[5] for a in kept)
+        if not kept:
             return None, up_total, times, None
+        kept.sort(key=lambda a: (a[1], a[4]))  # back in the order the groups returned them
+        keep_rows = [(a[3], a[4]) for a in kept]
+        wire_groups = [] if expansion is None else [
+            (methods[g], _rows(wires[g], [a[4] for a in kept if a[1] == g])) for g in range(len(results))
+            if any(a[1] == g for a in kept)]
         return Arrived(rnd, _select(results, keep_rows), wire_groups, expansion), up_total, times, torch.cat(losses)
 
     def run(self, rounds: int, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
