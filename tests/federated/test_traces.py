@@ -88,3 +88,4 @@ def test_fedbuff_follows_the_trace_too():
     server, _ = build_server(config, None)
     records = server.run(3)
     assert [r.finished for r in records] == [4, 4, 4]
+

@@ -23,6 +23,7 @@ from pocketlearn.federated.population import (
     assign_devices,
     fit_method,
     plan_method,
+    step_cost_ratios,
     train_flops_per_sample,
 )
 from pocketlearn.federated.round import SimulatedEngine
@@ -172,6 +173,17 @@ def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Mo
     return fits
 
 
+def step_costs(config: RunConfig, template: nn.Module, fits: list[DeviceFit], batch: tuple[Tensor, Tensor]
+               ) -> dict[str, float]:
+    """The run's methods' step times relative to backprop's, measured (none when every client backpropagates)."""
+    methods = {f.method for f in fits if f.method is not None} - {"backprop"}
+    if not methods:
+        return {}
+    own = local_training(config, 0.0).method_options()
+    options = {m: own if m == config.client.method else mixed_method_options(config, m) for m in sorted(methods)}
+    return step_cost_ratios(lambda: copy.deepcopy(template), options, (batch[0].clone(), batch[1].clone()))
+
+
 def mixed_method_options(config: RunConfig, method: str) -> dict[str, object]:
     """A mixed run's options for ``method``: the client's learning-rate settings, then ``client.per_method``."""
     base = replace(local_training(config, 0.0), method=method, options=())
@@ -249,7 +261,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     local = local_training(config, strategy.proximal_mu)
     clients = Clients(data.clients.sizes, device_index, fits, train_flops_per_sample(template,
                                                                                      data.clients.example(1)[0]),
-                      speed_factors(len(data.clients), config.devices.spread, config.devices.seed))
+                      speed_factors(len(data.clients), config.devices.spread, config.devices.seed),
+                      step_costs(config, template, fits, data.clients.example(config.client.batch_size)))
     engine = engine or make_engine(config, template, data)
     if isinstance(engine, InProcessEngine):
         engine.warm_up(config.clients_per_round, local)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -98,6 +99,38 @@ def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:
         for h in hooks:
             h.remove()
     return 3.0 * max(total, 1)
+
+
+_STEP_COSTS: dict[tuple[object, ...], dict[str, float]] = {}
+
+
+def step_cost_ratios(build: Callable[[], nn.Module], methods: dict[str, dict], batch: Batch, *,
+                     steps: int = 3) -> dict[str, float]:
+    """Each method's time per training step relative to backprop's, measured here on this model and batch.
+
+    A simulated device trains a method for its FLOP count times this ratio, so MeZO's two forwards or a frozen
+    backbone's short backward cost what they really cost, not backprop's FLOPs. Measured once per process for a
+    given model, methods and batch (the fastest of ``steps`` steps after a warm-up one).
+    """
+    from pocketlearn.methods import make_method
+
+    model = build()
+    key = (tuple((n, tuple(p.shape)) for n, p in model.named_parameters()), tuple(batch[0].shape),
+           tuple(sorted((m, repr(sorted(o.items()))) for m, o in methods.items())))
+    if key not in _STEP_COSTS:
+        def seconds(name: str, options: dict) -> float:
+            method = make_method(name, build(), **options)
+            method.step(batch)
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                method.step(batch)
+                times.append(time.perf_counter() - start)
+            return min(times)
+
+        reference = seconds("backprop", {"lr": 1e-9})  # a step that changes (almost) nothing
+        _STEP_COSTS[key] = {m: seconds(m, o) / reference for m, o in methods.items()}
+    return dict(_STEP_COSTS[key])
 
 
 def simulated_seconds(device: DeviceProfile, *, samples: int, flops_per_sample: float, down_bytes: int,

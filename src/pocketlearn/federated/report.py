@@ -44,6 +44,7 @@ def summarize(cfg: Any, server: Any, records: list[Any], *, setup_s: float, resu
         "dropped": sum(r.dropped for r in records), "stragglers": sum(r.stragglers for r in records),
         "unfit_clients": unfit, "bytes_up": sum(r.bytes_up for r in records),
         "bytes_down": sum(r.bytes_down for r in records), "round_times": times, "simulated_s": server.clock_s,
+        **({"step_cost": server.clients.step_cost} if server.clients.step_cost else {}),
         **({"asynchronous": asdict(server.settings)} if isinstance(server, BufferedServer) else {}),
         **({"methods": methods} if len(methods := method_summary(server.clients, records)) > 1 else {}),
         **({"privacy": privacy} if (privacy := privacy_summary(server.strategy)) else {}),

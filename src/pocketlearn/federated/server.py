@@ -60,14 +60,16 @@ class Clients:
     fits: list[DeviceFit]  # per device class: method to train with (None = cannot train; reported)
     flops_per_sample: float
     speed: np.ndarray | None = None  # per client: its device's speed relative to its class (None: all 1)
+    step_cost: dict[str, float] = field(default_factory=dict)  # method -> its step time / backprop's (missing: 1)
 
     def method_of(self, c: int) -> str | None:
         return self.fits[int(self.device_index[c])].method
 
     def seconds(self, c: int, *, samples: int, down_bytes: int, up_bytes: int) -> float:
         """Client ``c``'s simulated time for a task: download, train ``samples``, upload, on its own device."""
-        device = self.fits[int(self.device_index[c])].device
-        t = simulated_seconds(device, samples=samples, flops_per_sample=self.flops_per_sample,
+        fit = self.fits[int(self.device_index[c])]
+        cost = self.step_cost.get(fit.method or "", 1.0)
+        t = simulated_seconds(fit.device, samples=samples, flops_per_sample=self.flops_per_sample * cost,
                               down_bytes=down_bytes, up_bytes=up_bytes)
         return t if self.speed is None else t / float(self.speed[c])
 
@@ -173,6 +175,7 @@ class FederatedServer:
             "params": {n: p.detach().clone() for n, p in self.params.items()},
             "strategy": self.strategy.state_dict(), "sampler": json.dumps(self.sampler.state_dict()),
             "feedback": self.feedback.state_dict() if self.feedback else {},
+            "step_cost": self.clients.step_cost,  # measured: a resumed run keeps its first process's figures
         }
 
     def resume(self) -> bool:
@@ -200,6 +203,7 @@ class FederatedServer:
         self.round = int(state["round"])
         self.run_id = str(state.get("run_id", self.run_id))
         self.clock_s = float(state.get("clock_s", 0.0))
+        self.clients.step_cost = dict(state.get("step_cost", self.clients.step_cost))
         self.load_state(state)
         if self.log:
             self.log.truncate(self.round)
