@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.federated.experiment import build_server
 from pocketlearn.federated.traces import CsvTrace, DiurnalTrace, speed_factors
 from tests.federated.configs import config_with
@@ -89,3 +89,16 @@ def test_fedbuff_follows_the_trace_too():
     records = server.run(3)
     assert [r.finished for r in records] == [4, 4, 4]
 
+
+
+@pytest.mark.parametrize("extra", [{}, {"asynchronous": {"buffer": 4}}], ids=["rounds", "fedbuff"])
+def test_when_nobody_is_available_the_clock_waits_for_the_next_window(tmp_path, extra):
+    path = _csv(tmp_path, "client,start_s,end_s\na,100,200\n")
+    config = config_with(BASE, devices={**BASE["devices"], "trace": str(path), "trace_period_s": 200}, **extra)
+    server, _ = build_server(config, None)
+    record = server.run(1)[0]
+    assert record.finished > 0 and record.clock_s >= 120  # waited a minute at a time from 0 until 120
+    quiet = _csv(tmp_path, "client,start_s,end_s\na,10,11\n")  # a second a day: no minute ever lands in it
+    stuck, _ = build_server(config_with(BASE, devices={**BASE["devices"], "trace": str(quiet)}, **extra), None)
+    with pytest.raises(TrainingError, match="no client is available"):
+        stuck.run(1)

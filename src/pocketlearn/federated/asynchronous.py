@@ -90,6 +90,12 @@ class BufferedServer(FederatedServer):
         arrived: list[Flight] = []
         lost = {"dropped": 0, "late": 0}
         while len(arrived) < self.settings.buffer:
+            if not self.waiting.flights:  # nobody could start (a trace's quiet hours): wait for someone
+                self.wait_for_available(rnd)
+                launched += self._fill(self.settings.concurrency)
+                if not self.waiting.flights:
+                    raise TrainingError(f"server update {rnd}: no client could start (none eligible); check "
+                                        "devices.mix and devices.availability")
             flight = self.waiting.flights.pop(0)
             self.clock_s = flight.finish_s
             if flight.lost:

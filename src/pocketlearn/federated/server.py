@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
-from pocketlearn.errors import ConfigError
+from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.federated.attacks import Attack
 from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense
 from pocketlearn.federated.metrics import MetricsLog
@@ -47,6 +47,8 @@ from pocketlearn.federated.uplink import CodecUplink, Uplink, choose_uplink, sen
 if TYPE_CHECKING:
     from pocketlearn.federated.config import SecAggSection
     from pocketlearn.federated.mixed import Expansion, MixedMethods
+
+WAIT_MINUTES = 24 * 60  # a round waits at most a simulated day for a trace to make someone available
 
 __all__ = ["Clients", "Engine", "FederatedServer", "RoundPolicy", "RoundRecord", "fingerprint"]
 
@@ -216,6 +218,7 @@ class FederatedServer:
     def run_round(self) -> RoundRecord:
         rnd = self.round + 1
         start = time.perf_counter()
+        self.wait_for_available(rnd)
         drawn = math.ceil(self.sampler.per_round * (1 + self.policy.overselect))
         sampled = self.sampler.sample(rnd, self.clock_s, drawn)
         dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
@@ -251,6 +254,17 @@ class FederatedServer:
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record
+
+    def wait_for_available(self, rnd: int) -> None:
+        """Under a trace, move the simulated clock on a minute at a time until some client is available."""
+        if self.sampler.trace is None:
+            return
+        for _ in range(WAIT_MINUTES):
+            if self.sampler.eligible(rnd, self.clock_s).any():
+                return
+            self.clock_s += 60.0
+        raise TrainingError(f"round {rnd}: no client is available at any minute of a whole day of devices.trace "
+                            "from the simulated clock on; check the trace's windows (and devices.mix)")
 
     def _download(self, rnd: int) -> tuple[bytes, dict[str, Tensor]]:
         """(the global-model payload, the weights clients start from: decoded from that payload)."""
