@@ -114,3 +114,18 @@ def test_a_resampled_population_larger_than_its_data_learns():
     before = server.evaluate(server.model)["accuracy"]
     records = server.run(10)
     assert all(r.finished == 10 for r in records) and records[-1].eval["accuracy"] > before + 0.3
+
+
+def test_a_lazy_populations_clients_can_be_written_for_devices(tmp_path):
+    from pocketlearn.data.files import load_examples
+    from pocketlearn.federated.experiment import load_federated_data
+    from pocketlearn.federated.flower.partition import write_partition
+    from tests.federated.configs import config_with
+
+    config = config_with({"name": "p", "data": {"name": "digits", "partition": "resample", "num_clients": 50_000,
+                                                "mean_size": 12}})
+    paths = write_partition(config, tmp_path, clients=[7, 49_999])
+    assert [p.name for p in paths] == ["client-00007.pt", "client-49999.pt"]
+    own = load_federated_data(config).clients.take([49_999])
+    x, y, _ = load_examples(paths[1])
+    assert torch.equal(x, own.x[own.indices[0]]) and torch.equal(y, own.y[own.indices[0]])
