@@ -8,8 +8,8 @@ from pocketlearn.federated.clients import (
     InMemoryClients,
     ResampledClients,
     SyntheticClients,
+    client_sizes,
     client_stats,
-    lognormal_sizes,
 )
 
 
@@ -48,7 +48,7 @@ def test_small_alpha_gives_clients_few_classes_and_sizes_have_the_mean_asked_for
 
 def test_sizes_need_a_mean_of_at_least_one_sample():
     with pytest.raises(ConfigError, match="mean_size"):
-        lognormal_sizes(10, 0.5, 1.0, 0)
+        client_sizes(10, 0.5, 1.0, 0)
 
 
 def test_synthetic_clients_hold_their_own_generated_samples():

@@ -14,6 +14,7 @@ arrives: the result is what each would have computed alone, and the batching kee
 
 from __future__ import annotations
 
+import bisect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,10 +148,7 @@ class BufferedServer(FederatedServer):
 
     def _arrives(self, flight: Flight) -> None:
         """Put ``flight`` in arrival order (ties: the earlier start, then the lower client id)."""
-        key = (flight.finish_s, flight.start_s, flight.client)
-        at = next((i for i, f in enumerate(self.waiting.flights) if (f.finish_s, f.start_s, f.client) > key),
-                  len(self.waiting.flights))
-        self.waiting.flights.insert(at, flight)
+        bisect.insort(self.waiting.flights, flight, key=lambda f: (f.finish_s, f.start_s, f.client))
 
     def _train_version(self, first: Flight, version: int) -> None:
         """Train ``first`` and every other client still waiting on ``version``, together."""

@@ -66,7 +66,7 @@ class InMemoryClients:
         return self.x[:n], self.y[:n]
 
 
-def lognormal_sizes(num_clients: int, mean: float, sigma: float, seed: int) -> np.ndarray:
+def client_sizes(num_clients: int, mean: float, sigma: float, seed: int) -> np.ndarray:
     """Samples per client, LogNormal with the given mean and log-spread (each at least 1), int32.
 
     One vectorized draw for the whole population (a million clients: 4 MB, milliseconds).
@@ -82,7 +82,7 @@ class ResampledClients:
     """Clients whose samples are drawn with replacement from a data set, each from (seed, client id).
 
     A client's label mix is Dirichlet(``alpha``) over the classes (uniform over samples when the targets are
-    not class labels, e.g. a language model's tokens) and its size comes from :func:`lognormal_sizes`.
+    not class labels, e.g. a language model's tokens) and its size comes from :func:`client_sizes`.
     """
 
     x: Tensor
@@ -104,7 +104,7 @@ class ResampledClients:
 
     @functools.cached_property
     def sizes(self) -> np.ndarray:
-        return lognormal_sizes(self.num_clients, self.mean_size, self.sigma, self.seed)
+        return client_sizes(self.num_clients, self.mean_size, self.sigma, self.seed)
 
     def __len__(self) -> int:
         return self.num_clients
@@ -134,7 +134,7 @@ class SyntheticClients:
 
     @functools.cached_property
     def sizes(self) -> np.ndarray:
-        return lognormal_sizes(self.num_clients, self.mean_size, self.sigma, self.source.seed)
+        return client_sizes(self.num_clients, self.mean_size, self.sigma, self.source.seed)
 
     def __len__(self) -> int:
         return self.num_clients

@@ -52,8 +52,8 @@ class FederatedData:
     def in_memory(self, need: str) -> InMemoryClients:
         """The clients as a loaded split; a lazy population cannot do ``need`` (a clear error names it)."""
         if not isinstance(self.clients, InMemoryClients):
-            raise ConfigError(f"{need} needs every client's samples listed up front; data.partition = "
-                              f"{type(self.clients).__name__} makes them on demand: use a partition of a loaded "
+            raise ConfigError(f"{need} needs every client's samples listed up front; this run's clients "
+                              f"({type(self.clients).__name__}) are made on demand: use a partition of a loaded "
                               "data set (iid, dirichlet, quantity, lognormal, natural)")
         return self.clients
 

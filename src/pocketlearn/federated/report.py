@@ -86,7 +86,7 @@ def _path(engine: Any, local: Any, vectorize: bool) -> str:
         options = " with these options" if local.facts.vectorizes else ""
         return f"one client at a time (method {local.method!r} has no batched step{options})"
     how = engine.execution.describe()
-    return f"vectorized ({'MLP with its backward written out, ' if engine._written_out(local) else ''}{how})"
+    return f"vectorized ({'MLP with its backward written out, ' if engine.written_out(local) else ''}{how})"
 
 
 def privacy_summary(strategy: Strategy) -> dict[str, Any] | None:

@@ -167,7 +167,7 @@ class InProcessEngine(SimulatedEngine):
         counted = self.client_steps, self.samples_trained  # the run's figures leave the warm-up out
         if self._timed:
             largest = min(len(orders), self._largest_group)
-            forwards = [next(iter(self.forwards))] if self._written_out(quiet) else list(self.forwards)
+            forwards = [next(iter(self.forwards))] if self.written_out(quiet) else list(self.forwards)
             key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(cohort.x.shape[1:]), cohort.x.dtype,
                    local.batch_size, largest, local.optimizer(), quiet.method_options().get("precision"),
                    tuple(forwards), torch.get_num_threads())
@@ -186,7 +186,7 @@ class InProcessEngine(SimulatedEngine):
 
         return seconds_per_client_step
 
-    def _written_out(self, local: LocalTraining) -> bool:
+    def written_out(self, local: LocalTraining) -> bool:
         """Whether the MLP path (backward written out, no forward to choose) trains these clients."""
         opt = local.optimizer()
         return self.mlp is not None and opt.plain and local.method_options().get("precision", "fp32") == "fp32" \
@@ -218,6 +218,7 @@ class InProcessEngine(SimulatedEngine):
         """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish."""
         assert self.forward is not None
         opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
+        written_out = self.written_out(local)
         rank = largest_first(orders)
         deltas: dict[str, list[Tensor]] = {n: [] for n in params}
         losses = []
@@ -230,7 +231,7 @@ class InProcessEngine(SimulatedEngine):
                 self._stack = stacked_copies(params, k)
             stack = {n: t[:k] for n, t in self._stack.items()}  # a smaller last group: the first k rows
             with torch_threads(self.threads_for(k, data.w.shape[2])):
-                if self.mlp is not None and self._written_out(local):
+                if written_out and self.mlp is not None:
                     trained, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack)
                 else:
                     trained, loss = train_stacked(self.forward, params, data, opt, stack, precision)
