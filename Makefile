@@ -67,7 +67,7 @@ ANCHORS ?= ../shared/anchors
 ANCHORS_VENV := .anchors-venv
 ANCHORS_STAMP := $(ANCHORS_VENV)/.installed-stamp
 
-.PHONY: anchors-venv bench-sim bench-sim-quick first-hour
+.PHONY: anchors-venv bench-sim bench-sim-quick bench-scale first-hour
 
 # A newcomer's first minutes, timed from a clean clone with empty caches (stdlib only: no .venv needed).
 first-hour:
@@ -89,3 +89,7 @@ bench-sim: $(STAMP) $(ANCHORS_STAMP)
 
 bench-sim-quick: $(STAMP) $(ANCHORS_STAMP)
 	$(VENV)/bin/python benchmarks/simulator.py --quick --anchors $(ANCHORS)
+
+# pfl-research beside pocketlearn at every population (the quick run, in CI, includes it when the venv exists).
+bench-scale: $(STAMP) $(ANCHORS_STAMP)
+	$(VENV)/bin/python benchmarks/scale.py
