@@ -57,10 +57,10 @@ def test_a_resumed_asynchronous_run_ends_where_an_uninterrupted_one_does(tmp_pat
 
 
 def test_what_cannot_run_asynchronously_is_refused_before_it_starts():
-    config = config_with(BASE, secagg={"enabled": True}, codec={"up": "q8"})
+    config = config_with(BASE, secagg={"enabled": True}, devices={**BASE["devices"], "overselect": 0.3})
     with pytest.raises(ConfigError, match="secagg") as err:
         build_server(config, None)
-    assert "codec.up" in str(err.value)
+    assert "devices.overselect" in str(err.value)
     with pytest.raises(ConfigError, match="can never fill"):
         build_server(config_with(BASE, asynchronous={"buffer": 9, "concurrency": 8}), None)
 
@@ -90,3 +90,17 @@ def test_the_command_line_summary_says_the_run_was_asynchronous(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["asynchronous"] == {"buffer": 5, "concurrency": 20, "staleness": 0.5}
     assert summary["updates"] == 15 and summary["simulated_s"] > 0
+
+
+def test_a_compressed_update_arrives_when_its_real_payload_is_uploaded():
+    dense, _ = build_server(config_with(BASE), None)
+    dense_records = dense.run(4)
+    server, _ = build_server(config_with(BASE, codec={"up": "q8"}), None)
+    records = server.run(4)
+    assert sum(r.bytes_up for r in records) < 0.4 * sum(r.bytes_up for r in dense_records)
+    trained = [f for f in server.waiting.flights if f.delta is not None]
+    assert trained and all(f.up_bytes < server._up_bytes for f in trained)
+    for f in trained:  # download, compute and the upload of exactly its payload
+        assert f.finish_s == f.start_s + server._seconds(f.client, up_bytes=f.up_bytes)
+    assert all(f.finish_s >= server.clock_s for f in server.waiting.flights)
+    assert records[-1].clock_s < dense_records[-1].clock_s  # smaller uploads: the same updates sooner

@@ -9,7 +9,10 @@ after the deadline (or its own time) and starts another. One server update is on
 ``metrics.jsonl`` (``round`` is the model version, ``clock_s`` the simulated time it happened).
 
 Clients that downloaded the same version train together in one batched engine call, when the first of them
-arrives: the result is what each would have computed alone, and the batching keeps the simulator fast.
+could arrive: the result is what each would have computed alone, and the batching keeps the simulator fast.
+Until then a client's arrival is its earliest possible one (download and compute, no upload); training gives
+each its real payload (a compressed update, MeZO's seeds) and so its exact upload time, and only a client
+whose exact arrival comes first is taken into the buffer.
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ class BufferedServer(FederatedServer):
                     raise TrainingError(f"server update {rnd}: no client could start (none eligible); check "
                                         "devices.mix and devices.availability")
             flight = self.waiting.flights.pop(0)
+            if flight.delta is None and not flight.lost:  # its earliest arrival came up: train to know the real one
+                self._train_version(flight, flight.version)
+                continue
             self.clock_s = flight.finish_s
             if flight.lost:
                 lost[flight.lost] += 1
@@ -107,8 +113,6 @@ class BufferedServer(FederatedServer):
                         f"devices.deadline_s = {self.policy.deadline_s} before {self.settings.buffer} arrived; "
                         "raise the deadline or lower devices.dropout")
             else:
-                if flight.delta is None:
-                    self._train_version(flight, flight.version)
                 arrived.append(flight)
             if len(arrived) < self.settings.buffer:  # its replacement downloads the version not yet updated
                 launched += self._fill(1)
@@ -135,24 +139,28 @@ class BufferedServer(FederatedServer):
             self.waiting.versions[self.round] = {k: p.detach().clone() for k, p in self.params.items()}
         deadline, dropout = self.policy.deadline_s, self.policy.dropout
         for c in chosen:
-            duration = self.clients.seconds(int(c), samples=int(self.clients.sizes[c]) * self.local.epochs,
-                                            down_bytes=self._down_bytes, up_bytes=self._up_bytes)
+            earliest = self._seconds(int(c), up_bytes=0)
             drops = dropout > 0 and np.random.default_rng([self.policy.seed, self.round, int(c)]).random() < dropout
-            late = deadline is not None and duration > deadline
+            late = deadline is not None and earliest > deadline
             if drops or late:  # the server hears nothing and gives up on it after the deadline (or its own time)
-                duration = min(duration, deadline) if deadline is not None else duration
-            flight = Flight(int(c), self.round, self.clock_s, self.clock_s + duration,
+                duration = self._seconds(int(c), up_bytes=self._up_bytes)
+                earliest = min(duration, deadline) if deadline is not None else duration
+            flight = Flight(int(c), self.round, self.clock_s, self.clock_s + earliest,
                             lost="dropped" if drops else "late" if late else "")
-            self._arrives(flight)
+            bisect.insort(self.waiting.flights, flight, key=_arrival_order)
         return len(chosen)
 
-    def _arrives(self, flight: Flight) -> None:
-        """Put ``flight`` in arrival order (ties: the earlier start, then the lower client id)."""
-        bisect.insort(self.waiting.flights, flight, key=lambda f: (f.finish_s, f.start_s, f.client))
+    def _seconds(self, client: int, up_bytes: int) -> float:
+        """``client``'s simulated time for one task on the current model: download, train, upload ``up_bytes``."""
+        return self.clients.seconds(client, samples=int(self.clients.sizes[client]) * self.local.epochs,
+                                    down_bytes=self._down_bytes, up_bytes=up_bytes)
 
     def _train_version(self, first: Flight, version: int) -> None:
-        """Train ``first`` and every other client still waiting on ``version``, together."""
-        todo = [first] + [f for f in self.waiting.flights if f.version == version and f.delta is None]
+        """Train ``first`` and every other client still waiting on ``version``, together.
+
+        Each goes back in flight at its exact arrival (its real upload), or lost as late if that misses the deadline.
+        """
+        todo = [first] + [f for f in self.waiting.flights if f.version == version and f.delta is None and not f.lost]
         todo.sort(key=lambda f: f.client)
         start = self.waiting.versions[version]
         method = self.local.method
@@ -164,6 +172,12 @@ class BufferedServer(FederatedServer):
             flight.delta = {n: d.clone() for n, d in updates.client_delta(k).items()}
             flight.samples, flight.up_bytes = int(updates.num_samples[k]), int(sizes[k])
             flight.loss = float(result.train_loss[k])
+            duration, deadline = self._seconds(flight.client, up_bytes=flight.up_bytes), self.policy.deadline_s
+            if deadline is not None and duration > deadline:
+                flight.lost, flight.delta, duration = "late", None, deadline
+            flight.finish_s = flight.start_s + duration
+        self.waiting.flights.append(first)
+        self.waiting.flights.sort(key=_arrival_order)
 
     def _buffered(self, arrived: list[Flight], rnd: int) -> Arrived:
         """The buffer as one round's updates, each scaled by its staleness weight."""
@@ -176,7 +190,7 @@ class BufferedServer(FederatedServer):
 
     def _forget_versions(self) -> None:
         """Drop the weights of versions no waiting client still has to train on."""
-        needed = {f.version for f in self.waiting.flights if f.delta is None} | {self.round}
+        needed = {f.version for f in self.waiting.flights if f.delta is None and not f.lost} | {self.round}
         for v in [v for v in self.waiting.versions if v not in needed]:
             del self.waiting.versions[v]
 
@@ -203,7 +217,9 @@ def buffer_problems(config: Any) -> list[str]:
     if config.devices.overselect:
         problems.append("devices.overselect: FedBuff has no rounds to close early; its buffer already takes the "
                         "first arrivals: leave overselect at 0")
-    if config.codec.up != "float32":
-        problems.append(f"codec.up = {config.codec.up!r}: the asynchronous server times uploads of uncompressed "
-                        "updates only; leave codec.up at float32")
     return problems
+
+
+def _arrival_order(flight: Flight) -> tuple[float, float, int]:
+    """Flights by arrival; ties: the earlier start, then the lower client id."""
+    return flight.finish_s, flight.start_s, flight.client
