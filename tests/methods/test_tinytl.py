@@ -8,7 +8,7 @@ from torch.nn import functional as F
 from pocketlearn.errors import ConfigError, UnsupportedModelError
 from pocketlearn.evaluate import evaluate
 from pocketlearn.methods import make_method
-from pocketlearn.methods.lean import lean_conv2d
+from pocketlearn.methods.lean import lean_conv2d, make_lean
 from pocketlearn.methods.tinytl import LiteResidualConv2d, _AvgPool2d, _upsample
 from tests.conftest import eval_batches, saved_activation_bytes, train_batches
 
@@ -26,8 +26,8 @@ def test_tinytl_trains_biases_branches_and_head(digits_cnn):
     untouched = copy.deepcopy(digits_cnn)
     method = make_method("tinytl", digits_cnn)
     assert set(method.trainable_parameters()) == {
-        "0.conv.bias", "0.lite_conv.weight", "0.lite_conv.bias", "0.lite_proj.weight",
-        "3.conv.bias", "3.lite_conv.weight", "3.lite_conv.bias", "3.lite_proj.weight",
+        "0.conv.bias", "0.lite_conv.weight", "0.lite_norm.weight", "0.lite_norm.bias", "0.lite_proj.weight",
+        "3.conv.bias", "3.lite_conv.weight", "3.lite_norm.weight", "3.lite_norm.bias", "3.lite_proj.weight",
         "7.bias", "9.weight", "9.bias",
     }
     assert set(make_method("tinytl", untouched, train_head=False).trainable_parameters()) == {
@@ -104,11 +104,34 @@ def test_strided_convs_on_odd_sizes_keep_their_shapes():
 
 
 def test_branch_saves_only_the_downsampled_input():
-    wrapper = LiteResidualConv2d(nn.Conv2d(16, 16, 3, padding=1).requires_grad_(False), downsample=2)
+    wrapper = LiteResidualConv2d(make_lean_conv(nn.Conv2d(16, 16, 3, padding=1)), downsample=2)
     x = torch.randn(8, 16, 32, 32, requires_grad=True)
-    # the pooled input (1/4) for the 3x3 conv and the ReLU's output (1/4) for the 1x1 conv
-    assert saved_activation_bytes(wrapper, inputs=x) == x.nbytes // 2
+    # the pooled input (1/4); the branch's inside is recomputed in backward
+    assert saved_activation_bytes(wrapper, inputs=x) == x.nbytes // 4
     assert saved_activation_bytes(wrapper.conv.requires_grad_(True), inputs=x) == x.nbytes  # plain conv
+
+
+def make_lean_conv(conv: nn.Conv2d) -> nn.Conv2d:
+    conv.requires_grad_(False)
+    make_lean(conv)
+    return conv
+
+
+def test_tinytl_on_tensorflow_same_padding_trains_at_batch_one():
+    """TF-"same" padding (odd pixel after) on odd and even sizes; a batch of one trains (group norm)."""
+    from tests.methods.test_lean import tiny_efficientnet
+
+    model = tiny_efficientnet()
+    reference = copy.deepcopy(model)
+    method = make_method("tinytl", model, lr=0.05)
+    assert sum("lite_norm" in n for n in method.trainable_parameters()) > 0
+    for side in (31, 32):
+        x = torch.rand(1, 3, side, side)
+        method.model.eval()
+        torch.testing.assert_close(method.model(x), reference(x))  # branches start at zero
+    x, y = torch.rand(1, 3, 31, 31), torch.tensor([2])
+    losses = [method.step((x, y)) for _ in range(8)]
+    assert losses[-1] < losses[0] * 0.5
 
 
 def test_tinytl_saves_fewer_activation_bytes_than_backprop(digits, digits_cnn):

@@ -86,6 +86,42 @@ def saved_bytes(model: nn.Module, run: Callable[[], object]) -> int:
     return sum(saved.values())
 
 
+def saved_by_module(model: nn.Module, run: Callable[[], object]) -> dict[str, int]:
+    """Like :func:`saved_bytes`, per module: the bytes autograd saved while each innermost module ran.
+
+    Where training memory goes, before changing anything: a frozen layer that still saves its input shows here.
+    A tensor saved outside any submodule counts under ``""``; each storage counts once, where first saved.
+    """
+    state = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
+    running: list[str] = [""]
+    saved: dict[int, tuple[str, int]] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        key = _storage_key(t)
+        if key not in state and key not in saved:
+            saved[key] = (running[-1], t.untyped_storage().nbytes())
+        return t
+
+    def enter(name: str) -> Callable[..., None]:
+        return lambda *_: running.append(name)
+
+    def leave(*_: object) -> None:
+        running.pop()
+
+    handles = [h for name, m in model.named_modules() if name for h in (
+        m.register_forward_pre_hook(enter(name)), m.register_forward_hook(leave))]
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, int] = {}
+    for name, size in saved.values():
+        out[name] = out.get(name, 0) + size
+    return out
+
+
 def _checkpointed_blocks(model: nn.Module) -> list[nn.Module]:
     """Modules whose activations are recomputed in backward (ours, and transformers' decoder layers)."""
     from pocketlearn.methods.backprop import _Checkpointed

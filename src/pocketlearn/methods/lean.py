@@ -1,8 +1,11 @@
-"""Frozen convolutions that keep no copy of their input for backward.
+"""The lean frozen path: layers that keep for backward only what the trained parameters' gradients need.
 
 PyTorch's conv saves its full input even when the weight is frozen (only the input and bias gradients are
-needed, and those need the weight alone). Every method that freezes conv weights (bias-only, TinyTL, sparse)
-swaps in :class:`LeanConv2d`, which is what makes their activation saving real.
+needed, and those need the weight alone); its batch norm saves its input for the weight's gradient even when
+that weight is frozen; ReLU and ReLU6 keep an fp32 tensor where the gradient needs one bit per element. Every
+method that freezes weights (bias-only, TinyTL, sparse) calls :func:`make_lean`, which swaps in
+:class:`LeanConv2d`, :class:`LeanBatchNorm2d` and the 1-bit-mask activations: that is what makes their
+activation saving real on a mobile network (conv, batch norm, ReLU6 in every block).
 """
 
 from __future__ import annotations
@@ -53,8 +56,113 @@ class LeanConv2d(nn.Conv2d):
         return lean_conv2d(self, x)
 
 
+class _FrozenNorm(torch.autograd.Function):
+    """Batch norm with running statistics and a frozen scale, ``x * scale + shift`` per channel.
+
+    It keeps only the (resident) weight and running variance: the scale is recomputed in backward.
+    """
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, running_var: Tensor, eps: float, shift: Tensor) -> Tensor:
+        view = (1, -1) + (1,) * (x.dim() - 2)  # x (B, C, ...); weight, running_var, shift (C,)
+        return torch.addcmul(shift.view(view), x, (weight * torch.rsqrt(running_var + eps)).view(view))
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, weight, running_var, ctx.eps, _ = inputs
+        ctx.save_for_backward(weight, running_var)
+        ctx.dims = (0, *range(2, x.dim()))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, None, None, Tensor | None]:
+        weight, running_var = ctx.saved_tensors
+        view = (1, -1) + (1,) * (grad.dim() - 2)
+        scale = (weight * torch.rsqrt(running_var + ctx.eps)).view(view)
+        grad_x = grad * scale if ctx.needs_input_grad[0] else None
+        return grad_x, None, None, None, grad.sum(ctx.dims) if ctx.needs_input_grad[4] else None
+
+
+class LeanBatchNorm2d(nn.BatchNorm2d):
+    """A batch norm whose frozen scale keeps nothing for backward; only its shift (bias) may train.
+
+    On the lean path a frozen batch norm always normalizes with its running statistics, as at inference: that
+    is what a pretrained network's features mean, and what lets a batch of one train.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.weight is None or self.weight.requires_grad or self.running_mean is None:
+            return super().forward(x)
+        assert self.running_var is not None and self.bias is not None
+        with torch.no_grad():
+            offset = self.running_mean * self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - offset  # the bias's gradient passes straight through
+        return _FrozenNorm.apply(x, self.weight.detach(), self.running_var, self.eps, shift)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """A bool tensor as uint8, eight elements a byte (the last byte zero-padded)."""
+    flat = mask.reshape(-1)
+    flat = F.pad(flat, (0, -len(flat) % 8)) if len(flat) % 8 else flat
+    return (flat.view(-1, 8).to(torch.uint8) << _SHIFTS).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
+    """The bool tensor of ``shape`` that :func:`pack_bits` packed."""
+    bits = (packed[:, None] >> _SHIFTS) & 1
+    return bits.view(-1)[: shape.numel()].view(shape).bool()
+
+
+_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+class _MaskedClamp(torch.autograd.Function):
+    """``clamp(x, 0, top)`` (ReLU, or ReLU6 with ``top`` 6) keeping one bit per element for backward."""
+
+    @staticmethod
+    def forward(x: Tensor, top: float | None) -> Tensor:
+        return x.clamp(0.0, top)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, top = inputs
+        passes = x > 0 if top is None else (x > 0) & (x < top)
+        ctx.save_for_backward(pack_bits(passes))
+        ctx.shape = x.shape
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (packed,) = ctx.saved_tensors
+        return grad * unpack_bits(packed, ctx.shape), None
+
+
+class LeanReLU(nn.ReLU):
+    """ReLU keeping a 1-bit mask instead of its fp32 output for backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _MaskedClamp.apply(x, None) if x.requires_grad else super().forward(x)
+
+
+class LeanReLU6(nn.ReLU6):
+    """ReLU6 keeping a 1-bit mask instead of its fp32 input for backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _MaskedClamp.apply(x, 6.0) if x.requires_grad else super().forward(x)
+
+
+_LEAN = {nn.Conv2d: LeanConv2d, nn.BatchNorm2d: LeanBatchNorm2d, nn.ReLU: LeanReLU, nn.ReLU6: LeanReLU6}
+
+
 def make_lean(model: nn.Module) -> None:
-    """Turn every plain ``nn.Conv2d`` with a frozen weight into a :class:`LeanConv2d`, keeping parameter names."""
+    """Swap in the lean layers (same parameter names): frozen convs and batch norms, and every ReLU/ReLU6.
+
+    A trainable conv or batch norm stays as it was (its lean class falls back to the plain computation), and
+    the activations' masks give the same gradients as the plain ones, so this only ever saves memory.
+    """
     for module in model.modules():
-        if type(module) is nn.Conv2d and not module.weight.requires_grad:
-            module.__class__ = LeanConv2d
+        lean = _LEAN.get(type(module))
+        if lean is None or (isinstance(module, nn.Conv2d | nn.BatchNorm2d)
+                            and module.weight is not None and module.weight.requires_grad):
+            continue
+        module.__class__ = lean

@@ -1,4 +1,4 @@
-"""TinyTL: frozen weights, trainable biases and lite residual branches beside every Conv2d.
+"""TinyTL: frozen weights, trainable biases and lite residual branches beside each block (or each Conv2d).
 
 A frozen weight needs no stored input for its gradient, and a bias gradient needs none either, so the
 full-resolution activations the backward pass would keep for weight gradients go away. What the model
@@ -11,6 +11,7 @@ function below saves the shape alone (frozen convs do the same through :mod:`poc
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,11 +19,12 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from pocketlearn.errors import UnsupportedModelError
 from pocketlearn.methods.base import GradientConfig, GradientMethod, MethodConfig, freeze, train_biases
 from pocketlearn.methods.bias import train_head
-from pocketlearn.methods.lean import lean_conv2d
+from pocketlearn.methods.lean import make_lean
 
 
 @dataclass(frozen=True)
@@ -77,42 +79,78 @@ def _upsample(r: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(r, size=size, mode="nearest")
 
 
-class LiteResidualConv2d(nn.Module):
-    """A frozen conv plus a lite residual branch: pool -> group conv 3x3 -> ReLU -> 1x1 conv -> upsample.
+class _LiteResidual(nn.Module):
+    """A frozen layer or block plus a lite residual branch added to its output.
 
-    The 1x1 conv starts at zero, so the wrapped model first computes exactly what it did. Unlike TinyTL
-    there is no norm layer (it would save another activation and depend on the batch size) and the
-    upsampling is nearest, not bilinear (the bilinear kernel holds a second full-size buffer).
+    The branch: pool -> group conv 3x3 -> group norm -> ReLU -> 1x1 conv -> upsample to the main output's size.
+    The 1x1 conv starts at zero, so the wrapped model first computes exactly what it did. Group norm (not
+    batch norm) keeps a batch of one trainable. Upsampling is nearest, not bilinear (the bilinear kernel holds a
+    second full-size buffer), to the main output's exact size, so any padding scheme and stride fits.
     """
 
-    def __init__(self, conv: nn.Conv2d, downsample: int = 2, groups: int = 2, reduction: int = 1):
+    def __init__(self, c_in: int, c_out: int, downsample: int, groups: int, reduction: int, like: Tensor):
         super().__init__()
-        self.conv, self.downsample = conv, downsample
-        c_in, c_out = conv.in_channels, conv.out_channels
+        self.downsample = downsample
         g = math.gcd(groups, c_in)
         mid = g * math.ceil(math.ceil(c_in / reduction) / g)
-        device, dtype = conv.weight.device, conv.weight.dtype
-        self.lite_conv = nn.Conv2d(c_in, mid, 3, padding=1, groups=g, device=device, dtype=dtype)
+        device, dtype = like.device, like.dtype
+        self.lite_conv = nn.Conv2d(c_in, mid, 3, padding=1, groups=g, bias=False, device=device, dtype=dtype)
+        self.lite_norm = nn.GroupNorm(math.gcd(mid, 8), mid, device=device, dtype=dtype)
         self.lite_proj = nn.Conv2d(mid, c_out, 1, bias=False, device=device, dtype=dtype)
         nn.init.zeros_(self.lite_proj.weight)
 
-    def forward(self, x: Tensor) -> Tensor:  # x (B, C_in, H, W)
-        y = lean_conv2d(self.conv, x)  # (B, C_out, H_out, W_out)
+    def residual(self, x: Tensor, size: tuple[int, int]) -> Tensor:  # x (B, C_in, H, W) -> (B, C_out, *size)
         d = min(self.downsample, x.size(-2), x.size(-1))
         small = _AvgPool2d.apply(x, d) if d > 1 else x  # (B, C_in, H / d, W / d)
-        r = self.lite_proj(F.relu(self.lite_conv(small)))  # (B, C_out, H / d, W / d)
-        return y.add_(_upsample(r, (y.size(-2), y.size(-1))))  # in place: no autograd node saved y
+        if torch.is_grad_enabled():  # keep only `small`: the branch's inside is recomputed in backward (cheap)
+            r = checkpoint(self._branch, small, use_reentrant=False)
+        else:
+            r = self._branch(small)
+        return _upsample(r, size)
+
+    def _branch(self, small: Tensor) -> Tensor:  # (B, C_in, h, w) -> (B, C_out, h, w)
+        return self.lite_proj(F.relu(self.lite_norm(self.lite_conv(small))))
 
     def lite_parameters(self) -> list[nn.Parameter]:
-        return [*self.lite_conv.parameters(), *self.lite_proj.parameters()]
+        return [*self.lite_conv.parameters(), *self.lite_norm.parameters(), *self.lite_proj.parameters()]
+
+
+class LiteResidualConv2d(_LiteResidual):
+    """A frozen conv (any padding, its own forward) with a lite residual branch beside it."""
+
+    def __init__(self, conv: nn.Conv2d, downsample: int = 2, groups: int = 2, reduction: int = 1):
+        super().__init__(conv.in_channels, conv.out_channels, downsample, groups, reduction, conv.weight)
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, C_in, H, W)
+        y = self.conv(x)  # (B, C_out, H_out, W_out); lean: a frozen conv keeps no input
+        return y.add_(self.residual(x, (y.size(-2), y.size(-1))))  # in place: no autograd node saved y
+
+
+class LiteResidualBlock(_LiteResidual):
+    """A frozen block (e.g. an inverted bottleneck) with a lite residual branch from its input to its output.
+
+    That is where TinyTL places them: the branch sees the block's narrow input, never its expanded inside.
+    """
+
+    def __init__(self, block: nn.Module, downsample: int = 2, groups: int = 2, reduction: int = 1):
+        like = next(block.parameters())
+        c_in, c_out = int(block.in_channels), int(block.out_channels)  # type: ignore[arg-type]
+        super().__init__(c_in, c_out, downsample, groups, reduction, like)
+        self.block = block
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.block(x)
+        return y + self.residual(x, (y.size(-2), y.size(-1)))
 
 
 class TinyTL(GradientMethod):
     """Frozen weights; biases, lite residual branches and the head train.
 
     Cai et al., "TinyTL: Reduce Memory, Not Parameters for Efficient On-Device Learning", NeurIPS 2020.
-    Each ``nn.Conv2d`` is replaced in place by a :class:`LiteResidualConv2d` (its parameters are then
-    named ``<conv>.conv.weight``, ``<conv>.lite_conv.weight``, ...).
+    A model's marked blocks (see :func:`_sites`) are each replaced in place by a :class:`LiteResidualBlock`
+    (parameters ``<block>.block.…``, ``<block>.lite_conv.weight``, ...); a model without them gets a
+    :class:`LiteResidualConv2d` for each ``nn.Conv2d`` (``<conv>.conv.weight``, ``<conv>.lite_conv.weight``, ...).
     """
 
     name = "tinytl"
@@ -123,9 +161,14 @@ class TinyTL(GradientMethod):
     def select_trainable(self, model: nn.Module) -> nn.Module:
         freeze(model)
         c = self.config
-        for name, conv in _unwrapped_convs(model):
-            model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups, c.reduction))
-        wrappers = [m for m in model.modules() if isinstance(m, LiteResidualConv2d)]
+        blocks = _sites(model, lambda m: getattr(m, "lite_residual_site", False) is True)
+        for name, block in blocks:
+            model.set_submodule(name, LiteResidualBlock(block, c.downsample, c.groups, c.reduction))
+        if not blocks:
+            for name, conv in _sites(model, lambda m: isinstance(m, nn.Conv2d)):
+                assert isinstance(conv, nn.Conv2d)
+                model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups, c.reduction))
+        wrappers = [m for m in model.modules() if isinstance(m, _LiteResidual)]
         if not wrappers:
             raise UnsupportedModelError(
                 "tinytl needs Conv2d layers (its lite residual branches sit beside them); this model has none. "
@@ -136,10 +179,20 @@ class TinyTL(GradientMethod):
                 p.requires_grad_(True)
         if self.config.train_head:
             train_head(model)
+        make_lean(model)
         return model
 
 
-def _unwrapped_convs(model: nn.Module) -> list[tuple[str, nn.Conv2d]]:
-    """Conv2d layers not already wrapped (nor inside a branch), so preparing twice adds nothing."""
-    taken = {id(m) for w in model.modules() if isinstance(w, LiteResidualConv2d) for m in w.modules()}
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and id(m) not in taken]
+def _sites(model: nn.Module, wanted: Callable[[nn.Module], bool]) -> list[tuple[str, nn.Module]]:
+    """The outermost modules ``wanted`` picks, outside any branch already added (preparing twice adds nothing).
+
+    A model marks the blocks that get a branch (its inverted bottlenecks) with a class attribute
+    ``lite_residual_site = True`` and ``in_channels``/``out_channels``; without any, every Conv2d gets one.
+    """
+    taken = {id(m) for w in model.modules() if isinstance(w, _LiteResidual) for m in w.modules()}
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        inside = any(name.startswith(f"{outer}.") for outer, _ in found)
+        if wanted(m) and id(m) not in taken and not inside:
+            found.append((name, m))
+    return found

