@@ -27,8 +27,8 @@ def test_the_ids_example_loads_and_a_typo_names_the_fields(tmp_path):
 # states, as a busy shared 2-core machine runs them up to 10x slower; a setup that regresses to minutes fails.
 # The CCT ones run with `pytest -m slow`; the rest stay in the default suite.
 ONE_ROUND_LIMIT_S = {"devices.toml": 60, "har.toml": 60, "mixed.toml": 300, "phones.toml": 60, "synthetic.toml": 60,
-                     "vision-quick.toml": 120, "vision.toml": 400}
-SLOW = {"vision.toml", "vision-quick.toml"}  # a CCT round, and the Fashion-MNIST package
+                     "transfer.toml": 400, "vision-quick.toml": 120, "vision.toml": 400}
+SLOW = {"transfer.toml", "vision.toml", "vision-quick.toml"}  # EfficientNet or CCT rounds, Fashion-MNIST
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
 

@@ -21,6 +21,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 BLOCKS = {
     "make demo": "not run here: CI runs `make demo` and `make test` themselves (.ci/run)",
     ".venv/bin/pocketlearn devices": "fast",
+    ".venv/bin/pocketlearn plan --model efficientnet-lite0": "fast",
     "import torch": "fast",
     ".venv/bin/pocketlearn fed simulate examples/phones.toml": "fast",
     ".venv/bin/pocketlearn fed simulate examples/synthetic.toml": "fast",

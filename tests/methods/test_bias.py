@@ -27,5 +27,16 @@ def test_a_model_without_biases_is_unsupported():
     from pocketlearn.errors import UnsupportedModelError
     from pocketlearn.methods import make_method
 
-    with pytest.raises(UnsupportedModelError, match="no bias parameters"):
+    with pytest.raises(UnsupportedModelError, match="nothing to train.*no bias parameters"):
         make_method("bias", nn.Sequential(nn.Linear(4, 4, bias=False)), train_head=False)
+
+
+def test_the_last_layer_alone_and_batch_norm_with_it():
+    from tests.methods.test_lean import tiny_efficientnet
+
+    last = make_method("bias", tiny_efficientnet(), train_biases=False)
+    assert set(last.trainable_parameters()) == {"_fc.weight", "_fc.bias"}
+    norms = make_method("bias", tiny_efficientnet(), train_biases=False, train_norms=True)
+    names = set(norms.trainable_parameters())
+    assert {"_fc.weight", "_bn0.weight", "_bn0.bias", "_blocks.1._bn1.weight"} <= names
+    assert not any("conv" in n for n in names)

@@ -72,3 +72,16 @@ def test_weights_that_do_not_fit_are_a_data_error(monkeypatch, tmp_path):
     monkeypatch.setattr(en, "weights_path", lambda: bad)
     with pytest.raises(DataError, match="do not fit|cannot read"):
         efficientnet_lite0()
+
+
+def test_an_image_size_is_for_models_that_resize_their_inputs():
+    from pocketlearn.errors import ConfigError
+
+    assert build_model("efficientnet-lite0", image_size=96).image_size == 96
+    with pytest.raises(ConfigError, match="takes its inputs at one size.*efficientnet-lite0"):
+        build_model("digits-mlp", image_size=96)
+    with pytest.raises(ConfigError, match="too small"):
+        build_model("efficientnet-lite0", image_size=8)
+    assert get_model_spec("efficientnet-lite0").at_image_size(128).example_batch(2)[0].shape == (2, 3, 128, 128)
+    with pytest.raises(ConfigError, match="does not take images"):
+        get_model_spec("digits-mlp").at_image_size(128)

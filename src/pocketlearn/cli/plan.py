@@ -21,6 +21,8 @@ def plan_command(
     device: Annotated[str, typer.Option(help="Device preset (see `pocketlearn devices`) or a name in --devices-file.")],
     batch: Annotated[int, typer.Option(min=1, help="Examples per training step.")] = 32,
     seq_len: Annotated[int | None, typer.Option(help="Tokens per example, for language models.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Image side in pixels, for the pretrained vision models "
+                                                   "(efficientnet-lite0: 224 by default).")] = None,
     methods: Annotated[str | None, typer.Option(help="Comma-separated subset of methods to consider.")] = None,
     devices_file: Annotated[Path | None, typer.Option(help="TOML file with [devices.NAME] tables.")] = None,
     measure: Annotated[bool, typer.Option(help="Also measure each method in a fresh process (minutes: loads the "
@@ -33,6 +35,8 @@ def plan_command(
 
     profile = get_device(device, devices_file)
     spec = get_model_spec(model)
+    if image_size is not None:
+        spec = spec.at_image_size(image_size)
     example = spec.example_batch(batch, seq_len)
     chosen = [m.strip() for m in methods.split(",")] if methods else None
     console = Console(stderr=True)

@@ -34,6 +34,9 @@ def train_command(
         "--resume-anyway", help="Resume a checkpoint written with other settings: its weights (and its optimizer "
                                 "state, unless the method options changed) continue from its step under the new "
                                 "settings; the result then matches no single uninterrupted run.")] = False,
+    image_size: Annotated[int | None, typer.Option(
+        help="A pretrained vision model (efficientnet-lite0) resizes each input image to this square first, "
+             "e.g. 128 for 28-pixel Fashion-MNIST.")] = None,
     tensorboard: Annotated[Path | None, typer.Option(
         help="Also write the loss of each step and the test metrics before and after as TensorBoard event files "
              "in this folder (view: tensorboard --logdir DIR).")] = None,
@@ -51,14 +54,16 @@ def train_command(
 
     track = ScalarLog(tensorboard, flush_each=False) if tensorboard else None  # a missing package fails first
     spec = get_model_spec(model)
-    x, y, xt, yt = load_tensors(data, seq_len=spec.seq_len or 64, limit=limit)
+    x, y, xt, yt = load_tensors(data, seq_len=spec.seq_len or 64, limit=limit, unit_pixels=spec.unit_pixels)
     torch.manual_seed(seed)
     options = parse_options(option or [])
-    net = build_model(model, str(options.get("base", "fp32")))  # a pretrained LM loads its base quantized
+    net = build_model(model, str(options.get("base", "fp32")), image_size=image_size)  # an LM loads its base quantized
     trainer = LocalTrainer(make_method(method, net, **options),
                            TrainerConfig(epochs=epochs, batch_size=batch, seed=seed),
                            device=get_device(device) if device else None, checkpoint_path=checkpoint,
-                           settings={"model": model, "data": data, "limit": limit}, resume_anyway=resume_anyway)
+                           settings={"model": model, "data": data, "limit": limit,
+                                     **({"image_size": image_size} if image_size else {})},
+                           resume_anyway=resume_anyway)
     console = Console()
     start, total = trainer.restore(x, y), trainer.total_steps(len(x))  # a checkpoint that does not fit fails first
     console.print(trainer.method.summary())

@@ -10,10 +10,11 @@ Split = tuple[Tensor, Tensor, Tensor, Tensor]  # x_train, y_train, x_test, y_tes
 DATASETS = ("digits", "fashion-mnist", "shakespeare", "hapt")
 
 
-def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> Split:
+def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None, unit_pixels: bool = False) -> Split:
     """Train and test tensors of a named data set (Shakespeare: next-character windows of ``seq_len``).
 
-    ``limit``: at most this many training (and test) examples, for quick runs.
+    ``limit``: at most this many training (and test) examples, for quick runs. ``unit_pixels``: images in
+    [0, 1] instead of standardized (what a pretrained vision model's own preprocessing expects).
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"limit {limit}: use at least 1 example (or no limit for the whole data set)")
@@ -24,8 +25,8 @@ def load_tensors(name: str, *, seq_len: int = 64, limit: int | None = None) -> S
     if name == "fashion-mnist":
         from pocketlearn.data.fashion_mnist import load_fashion_mnist
 
-        x, y = load_fashion_mnist("train", limit=limit)
-        xt, yt = load_fashion_mnist("test", limit=limit)
+        x, y = load_fashion_mnist("train", limit=limit, standardize=not unit_pixels)
+        xt, yt = load_fashion_mnist("test", limit=limit, standardize=not unit_pixels)
         return x, y, xt, yt
     if name == "shakespeare":
         import torch

@@ -75,9 +75,12 @@ def _read_idx(path: Path, magic: int, limit: int | None) -> np.ndarray:
 
 
 def load_fashion_mnist(
-    split: str = "train", *, limit: int | None = None, root: str | Path | None = None
+    split: str = "train", *, limit: int | None = None, root: str | Path | None = None, standardize: bool = True
 ) -> tuple[Tensor, Tensor]:
-    """Images (N, 1, 28, 28) float32, normalised with the train mean/std, and labels (N,) long."""
+    """Images (N, 1, 28, 28) float32 normalised with the train mean/std, and labels (N,) long.
+
+    Without ``standardize`` the images are in [0, 1], as a pretrained network's own preprocessing expects.
+    """
     if split not in FILES:
         raise ConfigError(f"split must be 'train' or 'test', got {split!r}.")
     if limit is not None and limit < 1:
@@ -93,5 +96,7 @@ def load_fashion_mnist(
         )
     if labels.size and labels.max() >= len(CLASS_NAMES):
         raise DataError(f"{label_file} has label {labels.max()}, expected 0-9; reinstall: `{INSTALL}`.")
-    x = torch.from_numpy(images.astype(np.float32)).div_(255.0).sub_(TRAIN_MEAN).div_(TRAIN_STD)
+    x = torch.from_numpy(images.astype(np.float32)).div_(255.0)
+    if standardize:
+        x.sub_(TRAIN_MEAN).div_(TRAIN_STD)
     return x.unsqueeze(1), torch.from_numpy(labels.astype(np.int64))  # (N, 1, 28, 28), (N,)

@@ -19,6 +19,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name: str = "digits-mlp"  # a name from pocketlearn.models, or "package.module:function" (your own nn.Module)
     init: str | None = None  # start from these weights: a checkpoint with a "model" state dict (e.g. pretrained)
+    image_size: int | None = None  # a pretrained vision model resizes its input images to this square first
 
 
 class DataSection(_Section):

@@ -67,8 +67,9 @@ def load_federated_data(config: RunConfig) -> FederatedData:
     if d.partition == "natural":
         return _natural_data(config)
     from pocketlearn.data import load_tensors
+    from pocketlearn.models import get_model_spec
 
-    x, y, xt, yt = load_tensors(d.name, limit=d.limit)
+    x, y, xt, yt = load_tensors(d.name, limit=d.limit, unit_pixels=get_model_spec(config.model.name).unit_pixels)
     if d.test_limit:
         xt, yt = xt[: d.test_limit], yt[: d.test_limit]
     if d.partition == "resample":
@@ -225,7 +226,7 @@ def build_template(config: RunConfig) -> nn.Module:
     from pocketlearn.models import build_model
 
     torch.manual_seed(config.seed)
-    template = build_model(config.model.name)
+    template = build_model(config.model.name, image_size=config.model.image_size)
     if config.model.init:
         from pocketlearn.checkpoint import load_weights
 

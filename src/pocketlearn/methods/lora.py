@@ -185,14 +185,26 @@ def _quant_lora_linear() -> type:
 
 
 def default_targets(model: nn.Module) -> str:
-    """Return a regex (PEFT full-matches it) that names every Linear/Conv layer but the head, exactly."""
+    """Return a regex (PEFT full-matches it) that names every Linear/Conv layer but the head, exactly.
+
+    Left out: grouped (depthwise) convs, whose per-channel kernels have no low-rank factor to learn (PEFT
+    needs the rank divisible by the groups), and convs that pad their input themselves (TF-"same") unless
+    1x1 with stride 1, since PEFT's adapter conv would not see that padding.
+    """
     head = head_module(model)
     layers = [*weight_layers(model), *((n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear))]
-    names = [n for n, _ in layers if head is None or n != head[0]]
+    names = [n for n, m in layers if (head is None or n != head[0]) and _adaptable(m)]
     if not names:
         raise ConfigError("LoRA: the model has no Linear/Conv layer besides its output head to adapt; "
                           "pass target_modules explicitly")
     return "^(?:" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def _adaptable(layer: nn.Module) -> bool:
+    if not isinstance(layer, nn.Conv2d):
+        return True
+    pointwise = layer.kernel_size == (1, 1) and layer.stride == (1, 1)
+    return layer.groups == 1 and (pointwise or not hasattr(layer, "pad_input"))
 
 
 def factor_weight(layer: LoraLayer, factor: str, adapter: str = "default") -> Tensor:

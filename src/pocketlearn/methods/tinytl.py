@@ -30,7 +30,9 @@ from pocketlearn.methods.lean import make_lean
 @dataclass(frozen=True)
 class TinyTLConfig(GradientConfig):
     downsample: int = 2  # the branch sees the conv's input avg-pooled by this factor
-    groups: int = 2  # groups of the branch's 3x3 conv (capped to divide the input channels)
+    # groups of the branch's 3x3 conv (capped to divide the input channels); None: 8 beside a block, whose wide
+    # input would make a 2-group branch a quarter of EfficientNet-Lite0's weights, 2 beside a single conv
+    groups: int | None = None
     reduction: int = 1  # the branch's width is the conv's input channels divided by this
     train_head: bool = True  # also train the output layer (a new label set needs it)
 
@@ -38,7 +40,7 @@ class TinyTLConfig(GradientConfig):
         out = super().problems()
         for name in ("downsample", "groups", "reduction"):
             value = getattr(self, name)
-            if value < 1:
+            if value is not None and value < 1:
                 out.append(f"`{name}` should be >= 1, got {value}")
         return out
 
@@ -163,11 +165,11 @@ class TinyTL(GradientMethod):
         c = self.config
         blocks = _sites(model, lambda m: getattr(m, "lite_residual_site", False) is True)
         for name, block in blocks:
-            model.set_submodule(name, LiteResidualBlock(block, c.downsample, c.groups, c.reduction))
+            model.set_submodule(name, LiteResidualBlock(block, c.downsample, c.groups or 8, c.reduction))
         if not blocks:
             for name, conv in _sites(model, lambda m: isinstance(m, nn.Conv2d)):
                 assert isinstance(conv, nn.Conv2d)
-                model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups, c.reduction))
+                model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups or 2, c.reduction))
         wrappers = [m for m in model.modules() if isinstance(m, _LiteResidual)]
         if not wrappers:
             raise UnsupportedModelError(

