@@ -187,7 +187,8 @@ def build_model(name: str, base: str = "fp32", *, image_size: int | None = None)
         if image_size < 32:
             raise ConfigError(f"image size {image_size} is too small for {name!r}: use at least 32 (96-224 "
                               "suits its weights)")
-        model.image_size, model.input_shape = image_size, (3, image_size, image_size)
+        model.image_size = image_size  # type: ignore[assignment]  # (nn.Module's typing: tensors, modules)
+        model.input_shape = (3, image_size, image_size)  # type: ignore[assignment]
     return model
 
 
