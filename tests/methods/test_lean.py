@@ -6,7 +6,16 @@ from torch import nn
 
 from pocketlearn.memory.estimate import saved_by_module
 from pocketlearn.methods import make_method
-from pocketlearn.methods.lean import LeanBatchNorm2d, LeanReLU, LeanReLU6, make_lean, pack_bits, unpack_bits
+from pocketlearn.methods.lean import (
+    LeanBatchNorm2d,
+    LeanReLU,
+    LeanReLU6,
+    _pack_with_torch,
+    _unpack_with_torch,
+    make_lean,
+    pack_bits,
+    unpack_bits,
+)
 from pocketlearn.models.efficientnet import EfficientNetLite
 
 TINY_STAGES = ((1, 3, 1, 8, 1), (4, 3, 2, 12, 2), (4, 5, 2, 16, 1))
@@ -31,6 +40,9 @@ def test_bits_pack_eight_to_a_byte_and_unpack_exactly(n):
     packed = pack_bits(mask)
     assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
     assert torch.equal(unpack_bits(packed, mask.shape), mask)
+    # an accelerator's tensors take torch ops: the same bytes
+    assert torch.equal(_pack_with_torch(mask.reshape(-1)), packed)
+    assert torch.equal(_unpack_with_torch(packed, mask.numel()).view(mask.shape), mask)
 
 
 @pytest.mark.parametrize(("lean", "plain"), [(LeanReLU(), nn.ReLU()), (LeanReLU6(), nn.ReLU6())])

@@ -131,17 +131,14 @@ def check_exportable(config: GradientConfig) -> None:
 
 
 def plain_layers(model: nn.Module) -> nn.Module:
-    """Undo :func:`pocketlearn.methods.lean.make_lean`: its custom autograd function does not export.
+    """Undo :func:`pocketlearn.methods.lean.make_lean`: its custom autograd functions do not export.
 
-    The exported backward is ATen's convolution backward, which takes the input even for a frozen weight, so
-    on the device a frozen conv keeps its input alive as eager PyTorch would without the lean swap.
+    The exported backward is ATen's, which takes a conv's input even for a frozen weight (and a ReLU's full
+    output), so on the device frozen layers keep what eager PyTorch would keep without the lean swap.
     """
-    from pocketlearn.methods.lean import LeanConv2d
+    from pocketlearn.methods.lean import make_plain
 
-    for module in model.modules():
-        if type(module) is LeanConv2d:
-            module.__class__ = nn.Conv2d  # type: ignore[assignment]
-    return model
+    return make_plain(model)
 
 
 def lower(model: nn.Module, example: tuple[Tensor, Tensor], trainable: set[str]) -> tuple[bytes, int]:
