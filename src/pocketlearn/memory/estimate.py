@@ -72,22 +72,11 @@ def _layer_outputs(model: nn.Module) -> Iterator[list[int]]:
 
 def saved_bytes(model: nn.Module, run: Callable[[], object]) -> int:
     """Bytes autograd saves for backward while ``run()`` executes, each storage once, ``model``'s state excluded."""
-    state = {_storage_key(t) for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        key = _storage_key(t)
-        if key not in state:
-            saved[key] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(saved.values())
+    return sum(saved_by_module(model, run).values())
 
 
 def saved_by_module(model: nn.Module, run: Callable[[], object]) -> dict[str, int]:
-    """Like :func:`saved_bytes`, per module: the bytes autograd saved while each innermost module ran.
+    """The bytes autograd saved for backward while ``run()`` executed, by the innermost module running then.
 
     Where training memory goes, before changing anything: a frozen layer that still saves its input shows here.
     A tensor saved outside any submodule counts under ``""``; each storage counts once, where first saved.

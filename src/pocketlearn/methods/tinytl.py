@@ -135,7 +135,7 @@ class LiteResidualBlock(_LiteResidual):
     That is where TinyTL places them: the branch sees the block's narrow input, never its expanded inside.
     """
 
-    def __init__(self, block: nn.Module, downsample: int = 2, groups: int = 2, reduction: int = 1):
+    def __init__(self, block: nn.Module, downsample: int = 2, groups: int = 8, reduction: int = 1):
         like = next(block.parameters())
         c_in, c_out = int(block.in_channels), int(block.out_channels)  # type: ignore[arg-type]
         super().__init__(c_in, c_out, downsample, groups, reduction, like)

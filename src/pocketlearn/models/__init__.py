@@ -59,8 +59,7 @@ class ModelSpec:
         if self.task != "classification" or len(self.input_shape) != 3 or self.input_shape[0] != 3:
             raise ConfigError(f"model {self.name!r} does not take images of a chosen size; --image-size is for "
                               "the pretrained vision models (efficientnet-lite0)")
-        if side < 32:
-            raise ConfigError(f"image size {side} is too small: use at least 32 (96-224 suits pretrained weights)")
+        _check_image_side(side, self.name)
         return dataclasses.replace(self, input_shape=(3, side, side))
 
     def example_batch(self, batch_size: int, seq_len: int | None = None, seed: int = 0) -> Batch:
@@ -76,6 +75,12 @@ class ModelSpec:
             return ids[:, :-1], ids[:, 1:]
         x = torch.randn((batch_size, *self.input_shape), generator=g)
         return x, torch.randint(0, self.num_classes, (batch_size,), generator=g)
+
+
+def _check_image_side(side: int, name: str) -> None:
+    if side < 32:
+        raise ConfigError(f"image size {side} is too small for {name!r}: use at least 32 (96-224 suits "
+                          "pretrained weights)")
 
 
 def _efficientnet_lite0() -> nn.Module:
@@ -184,9 +189,7 @@ def build_model(name: str, base: str = "fp32", *, image_size: int | None = None)
             resizing = [n for n, s in MODELS.items() if s.name.startswith("efficientnet")]
             raise ConfigError(f"model {name!r} takes its inputs at one size; an image size (--image-size, "
                               f"model.image_size) is for the pretrained vision models: {', '.join(resizing)}")
-        if image_size < 32:
-            raise ConfigError(f"image size {image_size} is too small for {name!r}: use at least 32 (96-224 "
-                              "suits its weights)")
+        _check_image_side(image_size, name)
         model.image_size = image_size  # type: ignore[assignment]  # (nn.Module's typing: tensors, modules)
         model.input_shape = (3, image_size, image_size)  # type: ignore[assignment]
     return model
