@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -35,10 +36,25 @@ def cluster():
         subprocess.run([*start, "--head", "--port", address.split(":")[1], "--temp-dir", temp,
                         "--include-dashboard", "false"], env=env, check=True, capture_output=True, timeout=120)
         subprocess.run([*start, "--address", address], env=env, check=True, capture_output=True, timeout=120)
+        _wait_for_nodes(address, env, 2)
         yield address, env
     finally:
         subprocess.run([str(RAY), "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _node_count(address: str, env: dict) -> tuple[int, str]:
+    status = subprocess.run([str(RAY), "status", "--address", address], env=env, capture_output=True, text=True,
+                            timeout=60).stdout
+    return sum(line.strip().startswith("1 node_") for line in status.splitlines()), status
+
+
+def _wait_for_nodes(address: str, env: dict, nodes: int, timeout: float = 120.0) -> None:
+    """`ray start` returns before the head reports its nodes ("No cluster status"); wait, don't race it."""
+    deadline = time.monotonic() + timeout
+    while (found := _node_count(address, env))[0] < nodes and time.monotonic() < deadline:
+        time.sleep(2)
+    assert found[0] == nodes, found[1]
 
 
 def _simulate(tmp_path, name, *more, env=None):
@@ -51,9 +67,7 @@ def _simulate(tmp_path, name, *more, env=None):
 
 def test_a_run_on_a_two_node_cluster_gives_the_in_process_result(cluster, tmp_path):
     address, env = cluster
-    status = subprocess.run([str(RAY), "status", "--address", address], env=env, capture_output=True, text=True,
-                            timeout=60).stdout
-    assert sum(line.strip().startswith("1 node_") for line in status.splitlines()) == 2, status
+    assert _node_count(address, env)[0] == 2
     on_cluster = _simulate(tmp_path, "cluster", "--engine", "ray", "--address", address, env=env)
     here = _simulate(tmp_path, "here")
     assert on_cluster["accuracy"] == here["accuracy"] and on_cluster["updates"] == here["updates"]

@@ -258,3 +258,22 @@ def test_mezo_seed_exchange_sends_kilobytes_and_replays_the_clients_model(tmp_pa
         assert torch.equal(runs["seeds"][1][name], p), name
     with pytest.raises(ConfigError, match="needs client.method = 'mezo'"):
         build_server(_config(codec={"up": "seeds"}), tmp_path / "bad")
+
+
+def bn_mlp() -> torch.nn.Module:
+    """A model whose batch norm keeps running statistics (imported by path in the config below)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                               torch.nn.Linear(32, 10))
+
+
+def test_batch_norm_running_statistics_are_averaged_with_the_weights(tmp_path):
+    cfg = _config(model={"name": "tests.federated.test_server:bn_mlp"}, rounds=2, checkpoint=False,
+                  data={"partition": "iid"}, client={"batch_size": 16})  # no batch of one: batch norm refuses it
+    server, _ = build_server(cfg, tmp_path)
+    norm = server.model[1]
+    assert server.params["1.running_var"] is norm.running_var  # the server's model is what rounds change
+    server.run(2)
+    assert not torch.allclose(norm.running_mean, torch.zeros(32))
+    assert not torch.allclose(norm.running_var, torch.ones(32))
+    assert bool((norm.running_var > 0).all())

@@ -120,3 +120,11 @@ def test_tinytl_keeps_the_masks_and_only_the_branches_downsampled_inputs():
     saved = saved_by_module(model, lambda: model(x))
     branches = sum(v for k, v in saved.items() if k.startswith("_blocks.") and k.count(".") == 1)
     assert inputs and branches == sum(inputs)
+
+
+def test_only_batch_norms_that_normalize_with_their_batch_have_running_statistics_to_send():
+    norms = [n for n, m in tiny_efficientnet().named_modules() if isinstance(m, nn.BatchNorm2d)]
+    every = sorted(f"{n}.{s}" for n in norms for s in ("running_mean", "running_var"))
+    assert make_method("bias", tiny_efficientnet()).running_statistics() == {}  # frozen: running statistics
+    assert sorted(make_method("backprop", tiny_efficientnet()).running_statistics()) == every
+    assert sorted(make_method("bias", tiny_efficientnet(), train_norms=True).running_statistics()) == every

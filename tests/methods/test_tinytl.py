@@ -9,7 +9,7 @@ from pocketlearn.errors import ConfigError, UnsupportedModelError
 from pocketlearn.evaluate import evaluate
 from pocketlearn.methods import make_method
 from pocketlearn.methods.lean import lean_conv2d, make_lean
-from pocketlearn.methods.tinytl import LiteResidualConv2d, _AvgPool2d, _upsample
+from pocketlearn.methods.tinytl import LiteResidualConv2d, _AvgPool2d, _BranchConv2d, _upsample
 from tests.conftest import eval_batches, saved_activation_bytes, train_batches
 
 
@@ -83,6 +83,19 @@ def test_avg_pool_gradient_matches_autograd(d, side):
     torch.testing.assert_close(ours, F.avg_pool2d(x, d))
     torch.testing.assert_close(torch.autograd.grad(ours, x, grad)[0],
                                torch.autograd.grad(F.avg_pool2d(x, d), x, grad)[0])
+
+
+@pytest.mark.parametrize(("kernel", "groups"), [(3, 8), (3, 1), (1, 1)])
+def test_branch_convs_off_onednn_give_the_plain_conv_and_its_gradients(kernel, groups):
+    x = torch.randn(2, 16, 9, 7, requires_grad=True)
+    w = torch.randn(24, 16 // groups, kernel, kernel, requires_grad=True)
+    ours = _BranchConv2d.apply(x, w, kernel // 2, groups)
+    plain = F.conv2d(x, w, None, 1, kernel // 2, 1, groups)
+    grad = torch.randn_like(plain)
+    torch.testing.assert_close(ours, plain)
+    for a, b in zip(torch.autograd.grad(ours, (x, w), grad), torch.autograd.grad(plain, (x, w), grad), strict=True):
+        torch.testing.assert_close(a, b)
+    assert torch.backends.mkldnn.enabled  # the switch is back
 
 
 @pytest.mark.parametrize("size", [(8, 10), (12, 15), (9, 11), (4, 5)])

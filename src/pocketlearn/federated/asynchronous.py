@@ -116,7 +116,7 @@ class BufferedServer(FederatedServer):
                 arrived.append(flight)
             if len(arrived) < self.settings.buffer:  # its replacement downloads the version not yet updated
                 launched += self._fill(1)
-        applied = self.aggregation.apply(self.params, self._buffered(arrived, rnd))
+        applied = self._aggregate(self._buffered(arrived, rnd))
         self.round = rnd
         launched += self._fill(1)  # the last arrival's replacement gets the new version
         self._forget_versions()

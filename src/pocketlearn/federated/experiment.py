@@ -133,7 +133,7 @@ def is_mixed(config: RunConfig) -> bool:
 
 
 def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
-    """The server's model, prepared by the configured method; its trainable tensors are what rounds change.
+    """The server's model, prepared by the configured method; its trained state is what rounds change.
 
     A mixed run's global model is the plain model: every method's update lands on its parameters.
     """
@@ -144,7 +144,7 @@ def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Mod
         return model, dict(model.named_parameters())
     method = make_method(config.client.method, copy.deepcopy(template),
                          **local_training(config, 0.0).method_options())
-    return method.model, method.trainable_parameters()
+    return method.model, method.trained_state()
 
 
 def fit_devices(config: RunConfig, devices: list[DeviceProfile], template: nn.Module,

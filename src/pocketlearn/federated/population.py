@@ -92,10 +92,12 @@ def train_flops_per_sample(model: nn.Module, example: torch.Tensor) -> float:
 
     layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     hooks = [m.register_forward_hook(count) for m in layers]
+    training = model.training
     try:
         with torch.no_grad():
-            model(example[:1])
+            model.eval()(example[:1])  # in training mode, one example would move batch norms' statistics
     finally:
+        model.train(training)
         for h in hooks:
             h.remove()
     return 3.0 * max(total, 1)

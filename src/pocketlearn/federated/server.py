@@ -29,6 +29,7 @@ from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.pipeline import (
     Aggregation,
+    Applied,
     Arrived,
     Methods,
     MixedRound,
@@ -234,7 +235,7 @@ class FederatedServer:
                                                   expansion)
         n_finished, received = 0, 0
         if arrived is not None:
-            applied = self.aggregation.apply(self.params, arrived)
+            applied = self._aggregate(arrived)
             n_finished, received = applied.finished, applied.received
             up = up if applied.sent is None else applied.sent
         round_time = time.perf_counter() - start
@@ -265,6 +266,11 @@ class FederatedServer:
             self.clock_s += 60.0
         raise TrainingError(f"round {rnd}: no client is available at any minute of a whole day of devices.trace "
                             "from the simulated clock on; check the trace's windows (and devices.mix)")
+
+    def _aggregate(self, arrived: Arrived) -> Applied:
+        applied = self.aggregation.apply(self.params, arrived)
+        _keep_variances_valid(self.params)
+        return applied
 
     def _download(self, rnd: int) -> tuple[bytes, dict[str, Tensor]]:
         """(the global-model payload, the weights clients start from: decoded from that payload)."""
@@ -359,6 +365,13 @@ class FederatedServer:
             if on_round:
                 on_round(record)
         return records
+
+
+def _keep_variances_valid(params: dict[str, Tensor]) -> None:
+    """DP noise on averaged running statistics may take a batch norm's variance below zero (NaN outputs)."""
+    for name, t in params.items():
+        if name.endswith("running_var"):
+            t.clamp_(min=0.0)
 
 
 def downlink_payload(params: dict[str, Tensor], codec: Codec, codec_seed: int, rnd: int) -> bytes:

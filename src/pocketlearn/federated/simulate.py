@@ -268,15 +268,17 @@ class InProcessEngine(SimulatedEngine):
         if local.facts.sends_seeds:
             options.setdefault("seed", seed)  # each client and round draws its own seeds (perturbation directions)
         method = make_method(local.method, model, loss_fn=_proximal_loss(local.proximal_mu), **options)
-        trained = method.trainable_parameters()
+        trainable = method.trainable_parameters()
+        # running statistics travel when the server averages them (a mixed run's server holds parameters only)
+        trained = trainable | {n: t for n, t in method.running_statistics().items() if n in params}
         with torch.no_grad():
-            for n, p in method.model.named_parameters():
+            for n, p in [*method.model.named_parameters(), *method.model.named_buffers()]:
                 source = params.get(n, params.get(base_name(n)))  # adapters wrap a layer's weights in base_layer
                 if source is not None:
                     p.copy_(source)
             start = {n: p.detach().clone() for n, p in trained.items()}
         if hasattr(method.loss_fn, "bind"):
-            method.loss_fn.bind(trained, start)
+            method.loss_fn.bind(trainable, start)
         data = pad_batches(cohort.x, cohort.y, [order], local.batch_size)
         self._count_steps(int(data.steps[0]), int(data.steps[0]), order.size)
         total = 0.0

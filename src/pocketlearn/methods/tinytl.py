@@ -6,12 +6,17 @@ gains in capacity comes from small branches that only see a downsampled copy of 
 
 PyTorch's avg-pool saves its full input for backward even though it needs only the shape; the autograd
 function below saves the shape alone (frozen convs do the same through :mod:`pocketlearn.methods.lean`).
+
+The branches' own convs run outside oneDNN on CPU. oneDNN compiles machine code for every new conv shape and
+direction (forward, input and weight gradients): for EfficientNet-Lite0's 15 branches that is ~10 MiB of
+resident code at batch 1, more than the branches' weights and activations together, for convs that are tiny.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,7 +38,10 @@ class TinyTLConfig(GradientConfig):
     # groups of the branch's 3x3 conv (capped to divide the input channels); None: 8 beside a block, whose wide
     # input would make a 2-group branch a quarter of EfficientNet-Lite0's weights, 2 beside a single conv
     groups: int | None = None
-    reduction: int = 1  # the branch's width is the conv's input channels divided by this
+    # the branch's width is its input channels divided by this; None: 2 beside a block (half the branches'
+    # weights and gradients for 0.2 points on EfficientNet-Lite0's transfer, what keeps batch 1 within 1.3x
+    # inference's peak), 1 beside a single conv
+    reduction: int | None = None
     train_head: bool = True  # also train the output layer (a new label set needs it)
 
     def problems(self) -> list[str]:
@@ -81,6 +89,48 @@ def _upsample(r: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(r, size=size, mode="nearest")
 
 
+@contextmanager
+def _without_onednn() -> Iterator[None]:
+    """A process-wide switch (PyTorch has no per-call one), so the convs inside run on im2col and BLAS."""
+    was = bool(torch.backends.mkldnn.enabled)
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]  # a module property, typed as its descriptor
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = was  # type: ignore[assignment]
+
+
+class _BranchConv2d(torch.autograd.Function):
+    """A stride-1 conv2d computed without oneDNN (im2col and matrix products), in forward and backward."""
+
+    @staticmethod
+    def forward(x: Tensor, weight: Tensor, padding: int, groups: int) -> Tensor:
+        with _without_onednn():
+            return F.conv2d(x, weight, None, 1, padding, 1, groups)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
+        x, weight, ctx.padding, ctx.groups = inputs
+        ctx.save_for_backward(x, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight = ctx.saved_tensors
+        needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False)
+        p = ctx.padding
+        with _without_onednn():
+            grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, [1, 1], [p, p], [1, 1], False, [0, 0], ctx.groups, needs)
+        return grad_x, grad_w, None, None
+
+
+def _branch_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    if x.device.type != "cpu" or not torch.is_grad_enabled():  # no per-shape compile to avoid (or no backward)
+        return conv(x)
+    return _BranchConv2d.apply(x, conv.weight, int(conv.padding[0]), conv.groups)  # type: ignore[index]
+
+
 class _LiteResidual(nn.Module):
     """A frozen layer or block plus a lite residual branch added to its output.
 
@@ -111,7 +161,8 @@ class _LiteResidual(nn.Module):
         return _upsample(r, size)
 
     def _branch(self, small: Tensor) -> Tensor:  # (B, C_in, h, w) -> (B, C_out, h, w)
-        return self.lite_proj(F.relu(self.lite_norm(self.lite_conv(small))))
+        hidden = F.relu(self.lite_norm(_branch_conv(self.lite_conv, small)))
+        return _branch_conv(self.lite_proj, hidden)
 
     def lite_parameters(self) -> list[nn.Parameter]:
         return [*self.lite_conv.parameters(), *self.lite_norm.parameters(), *self.lite_proj.parameters()]
@@ -135,7 +186,7 @@ class LiteResidualBlock(_LiteResidual):
     That is where TinyTL places them: the branch sees the block's narrow input, never its expanded inside.
     """
 
-    def __init__(self, block: nn.Module, downsample: int = 2, groups: int = 8, reduction: int = 1):
+    def __init__(self, block: nn.Module, downsample: int = 2, groups: int = 8, reduction: int = 2):
         like = next(block.parameters())
         c_in, c_out = int(block.in_channels), int(block.out_channels)  # type: ignore[arg-type]
         super().__init__(c_in, c_out, downsample, groups, reduction, like)
@@ -165,11 +216,11 @@ class TinyTL(GradientMethod):
         c = self.config
         blocks = _sites(model, lambda m: getattr(m, "lite_residual_site", False) is True)
         for name, block in blocks:
-            model.set_submodule(name, LiteResidualBlock(block, c.downsample, c.groups or 8, c.reduction))
+            model.set_submodule(name, LiteResidualBlock(block, c.downsample, c.groups or 8, c.reduction or 2))
         if not blocks:
             for name, conv in _sites(model, lambda m: isinstance(m, nn.Conv2d)):
                 assert isinstance(conv, nn.Conv2d)
-                model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups or 2, c.reduction))
+                model.set_submodule(name, LiteResidualConv2d(conv, c.downsample, c.groups or 2, c.reduction or 1))
         wrappers = [m for m in model.modules() if isinstance(m, _LiteResidual)]
         if not wrappers:
             raise UnsupportedModelError(
