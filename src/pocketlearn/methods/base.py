@@ -216,8 +216,8 @@ class TrainingMethod(ABC):
         """Everything a federated round changes and averages: the trained parameters and running statistics.
 
         A model's state is both. A network fine-tuned with its batch norms in training mode whose server kept
-        only the averaged weights would evaluate with the pretrained running statistics (for EfficientNet-Lite0
-        on Fashion-MNIST, 0.36 accuracy instead of 0.8); Flower's PyTorch clients send the whole state dict.
+        only the averaged weights would evaluate with the pretrained running statistics, not the ones its
+        weights were trained with; Flower's PyTorch clients send the whole state dict for the same reason.
         """
         return {**self.trainable_parameters(), **self.running_statistics()}
 

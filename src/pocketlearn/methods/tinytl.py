@@ -101,7 +101,7 @@ def _without_onednn() -> Iterator[None]:
 
 
 class _BranchConv2d(torch.autograd.Function):
-    """A stride-1 conv2d computed without oneDNN (im2col and matrix products), in forward and backward."""
+    """A stride-1, bias-free conv2d (a branch's) computed without oneDNN, in forward and backward."""
 
     @staticmethod
     def forward(x: Tensor, weight: Tensor, padding: int, groups: int) -> Tensor:
