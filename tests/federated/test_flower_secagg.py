@@ -96,12 +96,16 @@ def _mean(updates):
     return RoundUpdates([-1], updates.num_samples.sum().view(1), rows)
 
 
-def test_too_many_dropouts_leave_the_model_unchanged(tmp_path):
-    cfg = config(secagg={**SECAGG, "threshold": 1.0}, rounds=1)
-    _deploy_with(SpyGrid, cfg, tmp_path, drop_at={1001: secure.UNMASK, 1003: secure.UNMASK})
+def test_too_many_dropouts_leave_the_model_unchanged_and_fail_the_run(tmp_path):
+    from pocketlearn.errors import TrainingError
+
+    cfg = config(secagg={**SECAGG, "threshold": 1.0}, rounds=2)
+    with pytest.raises(TrainingError, match="round 1 applied no update .secure aggregation failed"):
+        _deploy_with(SpyGrid, cfg, tmp_path, drop_at={1001: secure.UNMASK, 1003: secure.UNMASK})
     start, _ = build_server(cfg, None)
     assert_same_params(torch.load(tmp_path / "run" / "state.pt")["params"], start.params, atol=0)
-    assert read_metrics(tmp_path / "run" / "metrics.jsonl")[0]["finished"] == 0
+    [line] = read_metrics(tmp_path / "run" / "metrics.jsonl")  # the run stopped at its first failed round
+    assert line["finished"] == 0 and line["failed"].startswith("secure aggregation failed")
 
 
 def test_protocol_messages_read_back_and_refuse_garbage():

@@ -277,3 +277,20 @@ def test_batch_norm_running_statistics_are_averaged_with_the_weights(tmp_path):
     assert not torch.allclose(norm.running_mean, torch.zeros(32))
     assert not torch.allclose(norm.running_var, torch.ones(32))
     assert bool((norm.running_var > 0).all())
+
+
+@pytest.mark.parametrize("allowed", [1, 2])
+def test_a_round_that_applies_no_update_is_a_failure_not_a_success(tmp_path, allowed):
+    from pocketlearn.errors import TrainingError
+    from pocketlearn.federated.round import SecureOutcome
+
+    cfg = _config(secagg={"enabled": True}, max_failed_rounds=allowed, rounds=4)
+    server, _ = build_server(cfg, tmp_path)
+    before = {n: p.clone() for n, p in server.params.items()}
+    # the protocol cannot complete (on real devices: a threshold above the neighbourhood, too many dropouts)
+    server.engine.secure_mean = lambda *a, **k: SecureOutcome(None, 0, 0, 0, failure="secure aggregation failed: x")
+    with pytest.raises(TrainingError, match=f"{allowed} round\\(s\\) in a row failed, max_failed_rounds = {allowed}"):
+        server.run(cfg.rounds)
+    lines = read_metrics(tmp_path / "metrics.jsonl")
+    assert len(lines) == allowed and all(line["failed"] == "secure aggregation failed: x" for line in lines)
+    assert all(torch.equal(p, before[n]) for n, p in server.params.items())

@@ -124,7 +124,7 @@ class BufferedServer(FederatedServer):
             rnd, launched, applied.finished, lost["dropped"], lost["late"], sum(f.up_bytes for f in arrived),
             self._down_bytes * launched, self.clock_s - clock_before, time.perf_counter() - started,
             float(np.mean([f.loss for f in arrived])), by_method={self.local.method: len(arrived)},
-            clock_s=self.clock_s)
+            clock_s=self.clock_s, failed=applied.failure)
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record

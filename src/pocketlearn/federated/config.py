@@ -146,6 +146,7 @@ class RunConfig(_Section):
     engine: Literal["inprocess", "ray"] = "inprocess"
     vectorize: bool = True  # train a round's clients together where the model allows
     checkpoint: bool = True
+    max_failed_rounds: int = Field(1, ge=1)  # rounds in a row that may apply no update before the run stops
     model: ModelSection = ModelSection()
     data: DataSection = DataSection()
     client: ClientSection = ClientSection()

@@ -278,7 +278,8 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
                          uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),
                          error_feedback=config.codec.error_feedback, codec_seed=config.codec.seed,
                          attack=_attack(config, len(data.clients)), seed_exchange=seeds, secagg=_secagg(config),
-                         mixed=mixed_setup(config, template, fits, device_index))
+                         mixed=mixed_setup(config, template, fits, device_index),
+                         max_failed_rounds=config.max_failed_rounds)
     if run_dir is not None and fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     args = (model, params, engine, strategy, sampler, clients, local, policy, lambda m: evaluate(m, test_batches),

@@ -97,11 +97,13 @@ class Applied:
     """What aggregating a round did: clients whose updates are in it, and the protocol's bytes if one ran.
 
     ``sent``: bytes the clients sent, replacing their payloads' (secure aggregation); None: the payloads'.
+    ``failure``: why nothing was applied, when the protocol could not complete.
     """
 
     finished: int
     sent: int | None = None
     received: int = 0
+    failure: str | None = None
 
 
 class Aggregation(Protocol):
@@ -133,7 +135,7 @@ class SecureAggregation:
         out = self.engine.secure_mean(arrived.updates, self.secure, arrived.rnd)
         if out.row is not None:
             self.strategy.apply(params, out.row)
-        return Applied(out.finished, out.sent, out.received)
+        return Applied(out.finished, out.sent, out.received, out.failure)
 
 
 @dataclass
@@ -149,7 +151,7 @@ class DistributedPrivacy:
         out = self.engine.secure_mean(arrived.updates, self.secure, arrived.rnd)
         if out.row is not None:
             self.strategy.apply_means(params, self.secure.dp.release({n: d[0] for n, d in out.row.deltas.items()}))
-        return Applied(out.finished, out.sent, out.received)
+        return Applied(out.finished, out.sent, out.received, out.failure)
 
 
 @dataclass
@@ -165,7 +167,7 @@ class MixedSecureAggregation:
         out = self.engine.secure_combine(arrived.wire, arrived.expansion, self.secure, arrived.rnd)
         if out.row is not None:
             self.strategy.apply(params, out.row)
-        return Applied(out.finished, out.sent, out.received)
+        return Applied(out.finished, out.sent, out.received, out.failure)
 
 
 @dataclass

@@ -101,14 +101,15 @@ class RoundPlan:
 class SecureOutcome:
     """A securely aggregated round: the one row the server may see, and the protocol's bytes.
 
-    ``row`` is None when the protocol could not complete (the round then applies no update); ``finished``
-    counts the clients whose updates are in it.
+    ``row`` is None when the protocol could not complete (the round then applies no update, and ``failure``
+    says why); ``finished`` counts the clients whose updates are in it.
     """
 
     row: RoundUpdates | None
     sent: int
     received: int
     finished: int
+    failure: str | None = None
 
 
 class Engine(Protocol):

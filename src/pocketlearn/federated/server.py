@@ -97,6 +97,7 @@ class RoundPolicy:
     seed_exchange: bool = False  # MeZO clients send (seed, g) pairs; the server replays them
     secagg: SecAggSection | None = None  # aggregate through secure aggregation
     mixed: MixedMethods | None = None  # devices train with different methods, combined by federated.mixed's rule
+    max_failed_rounds: int = 1  # rounds in a row that may apply no update (a failed protocol) before the run stops
 
 
 @dataclass
@@ -118,6 +119,7 @@ class RoundRecord:
     dp_noise: str | None = None  # where the DP noise came from ("... not private" when reproducible from the seed)
     clock_s: float = 0.0  # simulated seconds since the run started, when this round (or server update) ended
     surplus: int = 0  # over-selected clients that finished after the round had its clients_per_round
+    failed: str | None = None  # why the round applied no update, when its aggregation could not complete
 
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k not in ("eval", "by_method", "bytes_by_method")}
@@ -233,10 +235,10 @@ class FederatedServer:
                    for m, ids in by_method.items()]
         arrived, up, times, losses = self._arrive(results, list(by_method), len(weights), rnd, start_params,
                                                   expansion)
-        n_finished, received = 0, 0
+        n_finished, received, failure = 0, 0, None
         if arrived is not None:
             applied = self._aggregate(arrived)
-            n_finished, received = applied.finished, applied.received
+            n_finished, received, failure = applied.finished, applied.received, applied.failure
             up = up if applied.sent is None else applied.sent
         round_time = time.perf_counter() - start
         self.round = rnd
@@ -247,7 +249,7 @@ class FederatedServer:
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method,
-            clock_s=self.clock_s, surplus=self._surplus)
+            clock_s=self.clock_s, surplus=self._surplus, failed=failure)
         mechanism = self.strategy.mechanism
         if mechanism is not None:
             record.epsilon = mechanism.epsilon_so_far()
@@ -364,7 +366,22 @@ class FederatedServer:
             records.append(record)
             if on_round:
                 on_round(record)
+            self._stop_on_failures(records)
         return records
+
+    def _stop_on_failures(self, records: list[RoundRecord]) -> None:
+        """A run that applies no update must not go on, nor end as a success (its metrics line says why)."""
+        failed = 0
+        for record in reversed(records):
+            if record.failed is None:
+                break
+            failed += 1
+        limit = self.policy.max_failed_rounds
+        if failed >= limit:
+            raise TrainingError(
+                f"round {records[-1].round} applied no update ({records[-1].failed}); {failed} round(s) in a row "
+                f"failed, max_failed_rounds = {limit}. Fix the cause above (or raise max_failed_rounds to ride out "
+                "a flaky network) and run again")
 
 
 def _keep_variances_valid(params: dict[str, Tensor]) -> None:

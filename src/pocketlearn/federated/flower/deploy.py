@@ -103,6 +103,8 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
     setup_s = time.perf_counter() - t0
 
     def on_round(r: Any) -> None:
+        if r.failed:
+            say(f"round {r.round}/{cfg.rounds} FAILED and applied no update: {r.failed}")
         acc = r.eval.get("accuracy")
         say(f"round {r.round}/{cfg.rounds}: {r.finished}/{r.sampled} clients finished"
             + (f", accuracy {acc:.4f}" if acc is not None else "") + f" ({r.round_time_s:.1f} s)")
