@@ -380,7 +380,7 @@ class FederatedServer:
         if failed >= limit:
             raise TrainingError(
                 f"round {records[-1].round} applied no update ({records[-1].failed}); {failed} round(s) in a row "
-                f"failed, max_failed_rounds = {limit}. Fix the cause above (or raise max_failed_rounds to ride out "
+                f"failed, max_failed_rounds = {limit}. Fix its cause (or raise max_failed_rounds to ride out "
                 "a flaky network) and run again")
 
 
