@@ -290,7 +290,7 @@ class GradientMethod(TrainingMethod):
 
         out = {}
         for name, m in self.model.named_modules():
-            frozen = isinstance(m, LeanBatchNorm2d) and m.weight is not None and not m.weight.requires_grad
+            frozen = isinstance(m, LeanBatchNorm2d) and m.frozen
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None and not frozen:
                 assert m.running_var is not None
                 out[f"{name}.running_mean"], out[f"{name}.running_var"] = m.running_mean, m.running_var

@@ -97,9 +97,15 @@ class LeanBatchNorm2d(nn.BatchNorm2d):
     is what a pretrained network's features mean, and what lets a batch of one train.
     """
 
+    @property
+    def frozen(self) -> bool:
+        """Normalizing with its running statistics, which training then leaves as they are."""
+        return self.weight is not None and not self.weight.requires_grad and self.running_mean is not None
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.weight is None or self.weight.requires_grad or self.running_mean is None:
+        if not self.frozen:
             return super().forward(x)
+        assert self.weight is not None and self.running_mean is not None
         assert self.running_var is not None and self.bias is not None
         with torch.no_grad():
             offset = self.running_mean * self.weight * torch.rsqrt(self.running_var + self.eps)

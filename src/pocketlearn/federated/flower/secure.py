@@ -382,7 +382,6 @@ def secure_mean(engine: FlowerEngine, devices: list[TrainedDevice], secure: Secu
 
             if isinstance(err, PrivacyBudgetError):  # the run must stop, not skip a round
                 raise
-        engine.say(f"round {rnd}: secure aggregation failed ({err}); this round applies no update")
         return SecureOutcome(None, 0, 0, 0, failure=f"secure aggregation failed: {err}")
     share = sum(d.reply.num_samples for d in survivors) / total  # 1 unless a device dropped after training
     if secure.dp is not None:  # the noisy sum; the server divides by the expected clients
