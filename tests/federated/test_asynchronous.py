@@ -57,12 +57,11 @@ def test_a_resumed_asynchronous_run_ends_where_an_uninterrupted_one_does(tmp_pat
 
 
 def test_what_cannot_run_asynchronously_is_refused_before_it_starts():
-    config = config_with(BASE, secagg={"enabled": True}, devices={**BASE["devices"], "overselect": 0.3})
-    with pytest.raises(ConfigError, match="secagg") as err:
-        build_server(config, None)
+    with pytest.raises(ConfigError, match="secagg") as err:  # as the config is read
+        config_with(BASE, secagg={"enabled": True}, devices={**BASE["devices"], "overselect": 0.3})
     assert "devices.overselect" in str(err.value)
     with pytest.raises(ConfigError, match="can never fill"):
-        build_server(config_with(BASE, asynchronous={"buffer": 9, "concurrency": 8}), None)
+        config_with(BASE, asynchronous={"buffer": 9, "concurrency": 8})
 
 
 def test_clients_that_drop_out_or_miss_the_deadline_never_reach_the_buffer():

@@ -40,6 +40,8 @@ def test_a_codec_spec_error_names_the_key_and_the_form_it_takes(config_file, spe
 
 
 def test_seed_exchange_is_a_codec_of_the_uplink_only(config_file):
-    assert load_config(config_file, ["codec.up='seeds'"]).codec.up == "seeds"
+    assert load_config(config_file, ["codec.up='seeds'", "client.method='mezo'"]).codec.up == "seeds"
+    with pytest.raises(ConfigError, match="codec.up = 'seeds' .* needs client.method = 'mezo'"):
+        load_config(config_file, ["codec.up='seeds'"])  # backprop sends no seeds: refused as the file is read
     with pytest.raises(ConfigError, match="codec.down"):
         load_config(config_file, ["codec.down='seeds'"])

@@ -114,11 +114,9 @@ def test_fed_simulate_runs_dp_with_secagg_and_reports_centrals_epsilon(tmp_path)
     ({}, {"client": {"method": "auto"}}, "mixed-method"),
 ], ids=["adaptive", "local", "mixed"])
 def test_what_distributed_dp_cannot_do_is_refused_by_name(dp, sections, match):
-    from pocketlearn.federated.experiment import _secagg  # what build_server asks (a mixed build plans for seconds)
-
     strategy = {"name": "dp-fedavg", "options": {"dp": {"clip": 0.5, **dp}}}
-    with pytest.raises(ConfigError, match=match):
-        _secagg(config(strategy=strategy, secagg=SECAGG, **sections))
+    with pytest.raises(ConfigError, match=match):  # refused as the config is read, before anything is built
+        config(strategy=strategy, secagg=SECAGG, **sections)
 
 
 def test_devices_over_flower_add_their_shares_and_the_run_reports_epsilon(tmp_path, monkeypatch):

@@ -74,7 +74,8 @@ def test_simulation_only_settings_are_refused_all_at_once():
     local_dp = {"name": "dp-fedavg", "options": {"dp": {"mode": "local"}}}
     assert deployment_problems(config(codec={"up": "topk0.1"}, strategy=local_dp, client=mixed,
                                       devices={"mix": {"laptop-16g": 0.5, "phone-1g": 0.5}})) == []
-    assert deployment_problems(config(secagg={"enabled": True}, client=mixed)) == []
+    assert deployment_problems(config(secagg={"enabled": True}, client=mixed,
+                                      devices={"mix": {"laptop-16g": 0.5, "phone-1g": 0.5}})) == []
 
 
 def test_the_devices_example_is_deployable():

@@ -127,3 +127,16 @@ def test_a_device_without_this_rounds_state_sits_it_out():
     content = secure._records({"round": 4}, b"")
     with pytest.raises(SecAggError, match="no secure-aggregation state for round 4"):
         secure.device_mask(content, RecordDict())
+
+
+def test_the_devices_example_with_16_devices_trains_over_flower_as_in_the_simulator(tmp_path):
+    """Its threshold (0.6) with 4 neighbours used to need 10 of a client's 5 share holders at 16 devices."""
+    from pocketlearn.federated.config import load_config
+
+    cfg = load_config("examples/devices.toml", ["clients_per_round=16", "data.num_clients=16", "rounds=2"])
+    server, _ = build_server(cfg, None)
+    server.run(cfg.rounds)
+    summary, run_dir = deploy_in_process(cfg, tmp_path)
+    deployed = read_metrics(run_dir / "metrics.jsonl")
+    assert [(r["finished"], r["failed"]) for r in deployed] == [(16, None), (16, None)]
+    assert_same_params(torch.load(run_dir / "state.pt")["params"], server.params, atol=1e-6)

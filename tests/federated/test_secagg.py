@@ -15,6 +15,7 @@ from pocketlearn.federated.secagg import (
     crypto,
     measure_cost,
     neighbour_graph,
+    round_thresholds,
     secure_sum,
     secure_sum_deltas,
     shamir,
@@ -105,7 +106,7 @@ def test_recovery_works_up_to_the_threshold_and_fails_loudly_past_it():
     vectors = _vectors(10)
     got = secure_sum(vectors, threshold=6, clip=1.0, drop_after_masking={1, 4, 7, 9})
     assert np.abs(got - _plain(vectors, {1, 4, 7, 9})).max() < 1e-5
-    with pytest.raises(SecAggError, match="only 5 masked inputs arrived, threshold is 6"):
+    with pytest.raises(SecAggError, match="only 5 masked inputs arrived, 6 are needed"):
         secure_sum(vectors, threshold=6, clip=1.0, drop_after_masking={1, 4, 7, 8, 9})
 
 
@@ -457,3 +458,19 @@ def test_a_share_at_point_zero_or_outside_the_field_does_not_read_back():
         raw = x.to_bytes(4, "big") + y.to_bytes(shamir.Y_BYTES, "big")
         with pytest.raises(SecAggError, match="outside the field"):
             shamir.Share.from_bytes(raw)
+
+
+@pytest.mark.parametrize("clients, neighbours, expected", [
+    (8, 4, (3, 5)), (16, 4, (3, 10)), (1000, 4, (3, 600)),  # SecAgg+: a share of the 5 holders, of the round
+    (8, None, (5, 5)), (5, 4, (3, 3)), (3, 8, (2, 2)),  # all pairs (or a graph as wide as the round)
+])
+def test_the_threshold_is_a_share_of_each_neighbourhood_and_of_the_round(clients, neighbours, expected):
+    assert round_thresholds(0.6, clients, neighbours) == expected
+
+
+def test_the_sum_stays_masked_below_the_rounds_survivors_even_where_shares_would_do():
+    vectors = _vectors(10)
+    got = secure_sum(vectors, threshold=3, clip=1.0, neighbours=4, min_survivors=6, drop_after_masking={0, 5})
+    assert np.abs(got - _plain(vectors, {0, 5})).max() < 1e-5
+    with pytest.raises(SecAggError, match="only 5 masked inputs arrived, 6 are needed"):
+        secure_sum(vectors, threshold=3, clip=1.0, neighbours=4, min_survivors=6, drop_after_masking={0, 2, 5, 7, 9})

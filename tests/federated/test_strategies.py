@@ -293,14 +293,13 @@ def test_krum_options_are_checked_and_a_config_too_small_never_starts():
     with pytest.raises(ConfigError, match=r"krum has no option 'select'; options are \['byzantine'\]"):
         make_strategy("krum", select=2)
     from pocketlearn.federated.config import parse_config
-    from pocketlearn.federated.experiment import build_server
 
     raw = {"clients_per_round": 6, "data": {"name": "digits", "num_clients": 10},
            "strategy": {"name": "krum", "options": {"byzantine": 2}}}
     with pytest.raises(ConfigError, match=r"clients_per_round gives n = 6: lower byzantine to 1 or use at least 7"):
-        build_server(parse_config(raw), None)
-    with pytest.raises(ConfigError, match="secagg: strategy 'multi-krum' needs each client's update"):
-        build_server(parse_config({**raw, "strategy": {"name": "multi-krum"}, "secagg": {"enabled": True}}), None)
+        parse_config(raw)  # refused as the config is read
+    with pytest.raises(ConfigError, match="secagg with strategy 'multi-krum': the strategy needs each client's"):
+        parse_config({**raw, "strategy": {"name": "multi-krum"}, "secagg": {"enabled": True}})
 
 
 # --- registry --------------------------------------------------------------------------------------------

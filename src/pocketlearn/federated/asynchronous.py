@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pocketlearn.errors import ConfigError, TrainingError
+from pocketlearn.errors import TrainingError
 from pocketlearn.federated.codecs import dense_size
 from pocketlearn.federated.pipeline import Arrived
 from pocketlearn.federated.server import FederatedServer, RoundRecord, downlink_payload
@@ -77,10 +77,6 @@ class BufferedServer(FederatedServer):
 
     def __init__(self, *args: Any, settings: BufferSettings, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        if settings.buffer > settings.concurrency:
-            raise ConfigError(f"asynchronous.buffer = {settings.buffer} arrivals per update, but only "
-                              f"{settings.concurrency} clients train at once (asynchronous.concurrency, or "
-                              "clients_per_round): a buffer can never fill; lower buffer or raise concurrency")
         self.settings = settings
         self.waiting = _Waiting()
         self._up_bytes = dense_size({n: tuple(p.shape) for n, p in self.params.items()})
@@ -206,6 +202,11 @@ class BufferedServer(FederatedServer):
 def buffer_problems(config: Any) -> list[str]:
     """Why a config cannot run asynchronously (empty: it can), each naming the key to change."""
     problems = []
+    concurrency = config.asynchronous.concurrency or config.clients_per_round
+    if config.asynchronous.buffer > concurrency:
+        problems.append(f"{config.asynchronous.buffer} arrivals per update, but only {concurrency} clients train at "
+                        "once (asynchronous.concurrency, or clients_per_round): a buffer can never fill; lower "
+                        "buffer or raise concurrency")
     if config.secagg.enabled:
         problems.append("secagg: secure aggregation masks a cohort known in advance; FedBuff's buffer is not "
                         "one: set secagg.enabled = false")

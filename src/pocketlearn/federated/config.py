@@ -105,7 +105,9 @@ class CodecSection(_Section):
 class SecAggSection(_Section):
     enabled: bool = False  # the server only ever sees the sum of the clients' (weighted) updates
     clip: float = Field(1.0, gt=0)  # per-coordinate range of a client's weighted update, agreed in advance
-    threshold: float = Field(0.5, gt=0, le=1)  # share of a round's clients needed to unmask the sum
+    # share of a round's clients whose inputs must arrive, and of a client's share holders (itself and its
+    # neighbours) that recover its masks: relative, so valid at every cohort size
+    threshold: float = Field(0.5, gt=0, le=1)
     neighbours: int | None = Field(None, ge=2)  # SecAgg+: mask with this many neighbours instead of all pairs
 
 
@@ -164,10 +166,12 @@ def parse_config(raw: dict[str, Any], *, source: str = "config", overrides: Sequ
     """Validate a config dict; the error names each bad key by its dotted path, and the value seen.
 
     ``overrides``: the ``--set`` items applied to ``raw``; a bad value that came from one is blamed on it, not on
-    ``source``.
+    ``source``. Then every rule between keys (:mod:`~pocketlearn.federated.checks`), all reported at once.
     """
+    from pocketlearn.federated.checks import check_run
+
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as err:
         problems = [(".".join(str(p) for p in e["loc"]) or "(top)", e) for e in err.errors()]
         blamed = [_override_of(key, overrides) for key, _ in problems]
@@ -175,6 +179,8 @@ def parse_config(raw: dict[str, Any], *, source: str = "config", overrides: Sequ
                  for (key, e), item in zip(problems, blamed, strict=True)]
         where = "--set value" if all(blamed) else source
         raise ConfigError(f"invalid {where}:\n" + "\n".join(lines)) from None
+    check_run(config, source)
+    return config
 
 
 def _override_of(key: str, overrides: Sequence[str]) -> str | None:

@@ -13,11 +13,12 @@ import torch
 from torch import Tensor, nn
 
 from pocketlearn.devices import DeviceProfile
-from pocketlearn.errors import ConfigError, raise_problems
+from pocketlearn.errors import ConfigError
 from pocketlearn.federated.attacks import Attack
+from pocketlearn.federated.checks import check_run, is_mixed
 from pocketlearn.federated.clients import ClientData, InMemoryClients, ResampledClients, SyntheticClients
 from pocketlearn.federated.codecs import make_codec
-from pocketlearn.federated.config import RunConfig, SecAggSection
+from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.population import (
     DeviceFit,
     assign_devices,
@@ -31,7 +32,6 @@ from pocketlearn.federated.sampling import ClientSampler
 from pocketlearn.federated.server import Clients, Engine, FederatedServer, RoundPolicy, fingerprint
 from pocketlearn.federated.simulate import InProcessEngine, LocalTraining
 from pocketlearn.federated.traces import make_trace, speed_factors
-from pocketlearn.methods import methods_where
 
 if TYPE_CHECKING:
     from pocketlearn.federated.mixed import MixedMethods
@@ -127,11 +127,6 @@ def local_training(config: RunConfig, proximal_mu: float) -> LocalTraining:
                          proximal_mu=proximal_mu, shuffle_seed=c.shuffle_seed, precision=c.precision)
 
 
-def is_mixed(config: RunConfig) -> bool:
-    """Devices may train with different methods: ``client.method = "auto"`` or methods pinned per device."""
-    return config.client.method == "auto" or bool(config.client.methods)
-
-
 def prepare_global_model(config: RunConfig, template: nn.Module) -> tuple[nn.Module, dict[str, Tensor]]:
     """The server's model, prepared by the configured method; its trained state is what rounds change.
 
@@ -198,17 +193,6 @@ def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], d
         return None
     from pocketlearn.federated.mixed import MixedMethods
 
-    c = config.client
-    unknown = set(c.methods) - set(config.devices.mix)
-    if unknown:
-        raise ConfigError(f"client.methods pins devices {sorted(unknown)} that devices.mix does not have; "
-                          f"use names from {sorted(config.devices.mix)}")
-    if c.options:
-        raise ConfigError("client.options: a mixed run gives options per method; move them to "
-                          "client.per_method.<method>")
-    if config.eval.personalize_clients:
-        raise ConfigError("eval.personalize_clients: personalisation after a mixed-method run is not supported "
-                          "yet; set it to 0, or pin one method for every device")
     clients_of = np.bincount(device_index, minlength=len(fits))  # clients per device class
     counts: dict[str, int] = {}
     for fit, n in zip(fits, clients_of, strict=True):
@@ -218,7 +202,7 @@ def mixed_setup(config: RunConfig, template: nn.Module, fits: list[DeviceFit], d
         raise ConfigError("no device of this run can train with any method; see `pocketlearn plan` for budgets")
     shares = {m: n / sum(counts.values()) for m, n in counts.items()}
     return MixedMethods(template, {m: mixed_method_options(config, m) for m in shares},
-                        c.shuffle_seed, shares)
+                        config.client.shuffle_seed, shares)
 
 
 def build_template(config: RunConfig) -> nn.Module:
@@ -245,10 +229,7 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     from pocketlearn.evaluate import batches_of, evaluate
     from pocketlearn.federated.strategies import make_strategy
 
-    if config.asynchronous.buffer:
-        from pocketlearn.federated.asynchronous import buffer_problems
-
-        raise_problems("asynchronous.buffer (FedBuff)", buffer_problems(config), lines=True)
+    check_run(config)
     data = data or load_federated_data(config)
     template = build_template(config)
     initial = copy.deepcopy(template)
@@ -258,7 +239,6 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
     strategy = make_strategy(config.strategy.name, **_strategy_options(config, sampler))
     if strategy.mechanism is not None:
         strategy.mechanism.check_run(config.rounds)  # a run that would exceed its target epsilon never starts
-    strategy.check_round_size(config.clients_per_round, "clients_per_round")  # a run Krum cannot aggregate never starts
     local = local_training(config, strategy.proximal_mu)
     clients = Clients(data.clients.sizes, device_index, fits, train_flops_per_sample(template,
                                                                                      data.clients.example(1)[0]),
@@ -269,15 +249,13 @@ def build_server(config: RunConfig, run_dir: Path | None, *, fresh: bool = False
         engine.warm_up(config.clients_per_round, local)
     test_batches = batches_of(data.x_test, data.y_test, config.eval.batch_size)
     seeds = config.codec.up == "seeds"
-    if seeds and config.client.method not in (senders := methods_where(lambda m: m.sends_seeds)):
-        raise ConfigError(f"codec.up = 'seeds' (seed exchange) needs client.method = {' or '.join(map(repr, senders))}"
-                          "; in a mixed run ZO clients always send one coefficient per pooled seed")
     policy = RoundPolicy(deadline_s=config.devices.deadline_s, dropout=config.devices.dropout,
                          overselect=config.devices.overselect,
                          seed=config.devices.seed, eval_every=config.eval.every,
                          uplink=make_codec(None if seeds else config.codec.up), downlink=make_codec(config.codec.down),
                          error_feedback=config.codec.error_feedback, codec_seed=config.codec.seed,
-                         attack=_attack(config, len(data.clients)), seed_exchange=seeds, secagg=_secagg(config),
+                         attack=_attack(config, len(data.clients)), seed_exchange=seeds,
+                         secagg=config.secagg if config.secagg.enabled else None,
                          mixed=mixed_setup(config, template, fits, device_index),
                          max_failed_rounds=config.max_failed_rounds)
     if run_dir is not None and fresh and run_dir.exists():
@@ -338,29 +316,6 @@ def _strategy_options(config: RunConfig, sampler: ClientSampler) -> dict:
         population = sampler.population(config.rounds)  # the clients that can be drawn (devices that train)
         options["num_clients"] = min(int(options.get("num_clients", population)), population)
     return options
-
-
-def _secagg(config: RunConfig) -> SecAggSection | None:
-    if not config.secagg.enabled:
-        return None
-    if config.strategy.name in ("median", "trimmed-mean", "norm-bounding", "krum", "multi-krum"):
-        raise ConfigError(f"secagg: strategy {config.strategy.name!r} needs each client's update, but secure "
-                          "aggregation shows the server only their sum; use fedavg, fedprox or a FedOpt strategy")
-    if config.strategy.name == "dp-fedavg":  # distributed DP: the clients add the noise before masking
-        _check_distributed_dp(config)
-    return config.secagg
-
-
-def _check_distributed_dp(config: RunConfig) -> None:
-    from pocketlearn.federated.privacy.config import DPConfig
-    from pocketlearn.federated.privacy.distributed import config_problems
-
-    dp = config.strategy.options.get("dp", {})
-    problems = config_problems(dp if isinstance(dp, DPConfig) else DPConfig.from_dict(dict(dp)))
-    if is_mixed(config):
-        problems.append("dp-fedavg with secagg in a mixed-method run: distributed DP is implemented for "
-                        "single-method runs; pin one client.method, or turn secagg off (central DP)")
-    raise_problems("secagg with dp-fedavg", problems)
 
 
 def _attack(config: RunConfig, num_clients: int) -> Attack | None:

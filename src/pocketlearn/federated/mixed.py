@@ -238,6 +238,7 @@ def secure_combine(groups: list[tuple[str, RoundUpdates]], expansion: Expansion,
     the smallest other group instead, in one protocol over both wire spaces (that client sends the longer
     vector). Returns the combined mean as one row, and the protocol's bytes sent and received.
     """
+    from pocketlearn.federated.secagg import round_thresholds
     from pocketlearn.federated.secagg.run import Ledger, secure_sum_deltas
 
     total = float(sum(float(u.num_samples.sum()) for _, u in groups))
@@ -247,9 +248,9 @@ def secure_combine(groups: list[tuple[str, RoundUpdates]], expansion: Expansion,
     for i, (methods, u) in enumerate(protocol_groups(groups)):
         u.scale_clients(u.num_samples / total)
         ledger = Ledger.empty(len(u))
-        k = neighbours if neighbours is not None and neighbours < len(u) else None
-        sums[methods[0]] = secure_sum_deltas(u, threshold=max(1, int(np.ceil(threshold * len(u)))), clip=clip,
-                                             neighbours=k, seed=seed * 101 + i, ledger=ledger)
+        shares, survivors = round_thresholds(threshold, len(u), neighbours)
+        sums[methods[0]] = secure_sum_deltas(u, threshold=shares, clip=clip, neighbours=neighbours,
+                                             seed=seed * 101 + i, ledger=ledger, min_survivors=survivors)
         sent, received = sent + int(ledger.sent.sum()), received + int(ledger.received.sum())
     return one_row(expansion.combine(sums, weights), total), sent, received
 

@@ -132,7 +132,7 @@ def wire_update(request: TrainRequest, config: RunConfig, template: Any, start: 
     ``Expansion.zo_wire``, computed here so the bytes that travel are the ones the simulator counts), or the
     change of the trained tensors (LoRA's B factors under their wire names).
     """
-    from pocketlearn.federated.experiment import is_mixed
+    from pocketlearn.federated.checks import is_mixed
     from pocketlearn.federated.mixed import Expansion
 
     seeds = result.wire.histories if isinstance(result.wire, SeedPairs) else None

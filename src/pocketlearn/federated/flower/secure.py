@@ -41,6 +41,7 @@ from pocketlearn.federated.secagg import (
     SecAggError,
     SecAggServer,
     neighbour_graph,
+    round_thresholds,
 )
 from pocketlearn.federated.secagg.messages import (
     ADVERT_BYTES,
@@ -78,6 +79,7 @@ class RoundSpec:
     graph_seed: int = 0
     bits: int = 32
     dp: dict[str, Any] | None = None  # distributed DP: the round's NoiseShare (public), drawn on each device
+    min_survivors: int = 0  # masked inputs needed before the sum is unmasked
 
     @property
     def vector_size(self) -> int:
@@ -86,7 +88,7 @@ class RoundSpec:
     def config(self) -> SecAggConfig:
         """The graph is drawn from ``graph_seed``, as in the simulator, so every party derives the same one."""
         return SecAggConfig(self.threshold, FieldSpec(self.clip, self.num_clients, self.bits), self.vector_size,
-                            neighbour_graph(self.num_clients, self.neighbours, self.graph_seed))
+                            neighbour_graph(self.num_clients, self.neighbours, self.graph_seed), self.min_survivors)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -207,12 +209,12 @@ def _noised(spec: RoundSpec, vector: np.ndarray) -> np.ndarray:
     from pocketlearn.federated.privacy.noise import secure_generator
 
     plan = NoiseShare.from_dict(spec.dp or {})
-    if (plan.num_clients, plan.threshold, plan.dim, BITS) != (spec.num_clients, spec.threshold, spec.vector_size,
-                                                               spec.bits) or not math.isclose(plan.field_range,
-                                                                                              spec.clip):
+    if (plan.num_clients, plan.threshold, plan.dim, BITS) != (spec.num_clients, spec.min_survivors,
+                                                               spec.vector_size, spec.bits) \
+            or not math.isclose(plan.field_range, spec.clip):
         raise SecAggError(f"round {spec.rnd}: the distributed-DP plan ({plan}) does not match the protocol's round "
-                          f"({spec.num_clients} clients, threshold {spec.threshold}, {spec.vector_size} values, range "
-                          f"{spec.clip}); this device sits the round out")
+                          f"({spec.num_clients} clients, {spec.min_survivors} survivors needed, {spec.vector_size} "
+                          f"values, range {spec.clip}); this device sits the round out")
     return plan.apply(vector, secure_generator())
 
 
@@ -286,11 +288,12 @@ class SecureSum:
         if n < 2:
             raise SecAggError(f"{n} device(s) in a protocol group; secure aggregation needs at least 2")
         layout = sorted({t for d in self.devices.values() for t in d.layout})
-        spec = RoundSpec(self.rnd, n, max(1, math.ceil(self.cfg.threshold * n)), self.cfg.clip, layout,
-                         self.cfg.neighbours, self.graph_seed)
+        shares, survivors = round_thresholds(self.cfg.threshold, n, self.cfg.neighbours)
+        spec = RoundSpec(self.rnd, n, shares, self.cfg.clip, layout, self.cfg.neighbours, self.graph_seed,
+                         min_survivors=survivors)
         if self.dp is not None:  # the ring and the noise shares of distributed DP (checks the budget first)
             plan = self.dp.plan(n, self.cfg.threshold, spec.vector_size)
-            spec = replace(spec, threshold=plan.threshold, clip=plan.field_range, dp=plan.to_dict())
+            spec = replace(spec, clip=plan.field_range, dp=plan.to_dict())
         config = spec.config()
         server = SecAggServer(config)
         routed = server.receive_adverts([replace(d.advert, client=u) for u, d in self.devices.items()])

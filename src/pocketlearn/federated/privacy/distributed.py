@@ -67,11 +67,6 @@ def config_problems(dp: DPConfig) -> list[str]:
     return out
 
 
-def survivors_needed(threshold: float, num_clients: int) -> int:
-    """The protocol's threshold t for ``num_clients`` taking part: the same rule as the secure-aggregation rounds."""
-    return max(1, math.ceil(threshold * num_clients))
-
-
 @dataclass(frozen=True)
 class NoiseShare:
     """One round's device step, public to every party: clip, round to the ring, add this client's noise share.
@@ -198,8 +193,10 @@ class DistributedDP:
         """The round's device step for ``num_clients`` in the protocol; refuses a round past the target ε first."""
         self.mechanism.accountant.check(self.mechanism.accountant.count + 1,
                                         what=f"round {self.mechanism.rounds + 1}")
+        from pocketlearn.federated.secagg import round_thresholds
+
         return NoiseShare(self.mechanism.clipper.bound, self.mechanism.config.noise_multiplier, num_clients,
-                          survivors_needed(threshold, num_clients), dim)
+                          round_thresholds(threshold, num_clients, None)[1], dim)
 
     def generator(self, rnd: int, client: int) -> torch.Generator:
         """Client ``client``'s own noise stream: the OS CSPRNG (seed-derived only under ``reproducible_noise``)."""
@@ -215,6 +212,7 @@ class DistributedDP:
 
         ``drop_after_masking``: row positions whose masked input never arrives (their masks are removed).
         """
+        from pocketlearn.federated.secagg import round_thresholds
         from pocketlearn.federated.secagg.run import secure_sum
 
         names = sorted(updates.deltas)
@@ -223,8 +221,9 @@ class DistributedDP:
         rnd = self.mechanism.rounds + 1
         vectors = [plan.apply(row, self.generator(rnd, int(c))) for row, c in zip(flat, updates.client_ids,
                                                                                     strict=True)]
-        total = secure_sum(vectors, threshold=plan.threshold, clip=plan.field_range, neighbours=neighbours,
-                           drop_after_masking=drop_after_masking, seed=seed, bits=BITS, ledger=ledger)
+        total = secure_sum(vectors, threshold=round_thresholds(threshold, len(updates), neighbours)[0],
+                           clip=plan.field_range, neighbours=neighbours, drop_after_masking=drop_after_masking,
+                           seed=seed, bits=BITS, ledger=ledger, min_survivors=plan.threshold)
         return _split(torch.from_numpy(total), names, [updates.deltas[n][0].shape for n in names])
 
     def release(self, sums: Mapping[str, Tensor]) -> dict[str, Tensor]:

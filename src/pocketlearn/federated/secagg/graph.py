@@ -7,6 +7,8 @@ and bytes grow with k instead of n.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pocketlearn.errors import ConfigError
@@ -34,3 +36,15 @@ def neighbour_graph(num_clients: int, degree: int | None = None, seed: int = 0) 
             graph[int(i)].add(j)
             graph[j].add(int(i))
     return tuple(frozenset(g) for g in graph)
+
+
+def round_thresholds(fraction: float, num_clients: int, neighbours: int | None) -> tuple[int, int]:
+    """The configured ``secagg.threshold`` for a round of ``num_clients``: (shares, survivors).
+
+    ``fraction`` of a client's share holders (itself and its neighbours; everyone without SecAgg+) recover its
+    secrets, and ``fraction`` of the round's clients must send masked inputs before the sum is unmasked. Both are
+    relative, so one setting holds at every cohort size (as Flower's SecAgg+ relates its reconstruction
+    threshold to its number of shares).
+    """
+    degree = num_clients - 1 if neighbours is None else min(neighbours, num_clients - 1)
+    return max(1, math.ceil(fraction * (degree + 1))), max(1, math.ceil(fraction * num_clients))

@@ -42,25 +42,34 @@ class SecAggConfig:
 
     ``graph[u]`` are the clients u masks with; u's secrets are shared among ``holders(u)`` (u and its
     neighbours), any ``threshold`` of which recover them. ``threshold`` is also the number of colluding
-    clients it takes to unmask someone, so keep it above half the holders.
+    clients it takes to unmask someone, so keep it above half the holders. The sum is unmasked only if at least
+    ``survivors_needed`` clients sent masked inputs (``min_survivors``, and never fewer than ``threshold``).
     """
 
     threshold: int
     field: FieldSpec
     vector_size: int
     graph: tuple[frozenset[int], ...]
+    min_survivors: int = 0
 
     def __post_init__(self) -> None:
         fewest = min(len(g) for g in self.graph) + 1
         if not 1 <= self.threshold <= fewest:
             raise ConfigError(f"`threshold` must be between 1 and {fewest} (a client and its neighbours), "
                               f"got {self.threshold}")
+        if not 0 <= self.min_survivors <= self.num_clients:
+            raise ConfigError(f"`min_survivors` must be between 0 and the {self.num_clients} clients, "
+                              f"got {self.min_survivors}")
         if self.vector_size < 1:
             raise ConfigError(f"`vector_size` should be positive, got {self.vector_size}")
 
     @property
     def num_clients(self) -> int:
         return len(self.graph)
+
+    @property
+    def survivors_needed(self) -> int:
+        return max(self.threshold, self.min_survivors)
 
     def holders(self, u: int) -> frozenset[int]:
         return self.graph[u] | {u}
@@ -289,9 +298,9 @@ class SecAggClient:
         if survivors & dropped:
             raise SecAggError(f"clients {sorted(survivors & dropped)} are listed both as survivors and as "
                               "dropped; revealing both secrets would unmask them")
-        if self.id not in survivors or len(survivors) < self.config.threshold:
+        if self.id not in survivors or len(survivors) < self.config.survivors_needed:
             raise SecAggError(f"client {self.id}: {len(survivors)} survivors (itself included: "
-                              f"{self.id in survivors}), threshold {self.config.threshold}; refusing to unmask")
+                              f"{self.id in survivors}), {self.config.survivors_needed} needed; refusing to unmask")
         self._answered = True
         b_out, s_out = {self.id: self._own[0]}, {}
         for v in (survivors | dropped) & self._inbox.keys():
@@ -448,9 +457,9 @@ class SecAggServer:
             raise SecAggError("unmask_request() before route_shares(): no keys were shared")
         if self._request is not None:
             return self._request
-        if len(self._masked_from) < self.config.threshold:
-            raise SecAggError(f"only {len(self._masked_from)} masked inputs arrived, threshold is "
-                              f"{self.config.threshold}; the round cannot be unmasked")
+        if len(self._masked_from) < self.config.survivors_needed:
+            raise SecAggError(f"only {len(self._masked_from)} masked inputs arrived, {self.config.survivors_needed} "
+                              "are needed; the round cannot be unmasked")
         survivors = frozenset(self._masked_from)
         self._request = UnmaskRequest(survivors, frozenset(self._commitments) - survivors)
         return self._request

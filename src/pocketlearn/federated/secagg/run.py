@@ -15,7 +15,7 @@ from pocketlearn.errors import ConfigError
 from pocketlearn.federated.updates import RoundUpdates
 
 from .field import FieldSpec
-from .graph import neighbour_graph
+from .graph import neighbour_graph, round_thresholds
 from .protocol import SecAggClient, SecAggConfig, SecAggServer
 
 T = TypeVar("T")
@@ -98,20 +98,21 @@ def _as_numpy(v: np.ndarray | Tensor) -> np.ndarray:
 
 def secure_sum(vectors: Sequence[np.ndarray | Tensor], *, threshold: int, clip: float,
                drop_after_masking: Collection[int] = frozenset(), drop_before_unmasking: Collection[int] = frozenset(),
-               neighbours: int | None = None, seed: int = 0, bits: int = 32, ledger: Ledger | None = None
-               ) -> np.ndarray:
+               neighbours: int | None = None, seed: int = 0, bits: int = 32, ledger: Ledger | None = None,
+               min_survivors: int = 0) -> np.ndarray:
     """The sum of the vectors of clients not in ``drop_after_masking``, computed by secure aggregation.
 
     Values are clipped to [-clip, clip] and the result is exact up to ``FieldSpec.max_error``. ``neighbours``
     (even) switches from all pairs to a SecAgg+ k-regular graph; ``seed`` draws that graph (keys and masks
-    always come from the OS). Raises ``SecAggError`` if too many clients drop out for ``threshold``.
+    always come from the OS). Raises ``SecAggError`` if too many clients drop out for ``threshold`` (shares of a
+    client's secrets) or ``min_survivors`` (masked inputs).
     """
     arrays = [_as_numpy(v) for v in vectors]
     shapes = {a.shape for a in arrays}
     if len(shapes) != 1:
         raise ConfigError(f"all vectors must have one shape, got {sorted(shapes)}")
     config = SecAggConfig(threshold, FieldSpec(clip, len(arrays), bits), arrays[0].size,
-                          neighbour_graph(len(arrays), neighbours, seed))
+                          neighbour_graph(len(arrays), neighbours, seed), min_survivors)
     total = run_round(arrays, config, drop_after_masking=frozenset(drop_after_masking),
                       drop_before_unmasking=frozenset(drop_before_unmasking), ledger=ledger)
     return total.reshape(arrays[0].shape)
@@ -119,7 +120,7 @@ def secure_sum(vectors: Sequence[np.ndarray | Tensor], *, threshold: int, clip: 
 
 def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
                       drop_after_masking: Collection[int] = frozenset(), neighbours: int | None = None,
-                      seed: int = 0, ledger: Ledger | None = None) -> dict[str, Tensor]:
+                      seed: int = 0, ledger: Ledger | None = None, min_survivors: int = 0) -> dict[str, Tensor]:
     """:func:`secure_sum` of a round's stacked deltas: each parameter's (*shape) sum over the clients.
 
     ``drop_after_masking`` holds row positions in ``updates``. Rows of clients that did not train a
@@ -128,7 +129,8 @@ def secure_sum_deltas(updates: RoundUpdates, *, threshold: int, clip: float,
     names = sorted(updates.deltas)
     flat = torch.cat([updates.deltas[n].flatten(1) for n in names], dim=1)  # (K, D)
     total = torch.from_numpy(secure_sum(list(flat), threshold=threshold, clip=clip, neighbours=neighbours,
-                                        drop_after_masking=drop_after_masking, seed=seed, ledger=ledger))
+                                        drop_after_masking=drop_after_masking, seed=seed, ledger=ledger,
+                                        min_survivors=min_survivors))
     sizes = [updates.deltas[n][0].numel() for n in names]
     return {n: part.view(updates.deltas[n].shape[1:]).to(updates.deltas[n].dtype)
             for n, part in zip(names, total.split(sizes), strict=True)}
@@ -139,12 +141,13 @@ def secure_mean(updates: RoundUpdates, *, threshold: float, clip: float, neighbo
     """The sample-weighted mean delta by secure aggregation, as one row; the protocol's bytes in the ledger.
 
     Weighting happens on the clients, before masking (``updates`` is scaled in place); ``threshold`` is the
-    share of the round's clients needed to unmask the sum.
+    configured fraction (:func:`round_thresholds`).
     """
     updates.scale_clients(updates.num_samples / updates.num_samples.sum())
     ledger = Ledger.empty(len(updates))
-    total = secure_sum_deltas(updates, threshold=max(1, int(np.ceil(threshold * len(updates)))), clip=clip,
-                              neighbours=neighbours, seed=seed, ledger=ledger)
+    shares, survivors = round_thresholds(threshold, len(updates), neighbours)
+    total = secure_sum_deltas(updates, threshold=shares, clip=clip, neighbours=neighbours, seed=seed, ledger=ledger,
+                              min_survivors=survivors)
     mean = RoundUpdates([-1], updates.num_samples.sum().view(1), {n: t.unsqueeze(0) for n, t in total.items()})
     return mean, ledger
 
