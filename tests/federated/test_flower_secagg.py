@@ -106,6 +106,10 @@ def test_too_many_dropouts_leave_the_model_unchanged_and_fail_the_run(tmp_path):
     assert_same_params(torch.load(tmp_path / "run" / "state.pt")["params"], start.params, atol=0)
     [line] = read_metrics(tmp_path / "run" / "metrics.jsonl")  # the run stopped at its first failed round
     assert line["finished"] == 0 and line["failed"].startswith("secure aggregation failed")
+    from pocketlearn.federated.flower.serve import _summary  # what `fed serve` reads back: it exits with the cause
+
+    with pytest.raises(TrainingError, match="stopped after round 1: round 1 applied no update .secure aggregation"):
+        _summary(tmp_path / "run", tmp_path / "serverapp.log")
 
 
 def test_protocol_messages_read_back_and_refuse_garbage():

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from pocketlearn.errors import ConfigError, raise_problems
+from pocketlearn.errors import ConfigError, TrainingError, raise_problems
 from pocketlearn.federated.config import RunConfig, parse_config
 
 # Keys of the Flower app's run config ([tool.flwr.app.config]), written by ``fed serve``.
@@ -113,6 +113,10 @@ def run_rounds(grid: Any, run_config: Any, say: Any = print) -> dict[str, Any]:
 
     try:
         records = server.run(cfg.rounds, on_round)
+    except TrainingError as err:  # the summary says why, for `fed serve` to exit with it
+        (settings.run_dir / "summary.json").write_text(json.dumps({"name": cfg.name, "rounds": server.round,
+                                                                   "failed": str(err)}, indent=1))
+        raise
     finally:
         if track:
             track.close()

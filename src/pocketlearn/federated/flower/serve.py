@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pocketlearn.errors import raise_problems
+from pocketlearn.errors import TrainingError, raise_problems
 from pocketlearn.federated.config import RunConfig
 from pocketlearn.federated.flower.deploy import ServeSettings, check_deployable
 from pocketlearn.federated.flower.launch import Endpoint, LaunchError, SuperLink, stop_tree, tail, write_app
@@ -160,4 +160,6 @@ def _summary(run_dir: Path, log_path: Path) -> dict[str, Any]:
     if not path.exists():
         raise LaunchError(f"the run ended without a summary; the ServerApp's log ends with:\n{tail(log_path)}")
     summary: dict[str, Any] = json.loads(path.read_text())
+    if summary.get("failed"):
+        raise TrainingError(f"the run stopped after round {summary['rounds']}: {summary['failed']}")
     return summary
