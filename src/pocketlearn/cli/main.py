@@ -9,7 +9,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pocketlearn.cli import catalog, config, demo, export, fed, har, ids, keyboard, llm, plan, privacy, report, train
+from pocketlearn.cli import (
+    catalog,
+    config,
+    demo,
+    export,
+    fed,
+    har,
+    ids,
+    keyboard,
+    llm,
+    plan,
+    privacy,
+    report,
+    train,
+    ui,
+)
 from pocketlearn.errors import PocketlearnError
 from pocketlearn.extras import missing_extra
 
@@ -47,6 +62,7 @@ app.command("export")(export.export_command)
 app.command("device-train")(export.device_train_command)
 app.add_typer(fed.fed_app, name="fed")
 app.add_typer(config.config_app, name="config")
+app.add_typer(ui.ui_app, name="ui")
 llm.register(app)  # generate, llm finetune, llm federated
 
 

@@ -1,0 +1,189 @@
+"""Tap the elements of an app's pages, label each tap from the screens before and after, keep the crops.
+
+Per page: load it with the mouse away, screenshot it (the crops come from this screen, with no hover style), list
+the candidates, tap a seeded sample of them: hover, screenshot, click, wait ``settle_s``, screenshot, label
+(:mod:`~pocketlearn.apps.ui.labeler`). A tap that changed something is undone by loading the page again. Every
+browser action has a time limit; a browser that hangs or crashes is restarted and the tap is skipped. Pages are
+visited breadth first from the app's start page, inside the app's folder.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urldefrag
+
+import numpy as np
+
+from pocketlearn.apps.ui.browser import Browser
+from pocketlearn.apps.ui.corpus import App
+from pocketlearn.apps.ui.dataset import CropStore, PageCrops, page_key
+from pocketlearn.apps.ui.labeler import Candidate, candidates, crop, decode, tap_changed
+from pocketlearn.errors import ConfigError
+
+LINKS_JS = "() => Array.from(document.querySelectorAll('a[href]'), a => a.href)"
+
+
+@dataclass(frozen=True)
+class CrawlSettings:
+    pages_per_app: int = 4
+    taps_per_page: int = 24
+    settle_s: float = 0.2  # after a click, before the "after" screenshot
+    hover_s: float = 0.05  # after moving onto the element, before the "before" screenshot
+    timeout_s: float = 5.0  # the time limit of each browser action
+    crop_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.pages_per_app, self.taps_per_page, self.crop_size) < 1 or self.timeout_s <= 0:
+            raise ConfigError(f"crawl settings need pages, taps and crop size >= 1 and a positive timeout: {self}")
+
+
+@dataclass
+class CrawlReport:
+    pages: int = 0
+    skipped_pages: int = 0  # already in the store (a resumed crawl)
+    taps: int = 0
+    changed: int = 0
+    failed_taps: int = 0  # the browser hung or crashed: restarted, tap skipped
+    seconds: float = 0.0
+    refused: list[str] = field(default_factory=list)  # URLs the fence refused
+    errors: list[str] = field(default_factory=list)  # why each failed tap failed
+
+    @property
+    def taps_per_s(self) -> float:
+        return self.taps / self.seconds if self.seconds else 0.0
+
+
+def app_pages(browser: Browser, app: App, limit: int, errors: list[str]) -> list[str]:
+    """Up to ``limit`` pages of ``app``, breadth first from its start page (each loaded once to list its links)."""
+    found: list[str] = []
+    queue, seen = deque([app.url]), {app.url}
+    root = app.root.absolute().as_uri() + "/"
+    while queue and len(found) < limit:
+        url = queue.popleft()
+        links = None
+        for _ in range(2):  # a second try in a fresh browser: the last one may have crashed before this page
+            try:
+                with browser.deadline():
+                    browser.page.goto(url, wait_until="load")
+                    links = browser.page.evaluate(LINKS_JS)
+                break
+            except Exception as err:  # noqa: BLE001 - a page that does not load is not crawled
+                errors.append(_error(url, err))
+                browser.restart()
+        if links is None:
+            continue
+        found.append(url)
+        for link in links:
+            link = urldefrag(link).url
+            if link.startswith(root) and link.endswith((".html", ".htm")) and link not in seen:
+                seen.add(link)
+                queue.append(link)
+    return found
+
+
+class PageTapper:
+    """Taps a page's candidates one by one, restoring the page after a tap that changed it."""
+
+    def __init__(self, browser: Browser, settings: CrawlSettings):
+        self.browser, self.settings = browser, settings
+
+    @property
+    def page(self):  # noqa: ANN201 - Playwright's Page (replaced when the browser restarts)
+        return self.browser.page
+
+    def screen(self) -> np.ndarray:
+        """A screenshot; one retry once loading settles (a late navigation cannot be captured mid-way)."""
+        try:
+            return decode(self.page.screenshot())
+        except Exception:  # noqa: BLE001 - Playwright's Error: the page is between two documents
+            self.page.wait_for_load_state("load")
+            return decode(self.page.screenshot())
+
+    def load(self, url: str) -> np.ndarray:
+        """The page as first seen (mouse away): the screen the crops come from."""
+        self.page.goto(url, wait_until="load")
+        self.page.mouse.move(0, 0)
+        time.sleep(self.settings.settle_s)
+        return self.screen()
+
+    def tap(self, url: str, c: Candidate) -> bool:
+        """Whether tapping ``c`` changed anything (if it did, the page needs a reload before the next tap)."""
+        x, y = c.centre
+        self.page.mouse.move(x, y)
+        time.sleep(self.settings.hover_s)
+        before, popups = self.screen(), len(self.browser.popups)
+        self.page.mouse.click(x, y)
+        time.sleep(self.settings.settle_s)
+        opened = len(self.browser.popups) > popups
+        for popup in self.browser.popups[popups:]:
+            popup.close()
+        del self.browser.popups[popups:]
+        if opened or self.page.url != url:  # navigated (a refused page has no screen to compare)
+            return True
+        after = self.screen()
+        return tap_changed(before, after, url, self.page.url, opened, c)
+
+    def run(self, app: App, url: str, rng: np.random.Generator, report: CrawlReport) -> PageCrops:
+        t0 = time.perf_counter()
+        with self.browser.deadline():
+            screen = self.load(url)
+            listed = candidates(self.page)
+        chosen = sorted(rng.choice(len(listed), min(len(listed), self.settings.taps_per_page), replace=False)) \
+            if listed else []
+        kept: list[tuple[Candidate, bool]] = []
+        dirty = False
+        for i in chosen:
+            c = listed[int(i)]
+            try:
+                with self.browser.deadline():
+                    if dirty:
+                        self.load(url)
+                    dirty = self.tap(url, c)
+            except Exception as err:  # noqa: BLE001 - a hung or crashed browser (Playwright raises its own errors)
+                report.failed_taps += 1
+                report.errors.append(_error(url, err))
+                self.browser.restart()
+                dirty = True
+                continue
+            kept.append((c, dirty))
+        report.taps += len(kept)
+        report.changed += sum(changed for _, changed in kept)
+        size = self.settings.crop_size
+        crops = np.stack([crop(screen, c, size) for c, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
+        return PageCrops(app.name, url, crops, np.array([ch for _, ch in kept], bool),
+                         np.array([c.reference for c, _ in kept], bool),
+                         np.array([[c.x, c.y, c.w, c.h] for c, _ in kept], np.float32).reshape(-1, 4),
+                         time.perf_counter() - t0)
+
+
+def crawl(apps: Sequence[App], store: CropStore, browser: Browser, settings: CrawlSettings = CrawlSettings(),
+          on_page: Callable[[App, str, CrawlReport], None] | None = None) -> CrawlReport:
+    """Crawl ``apps`` into ``store``; pages already there are skipped (a killed crawl resumes)."""
+    report, t0 = CrawlReport(), time.perf_counter()
+    tapper = PageTapper(browser, settings)
+    for app in apps:
+        for url in app_pages(browser, app, settings.pages_per_app, report.errors):
+            if store.has(app.name, url):
+                report.skipped_pages += 1
+                continue
+            rng = np.random.default_rng([settings.seed, int(page_key(app.name, url), 16)])  # the page's own draw
+            try:
+                store.add(tapper.run(app, url, rng, report))
+            except Exception as err:  # noqa: BLE001 - the page itself would not load: restart, leave it for a rerun
+                report.errors.append(_error(url, err))
+                browser.restart()
+                continue
+            report.pages += 1
+            if on_page:
+                on_page(app, url, report)
+    report.seconds = time.perf_counter() - t0
+    report.refused = list(browser.fence.refused)
+    return report
+
+
+def _error(url: str, err: Exception) -> str:
+    return f"{url}: {type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}"
