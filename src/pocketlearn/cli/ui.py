@@ -64,3 +64,46 @@ def crawl_command(
     agree = data.labels == data.reference
     console.print(f"{out}: {len(data.labels)} crops, {data.labels.mean():.0%} labelled tappable; labels agree with "
                   f"the DOM (links, controls, click handlers) on {agree.mean():.0%}")
+
+
+@ui_app.command("learn")
+def learn_command(
+    crops: Annotated[Path, typer.Option(help="The crawled crops (`pocketlearn ui crawl --out`).")
+                     ] = Path("runs/ui-crops"),
+    devices: Annotated[int, typer.Option(min=1, help="Devices; the crawled apps are dealt among them.")] = 4,
+    held_out: Annotated[int, typer.Option(min=1, help="Apps no device crawls: the model is scored on them.")] = 3,
+    stages: Annotated[int, typer.Option(min=1, help="Crawl increments (each device crawls more at each).")] = 4,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds per stage.")] = 5,
+    replay: Annotated[int, typer.Option(min=1, help="Crops a device keeps (a uniform sample of all it saw).")] = 512,
+    device: Annotated[str, typer.Option(help="Device profile of every device (`pocketlearn devices`).")
+                      ] = "phone-1g",
+    secagg: Annotated[bool, typer.Option(help="Aggregate by secure aggregation.")] = False,
+    noise: Annotated[float, typer.Option(min=0, help="DP-FedAvg noise multiplier (0: no DP).")] = 0.0,
+) -> None:
+    """Learn tappability from pixels across devices, stage after stage; scored on held-out apps."""
+    from rich.table import Table
+
+    from pocketlearn.apps.ui.corpus import App, split_apps
+    from pocketlearn.apps.ui.dataset import CropStore
+    from pocketlearn.apps.ui.learn import LearnSettings, learn
+    from pocketlearn.progress import working
+
+    console = Console(highlight=False, soft_wrap=True)
+    store = CropStore(crops)
+    names = sorted({p.app for p in store.pages()})
+    dealt, evaluation = split_apps([App(n, crops) for n in names], devices, held_out)
+    device_apps = [[a.name for a in d] for d in dealt]
+    console.print(f"devices' apps: {device_apps}; held out: {[a.name for a in evaluation]}")
+    settings = LearnSettings(stages=stages, rounds=rounds, replay=replay, device=device, secagg=secagg,
+                             noise_multiplier=noise)
+    table = Table("stage", "crops seen", "F1 federated", "F1 alone", "F1 pooled", "AUC federated", "method",
+                  "bytes/client-round", title="Tappability on held-out apps, from pixels")
+    with working(console, "learning") as status:
+        results, rule = learn(store, device_apps, [a.name for a in evaluation], settings,
+                              on_stage=lambda r: status.update(f"stage {r.stage}/{stages}: F1 {r.federated.f1:.3f}"))
+    for r in results:
+        table.add_row(str(r.stage), str(r.crops_seen), f"{r.federated.f1:.3f}", f"{r.alone.f1:.3f}",
+                      f"{r.pooled.f1:.3f}", f"{r.federated.auc:.3f}", r.method, f"{r.bytes_per_client_round:,.0f}")
+    console.print(table)
+    console.print(f"no-learning rule (the DOM: link, control or click handler): F1 {rule.f1:.3f}, precision "
+                  f"{rule.precision:.3f}, recall {rule.recall:.3f}")

@@ -136,6 +136,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("mlp-wide", lambda: mlp(hidden=(1024, 1024)), "classification", (1, 28, 28), 10,
                   description="MLP 784-1024-1024-10 (Fashion-MNIST)"),
         ModelSpec("cnn", cnn, "classification", (1, 28, 28), 10, description="CNN 2 conv + 2 fc (Fashion-MNIST)"),
+        ModelSpec("ui-cnn", lambda: cnn(3, 2, image_size=32), "classification", (3, 32, 32), 2, unit_pixels=True,
+                  description="CNN 2 conv + 2 fc: is a UI element tappable? (32x32 RGB crops, the UI learner)"),
         ModelSpec("cct", lambda: CCT(CCTConfig()), "classification", (1, 28, 28), 10,
                   description="compact convolutional transformer: conv tokenizer, 2 blocks x 64 (Fashion-MNIST)"),
         ModelSpec("digits-mlp", lambda: mlp(64, (128,), 10), "classification", (64,), 10,

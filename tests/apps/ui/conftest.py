@@ -34,7 +34,8 @@ def write_app(root, extra: str = "", pages: int = 2, name: str = "fixture") -> A
     (root / "index.html").write_text(page(elements + out + extra + SCRIPT))
     for i in range(2, pages + 1):
         nxt = f"<a href=page{i + 1}.html>on</a>" if i < pages else ""
-        (root / f"page{i}.html").write_text(page(f"<h1>Page {i}</h1><p>Plain text, nothing to tap.</p>{nxt}"))
+        (root / f"page{i}.html").write_text(page(f"<div style='width:600px'><h1>Page {i}</h1><p>Plain text, "
+                                                 f"nothing to tap.</p>{nxt}</div>"))
     return App(name, root, "index.html")
 
 

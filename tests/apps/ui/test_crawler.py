@@ -1,12 +1,11 @@
 """The crawler and labeler on pages whose every element's effect is known; the fence; crashes and kills."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
-
-import shutil
 
 import numpy as np
 import pytest
@@ -119,3 +118,18 @@ def test_a_killed_crawl_resumes_and_loses_nothing(tmp_path):
     assert skipped == done and pages + skipped == 6
     resumed, full = CropStore(store).load(), straight.load()
     assert np.array_equal(resumed.labels, full.labels) and np.array_equal(resumed.crops, full.crops)
+
+
+def test_a_tiny_never_ending_federated_run_from_crawl_to_scores(tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketlearn.cli.main import app as cli
+
+    apps = [write_app(tmp_path / name, name=name) for name in ("north", "south", "held")]
+    with Browser(Fence([a.root for a in apps])) as browser:
+        crawl(apps, CropStore(tmp_path / "crops"), browser, ALL)
+    result = CliRunner().invoke(cli, ["ui", "learn", "--crops", str(tmp_path / "crops"), "--devices", "2",
+                                      "--held-out", "1", "--stages", "2", "--rounds", "2", "--replay", "16"])
+    assert result.exit_code == 0, result.output
+    assert "held out: ['" in result.output and "no-learning rule" in result.output
+    assert "stage 2/2: F1" in result.output

@@ -1,0 +1,217 @@
+"""Never-ending learning of tappability from crawled crops: each device learns from its own apps, federated.
+
+Time runs in stages: at each stage every device has crawled a little more of its apps (its pages in crawl order,
+cut into ``stages`` equal parts), adds the new crops to a bounded replay buffer (a uniform sample of all it has
+seen), and the devices run ``rounds`` federated rounds (the existing round: FedAvg, the planner's method for
+the device profile, secure aggregation and DP as options) from where the last stage stopped. Only updates leave
+a device. Scored on apps no device crawled, from pixels alone, against:
+- each device alone (the same schedule on its own buffer only), averaged over devices;
+- one model on every device's buffer pooled (what a system that collects screenshots would get);
+- a rule with no learning: the DOM says link, control or click handler (it sees the DOM, the model only pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pocketlearn.apps.ui.dataset import CropStore, PageCrops
+from pocketlearn.errors import ConfigError
+
+SIDE = 32  # the model's input: crops resized to SIDE x SIDE
+
+
+@dataclass(frozen=True)
+class LearnSettings:
+    stages: int = 4  # crawl increments; the curve is scored after each
+    rounds: int = 5  # federated rounds per stage
+    replay: int = 512  # crops a device keeps (a uniform sample of all it crawled)
+    device: str = "phone-1g"  # the device profile every device has (the planner picks the method)
+    epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.05
+    seed: int = 0
+    secagg: bool = False
+    noise_multiplier: float = 0.0  # > 0: DP-FedAvg (clip 1.0)
+
+    def __post_init__(self) -> None:
+        if min(self.stages, self.rounds, self.replay, self.epochs, self.batch_size) < 1 or self.lr <= 0:
+            raise ConfigError(f"learn settings need stages, rounds, replay, epochs, batch size >= 1 and lr > 0: {self}")
+
+
+@dataclass
+class Scores:
+    precision: float
+    recall: float
+    f1: float
+    auc: float
+
+
+@dataclass
+class StageResult:
+    stage: int
+    crops_seen: int  # over all devices, this far
+    federated: Scores
+    alone: Scores  # mean over devices
+    pooled: Scores
+    method: str = ""
+    bytes_per_client_round: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def tensors(pages: Sequence[PageCrops]) -> tuple[Tensor, Tensor]:
+    """Crops as (N, 3, SIDE, SIDE) floats in [0, 1] and labels as (N,) long (1: the tap changed the screen)."""
+    if not pages:
+        return torch.zeros(0, 3, SIDE, SIDE), torch.zeros(0, dtype=torch.long)
+    crops = torch.from_numpy(np.concatenate([p.crops for p in pages])).permute(0, 3, 1, 2).float() / 255
+    if crops.shape[-1] != SIDE:
+        crops = torch.nn.functional.interpolate(crops, size=(SIDE, SIDE), mode="bilinear", antialias=True,
+                                                align_corners=False)
+    return crops.contiguous(), torch.from_numpy(np.concatenate([p.labels for p in pages])).long()
+
+
+def scores(prob: np.ndarray, truth: np.ndarray) -> Scores:
+    """Precision, recall and F1 at 0.5, and the ROC AUC (rank statistic, ties averaged)."""
+    pred, truth = prob >= 0.5, truth.astype(bool)
+    tp = float((pred & truth).sum())
+    precision = tp / pred.sum() if pred.sum() else 0.0
+    recall = tp / truth.sum() if truth.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    pos, neg = int(truth.sum()), int((~truth).sum())
+    if pos and neg:
+        order = np.argsort(prob, kind="mergesort")
+        ranks = np.empty(len(prob))
+        ranks[order] = np.arange(1, len(prob) + 1)
+        for value in np.unique(prob):  # ties share their mean rank
+            tied = prob == value
+            ranks[tied] = ranks[tied].mean()
+        auc = (ranks[truth].sum() - pos * (pos + 1) / 2) / (pos * neg)
+    else:
+        auc = float("nan")
+    return Scores(precision, recall, f1, float(auc))
+
+
+def rule_scores(pages: Sequence[PageCrops]) -> Scores:
+    """The no-learning rule: tappable where the DOM says link, form control or click handler."""
+    reference = np.concatenate([p.reference for p in pages]).astype(float)
+    return scores(reference, np.concatenate([p.labels for p in pages]))
+
+
+class ReplayBuffer:
+    """At most ``size`` crops: a uniform sample of every crop added so far (reservoir sampling)."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.rng, self.seen = size, np.random.default_rng(seed), 0
+        self.x: Tensor | None = None
+        self.y: Tensor | None = None
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        for i in range(len(y)):
+            self.seen += 1
+            if self.x is None or self.y is None or len(self.y) < self.size:
+                self.x = x[i:i + 1] if self.x is None else torch.cat([self.x, x[i:i + 1]])
+                self.y = y[i:i + 1] if self.y is None else torch.cat([self.y, y[i:i + 1]])
+            elif (j := int(self.rng.integers(self.seen))) < self.size:
+                self.x[j], self.y[j] = x[i], y[i]
+
+    def data(self) -> tuple[Tensor, Tensor]:
+        if self.x is None or self.y is None:
+            return torch.zeros(0, 3, SIDE, SIDE), torch.zeros(0, dtype=torch.long)
+        return self.x, self.y
+
+
+def device_timeline(store: CropStore, apps: Sequence[str], stages: int) -> list[list[PageCrops]]:
+    """A device's pages, app after app, cut into ``stages`` parts: what it crawls in each stage."""
+    pages = [p for app in apps for p in store.pages([app])]
+    cuts = np.linspace(0, len(pages), stages + 1).round().astype(int)
+    return [pages[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+
+
+def _run_config(settings: LearnSettings, clients: int) -> Any:
+    from pocketlearn.federated.config import parse_config
+
+    strategy: dict[str, Any] = {"name": "fedavg"}
+    if settings.noise_multiplier > 0:
+        dp = {"clip": 1.0, "noise_multiplier": settings.noise_multiplier}
+        strategy = {"name": "dp-fedavg", "options": {"dp": dp}}
+    return parse_config({
+        "name": "ui", "rounds": settings.rounds, "clients_per_round": clients, "seed": settings.seed,
+        "checkpoint": False, "model": {"name": "ui-cnn"},
+        "data": {"name": "ui", "partition": "iid", "num_clients": clients},
+        "client": {"method": "backprop", "epochs": settings.epochs, "batch_size": settings.batch_size,
+                   "lr": settings.lr},
+        "devices": {"mix": {settings.device: 1.0}, "availability": False},
+        "strategy": strategy, "secagg": {"enabled": settings.secagg and clients > 1, "clip": 1.0},
+        "eval": {"every": settings.rounds},
+    }, source="the UI learner's settings")
+
+
+class Learner:
+    """One model trained by federated rounds over some clients' buffers; continues from stage to stage."""
+
+    def __init__(self, settings: LearnSettings, clients: int):
+        self.settings, self.config = settings, _run_config(settings, clients)
+        self.params: dict[str, Tensor] | None = None
+        self.method, self.bytes_per_client_round = "", 0.0
+
+    def stage(self, buffers: Sequence[tuple[Tensor, Tensor]], x_test: Tensor) -> np.ndarray:
+        """Run this stage's rounds on ``buffers`` (one per client); the tappable probability of each test crop."""
+        from pocketlearn.federated.clients import InMemoryClients
+        from pocketlearn.federated.experiment import FederatedData, build_server
+
+        x = torch.cat([b[0] for b in buffers])
+        y = torch.cat([b[1] for b in buffers])
+        bounds = np.cumsum([0] + [len(b[1]) for b in buffers])
+        clients = InMemoryClients(x, y, [np.arange(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        server, _ = build_server(self.config, None, data=FederatedData(clients, x_test[:1], torch.zeros(1).long()))
+        if self.params is not None:
+            with torch.no_grad():
+                for name, p in server.params.items():
+                    p.copy_(self.params[name])
+        records = server.run(self.settings.rounds)
+        self.params = {n: p.detach().clone() for n, p in server.params.items()}
+        self.method = ",".join(sorted({f.method or "-" for f in server.clients.fits}))
+        self.bytes_per_client_round = sum(r.bytes_up for r in records) / max(1, sum(r.finished for r in records))
+        model = copy.deepcopy(server.model).eval()
+        with torch.no_grad():
+            return torch.softmax(model(x_test), dim=1)[:, 1].numpy()
+
+
+def learn(store: CropStore, device_apps: Sequence[Sequence[str]], held_out: Sequence[str],
+          settings: LearnSettings = LearnSettings(),
+          on_stage: Callable[[StageResult], None] | None = None) -> tuple[list[StageResult], Scores]:
+    """The curve over stages (federated, alone, pooled), and the no-learning rule's scores on the held-out apps."""
+    test_pages = [p for app in held_out for p in store.pages([app])]
+    x_test, y_test = tensors(test_pages)
+    if not len(y_test):
+        raise ConfigError(f"the held-out apps {list(held_out)} have no crawled crops; crawl them first")
+    truth = y_test.numpy()
+    timelines = [device_timeline(store, apps, settings.stages) for apps in device_apps]
+    buffers = [ReplayBuffer(settings.replay, settings.seed * 1000 + d) for d in range(len(device_apps))]
+    federated, pooled = Learner(settings, len(device_apps)), Learner(settings, 1)
+    alone = [Learner(settings, 1) for _ in device_apps]
+    results = []
+    for stage in range(settings.stages):
+        for buffer, timeline in zip(buffers, timelines, strict=True):
+            buffer.add(*tensors(timeline[stage]))
+        data = [b.data() for b in buffers]
+        if any(not len(y) for _, y in data):
+            raise ConfigError(f"stage {stage + 1}: a device has crawled no crops yet; crawl more pages of its apps "
+                              "or use fewer stages")
+        fed = scores(federated.stage(data, x_test), truth)
+        pool = scores(pooled.stage([(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))], x_test),
+                      truth)
+        each = [scores(learner.stage([d], x_test), truth) for learner, d in zip(alone, data, strict=True)]
+        mean = Scores(*(float(np.nanmean([getattr(s, f) for s in each])) for f in ("precision", "recall", "f1", "auc")))
+        result = StageResult(stage + 1, sum(b.seen for b in buffers), fed, mean, pool, federated.method,
+                             federated.bytes_per_client_round)
+        results.append(result)
+        if on_stage:
+            on_stage(result)
+    return results, rule_scores(test_pages)
