@@ -79,6 +79,8 @@ def learn_command(
                       ] = "phone-1g",
     secagg: Annotated[bool, typer.Option(help="Aggregate by secure aggregation.")] = False,
     noise: Annotated[float, typer.Option(min=0, help="DP-FedAvg noise multiplier (0: no DP).")] = 0.0,
+    model: Annotated[Path, typer.Option(help="Where to write the federated model after the last stage.")
+                     ] = Path("runs/ui-model.pt"),
 ) -> None:
     """Learn tappability from pixels across devices, stage after stage; scored on held-out apps."""
     from rich.table import Table
@@ -86,6 +88,7 @@ def learn_command(
     from pocketlearn.apps.ui.corpus import App, split_apps
     from pocketlearn.apps.ui.dataset import CropStore
     from pocketlearn.apps.ui.learn import LearnSettings, learn
+    from pocketlearn.checkpoint import save_checkpoint
     from pocketlearn.progress import working
 
     console = Console(highlight=False, soft_wrap=True)
@@ -99,11 +102,30 @@ def learn_command(
     table = Table("stage", "crops seen", "F1 federated", "F1 alone", "F1 pooled", "AUC federated", "method",
                   "bytes/client-round", title="Tappability on held-out apps, from pixels")
     with working(console, "learning") as status:
-        results, rule = learn(store, device_apps, [a.name for a in evaluation], settings,
-                              on_stage=lambda r: status.update(f"stage {r.stage}/{stages}: F1 {r.federated.f1:.3f}"))
-    for r in results:
+        curve = learn(store, device_apps, [a.name for a in evaluation], settings,
+                      on_stage=lambda r: status.update(f"stage {r.stage}/{stages}: F1 {r.federated.f1:.3f}"))
+    model.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, {"model": curve.model, "model_name": "ui-cnn"})
+    for r in curve.stages:
         table.add_row(str(r.stage), str(r.crops_seen), f"{r.federated.f1:.3f}", f"{r.alone.f1:.3f}",
                       f"{r.pooled.f1:.3f}", f"{r.federated.auc:.3f}", r.method, f"{r.bytes_per_client_round:,.0f}")
     console.print(table)
+    rule = curve.rule
     console.print(f"no-learning rule (the DOM: link, control or click handler): F1 {rule.f1:.3f}, precision "
                   f"{rule.precision:.3f}, recall {rule.recall:.3f}")
+    console.print(f"the federated model: {model} (`pocketlearn ui predict PAGE --model {model}`)")
+
+
+@ui_app.command("predict")
+def predict_command(
+    page: Annotated[Path, typer.Argument(help="An HTML page on this machine (e.g. an app's index.html).")],
+    model: Annotated[Path, typer.Option(help="The model `pocketlearn ui learn` wrote.")] = Path("runs/ui-model.pt"),
+    out: Annotated[Path, typer.Option(help="The outlined screen (PNG).")] = Path("runs/ui-predict.png"),
+) -> None:
+    """Outline every element of PAGE with the model's probability that it is tappable (green: yes, red: no)."""
+    from pocketlearn.apps.ui.predict import predict_page, tappability_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    judged = predict_page(page, tappability_model(model), out)
+    yes = sum(p >= 0.5 for _, p in judged)
+    Console(highlight=False, soft_wrap=True).print(f"{out}: {len(judged)} elements, {yes} predicted tappable")

@@ -128,8 +128,18 @@ def test_a_tiny_never_ending_federated_run_from_crawl_to_scores(tmp_path):
     apps = [write_app(tmp_path / name, name=name) for name in ("north", "south", "held")]
     with Browser(Fence([a.root for a in apps])) as browser:
         crawl(apps, CropStore(tmp_path / "crops"), browser, ALL)
+    model = tmp_path / "model.pt"
     result = CliRunner().invoke(cli, ["ui", "learn", "--crops", str(tmp_path / "crops"), "--devices", "2",
-                                      "--held-out", "1", "--stages", "2", "--rounds", "2", "--replay", "16"])
+                                      "--held-out", "1", "--stages", "2", "--rounds", "2", "--replay", "16",
+                                      "--model", str(model)])
     assert result.exit_code == 0, result.output
     assert "held out: ['" in result.output and "no-learning rule" in result.output
     assert "stage 2/2: F1" in result.output
+    shown = tmp_path / "shown.png"
+    result = CliRunner().invoke(cli, ["ui", "predict", str(apps[0].root / "index.html"), "--model", str(model),
+                                      "--out", str(shown)])
+    assert result.exit_code == 0, result.output
+    assert f"{len(ELEMENTS) + 2} elements" in result.output  # the five, the checkbox and the status line
+    from PIL import Image
+
+    assert Image.open(shown).size == (1024, 768)

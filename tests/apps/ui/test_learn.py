@@ -46,8 +46,9 @@ def _synthetic_store(root, apps=5, pages=3, n=40):
 def test_devices_learn_tappability_together_stage_after_stage(tmp_path):
     store = _synthetic_store(tmp_path)
     seen = []
-    results, rule = learn(store, [["app0", "app1"], ["app2", "app3"]], ["app4"],
-                          LearnSettings(stages=3, rounds=3, replay=64, lr=0.1), on_stage=seen.append)
+    curve = learn(store, [["app0", "app1"], ["app2", "app3"]], ["app4"],
+                  LearnSettings(stages=3, rounds=3, replay=64, lr=0.1), on_stage=seen.append)
+    results, rule = curve.stages, curve.rule
     assert [r.stage for r in results] == [1, 2, 3] and seen == results
     assert results[-1].crops_seen == 4 * 3 * 40 and results[-1].method == "backprop"
     assert results[-1].federated.f1 > 0.9 and results[-1].federated.auc > 0.95  # the blue box, from pixels
@@ -60,6 +61,6 @@ def test_devices_learn_tappability_together_stage_after_stage(tmp_path):
 
 def test_secure_aggregation_and_dp_are_options_of_the_federated_run(tmp_path):
     store = _synthetic_store(tmp_path, apps=4, pages=1)
-    results, _ = learn(store, [["app0"], ["app1"], ["app2"]], ["app3"],
-                       LearnSettings(stages=1, rounds=2, secagg=True, noise_multiplier=0.5))
+    results = learn(store, [["app0"], ["app1"], ["app2"]], ["app3"],
+                    LearnSettings(stages=1, rounds=2, secagg=True, noise_multiplier=0.5)).stages
     assert len(results) == 1 and results[0].bytes_per_client_round > 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlearn.checkpoint import write_atomic
 from pocketlearn.errors import DataError
 
 FIELDS = ("crops", "labels", "reference", "boxes")
@@ -74,12 +74,7 @@ class CropStore:
         np.savez(buffer, allow_pickle=False, **fields)
         path = self.path(page.app, page.url)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, buffer.getbuffer())
         return path
 
     def read(self, path: Path) -> PageCrops:

@@ -158,6 +158,7 @@ class Learner:
     def __init__(self, settings: LearnSettings, clients: int):
         self.settings, self.config = settings, _run_config(settings, clients)
         self.params: dict[str, Tensor] | None = None
+        self.model: torch.nn.Module | None = None
         self.method, self.bytes_per_client_round = "", 0.0
 
     def stage(self, buffers: Sequence[tuple[Tensor, Tensor]], x_test: Tensor) -> np.ndarray:
@@ -178,15 +179,33 @@ class Learner:
         self.params = {n: p.detach().clone() for n, p in server.params.items()}
         self.method = ",".join(sorted({f.method or "-" for f in server.clients.fits}))
         self.bytes_per_client_round = sum(r.bytes_up for r in records) / max(1, sum(r.finished for r in records))
-        model = copy.deepcopy(server.model).eval()
-        with torch.no_grad():
-            return torch.softmax(model(x_test), dim=1)[:, 1].numpy()
+        self.model = copy.deepcopy(server.model).eval()
+        return tappable(self.model, x_test)
+
+    def model_state(self) -> dict[str, Tensor]:
+        assert self.model is not None, "a learner has a model once it ran a stage"
+        return {n: t.detach().clone() for n, t in self.model.state_dict().items()}
+
+
+def tappable(model: torch.nn.Module, x: Tensor) -> np.ndarray:
+    """The model's probability that each crop (N, 3, SIDE, SIDE) is tappable."""
+    with torch.no_grad():
+        return torch.softmax(model.eval()(x), dim=1)[:, 1].numpy()
+
+
+@dataclass
+class Curve:
+    """Scores after each stage, the no-learning rule's, and the federated model after the last stage."""
+
+    stages: list[StageResult]
+    rule: Scores
+    model: dict[str, Tensor]  # a ``ui-cnn`` state dict
 
 
 def learn(store: CropStore, device_apps: Sequence[Sequence[str]], held_out: Sequence[str],
           settings: LearnSettings = LearnSettings(),
-          on_stage: Callable[[StageResult], None] | None = None) -> tuple[list[StageResult], Scores]:
-    """The curve over stages (federated, alone, pooled), and the no-learning rule's scores on the held-out apps."""
+          on_stage: Callable[[StageResult], None] | None = None) -> Curve:
+    """The curve over stages (federated, alone, pooled) on the held-out apps, and the rule's scores there."""
     test_pages = [p for app in held_out for p in store.pages([app])]
     x_test, y_test = tensors(test_pages)
     if not len(y_test):
@@ -214,4 +233,4 @@ def learn(store: CropStore, device_apps: Sequence[Sequence[str]], held_out: Sequ
         results.append(result)
         if on_stage:
             on_stage(result)
-    return results, rule_scores(test_pages)
+    return Curve(results, rule_scores(test_pages), federated.model_state())
