@@ -30,7 +30,9 @@ def crawl_command(
     apps: Annotated[str | None, typer.Option(help="Comma-separated apps (`pocketlearn ui apps`); default: all "
                                              "installed.")] = None,
     pages: Annotated[int, typer.Option(min=1, help="Pages per app, breadth first from its start page.")] = 4,
-    taps: Annotated[int, typer.Option(min=1, help="Taps per page (a seeded sample of its elements).")] = 24,
+    screens: Annotated[int, typer.Option(min=1, help="Screens per page: its top, then scrolled a screen down each."
+                                         )] = 2,
+    taps: Annotated[int, typer.Option(min=1, help="Taps per screen (a seeded sample of its elements).")] = 24,
     timeout: Annotated[float, typer.Option(min=0.5, help="Seconds any one tap may take before the browser is "
                                            "restarted.")] = 5.0,
     seed: Annotated[int, typer.Option(help="Which elements of a page are tapped.")] = 0,
@@ -49,7 +51,7 @@ def crawl_command(
         from pocketlearn.errors import ConfigError
 
         raise ConfigError("no documentation app is installed; `pocketlearn ui apps` lists them and their packages")
-    settings = CrawlSettings(pages_per_app=pages, taps_per_page=taps, timeout_s=timeout, seed=seed)
+    settings = CrawlSettings(pages_per_app=pages, screens=screens, taps_per_page=taps, timeout_s=timeout, seed=seed)
     store = CropStore(out)
     with working(console, f"crawling {len(chosen)} apps") as status, \
             Browser(Fence([a.root for a in chosen]), timeout_s=timeout) as browser:

@@ -1,10 +1,15 @@
 """Tap the elements of an app's pages, label each tap from the screens before and after, keep the crops.
 
-Per page: load it with the mouse away, screenshot it (the crops come from this screen, with no hover style), list
-the candidates, tap a seeded sample of them: hover, screenshot, click, wait ``settle_s``, screenshot, label
-(:mod:`~pocketlearn.apps.ui.labeler`). A tap that changed something is undone by loading the page again. Every
-browser action has a time limit; a browser that hangs or crashes is restarted and the tap is skipped. Pages are
-visited breadth first from the app's start page, inside the app's folder.
+Per screen of a page (the page scrolled by ``screens`` viewports): load it with the mouse away, screenshot it
+(the crops come from this screen, with no hover style), list the candidates, tap a seeded sample of them: hover,
+screenshot, click, wait ``settle_s``, screenshot, label (:mod:`~pocketlearn.apps.ui.labeler`). A tap that changed
+something is undone by loading the page again. Every browser action has a time limit; a browser that hangs or
+crashes is restarted and the tap is skipped. Pages are visited breadth first from the app's start page, inside
+the app's folder.
+
+The sample is half elements the DOM calls interactive and half not (as far as the screen has them): documentation
+is mostly links, and a learner shown 90% tappable elements learns the prior. The DOM chooses what is tapped,
+never how it is labelled.
 """
 
 from __future__ import annotations
@@ -17,19 +22,23 @@ from urllib.parse import urldefrag
 
 import numpy as np
 
-from pocketlearn.apps.ui.browser import Browser
+from pocketlearn.apps.ui.browser import VIEWPORT, Browser
 from pocketlearn.apps.ui.corpus import App
 from pocketlearn.apps.ui.dataset import CropStore, PageCrops, page_key
 from pocketlearn.apps.ui.labeler import Candidate, candidates, crop, decode, tap_changed
 from pocketlearn.errors import ConfigError
 
 LINKS_JS = "() => Array.from(document.querySelectorAll('a[href]'), a => a.href)"
+# scroll down by y; false if the page is too short to show anything new there
+SCROLL_JS = ("(y) => { if (document.documentElement.scrollHeight <= y + 40) return false; "
+             "window.scrollTo(0, y); return true; }")
 
 
 @dataclass(frozen=True)
 class CrawlSettings:
     pages_per_app: int = 4
-    taps_per_page: int = 24
+    screens: int = 2  # screens per page: the top, then scrolled down by a viewport each
+    taps_per_page: int = 24  # per screen
     settle_s: float = 0.2  # after a click, before the "after" screenshot
     hover_s: float = 0.05  # after moving onto the element, before the "before" screenshot
     timeout_s: float = 5.0  # the time limit of each browser action
@@ -37,7 +46,7 @@ class CrawlSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if min(self.pages_per_app, self.taps_per_page, self.crop_size) < 1 or self.timeout_s <= 0:
+        if min(self.pages_per_app, self.screens, self.taps_per_page, self.crop_size) < 1 or self.timeout_s <= 0:
             raise ConfigError(f"crawl settings need pages, taps and crop size >= 1 and a positive timeout: {self}")
 
 
@@ -103,10 +112,12 @@ class PageTapper:
             self.page.wait_for_load_state("load")
             return decode(self.page.screenshot())
 
-    def load(self, url: str) -> np.ndarray:
-        """The page as first seen (mouse away): the screen the crops come from."""
+    def load(self, url: str, screen: int = 0) -> np.ndarray | None:
+        """The page's ``screen`` as first seen (mouse away): where the crops come from (None: the page is shorter)."""
         self.page.goto(url, wait_until="load")
         self.page.mouse.move(0, 0)
+        if screen and not self.page.evaluate(SCROLL_JS, screen * VIEWPORT[1]):
+            return None
         time.sleep(self.settings.settle_s)
         return self.screen()
 
@@ -127,13 +138,16 @@ class PageTapper:
         after = self.screen()
         return tap_changed(before, after, url, self.page.url, opened, c)
 
-    def run(self, app: App, url: str, rng: np.random.Generator, report: CrawlReport) -> PageCrops:
+    def run(self, app: App, url: str, number: int, rng: np.random.Generator, report: CrawlReport
+            ) -> PageCrops | None:
+        """Tap screen ``number`` of the page at ``url`` (None: the page has no such screen)."""
         t0 = time.perf_counter()
         with self.browser.deadline():
-            screen = self.load(url)
+            screen = self.load(url, number)
+            if screen is None:
+                return None
             listed = candidates(self.page)
-        chosen = sorted(rng.choice(len(listed), min(len(listed), self.settings.taps_per_page), replace=False)) \
-            if listed else []
+        chosen = balanced_sample(listed, self.settings.taps_per_page, rng)
         kept: list[tuple[Candidate, bool]] = []
         dirty = False
         for i in chosen:
@@ -141,7 +155,7 @@ class PageTapper:
             try:
                 with self.browser.deadline():
                     if dirty:
-                        self.load(url)
+                        self.load(url, number)
                     dirty = self.tap(url, c)
             except Exception as err:  # noqa: BLE001 - a hung or crashed browser (Playwright raises its own errors)
                 report.failed_taps += 1
@@ -154,7 +168,7 @@ class PageTapper:
         report.changed += sum(changed for _, changed in kept)
         size = self.settings.crop_size
         crops = np.stack([crop(screen, c, size) for c, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-        return PageCrops(app.name, url, crops, np.array([ch for _, ch in kept], bool),
+        return PageCrops(app.name, screen_id(url, number), crops, np.array([ch for _, ch in kept], bool),
                          np.array([c.reference for c, _ in kept], bool),
                          np.array([[c.x, c.y, c.w, c.h] for c, _ in kept], np.float32).reshape(-1, 4),
                          time.perf_counter() - t0)
@@ -167,22 +181,49 @@ def crawl(apps: Sequence[App], store: CropStore, browser: Browser, settings: Cra
     tapper = PageTapper(browser, settings)
     for app in apps:
         for url in app_pages(browser, app, settings.pages_per_app, report.errors):
-            if store.has(app.name, url):
-                report.skipped_pages += 1
-                continue
-            rng = np.random.default_rng([settings.seed, int(page_key(app.name, url), 16)])  # the page's own draw
-            try:
-                store.add(tapper.run(app, url, rng, report))
-            except Exception as err:  # noqa: BLE001 - the page itself would not load: restart, leave it for a rerun
-                report.errors.append(_error(url, err))
-                browser.restart()
-                continue
-            report.pages += 1
+            for number in range(settings.screens):
+                if not _crawl_screen(tapper, store, app, url, number, report):
+                    break
             if on_page:
                 on_page(app, url, report)
     report.seconds = time.perf_counter() - t0
     report.refused = list(browser.fence.refused)
     return report
+
+
+def _crawl_screen(tapper: PageTapper, store: CropStore, app: App, url: str, number: int,
+                  report: CrawlReport) -> bool:
+    """Tap one screen into the store; False once the page has no further screen."""
+    key = screen_id(url, number)
+    if store.has(app.name, key):
+        report.skipped_pages += 1
+        return True
+    rng = np.random.default_rng([tapper.settings.seed, int(page_key(app.name, key), 16)])  # the screen's own draw
+    try:
+        page = tapper.run(app, url, number, rng, report)
+    except Exception as err:  # noqa: BLE001 - the page itself would not load: restart, leave it for a rerun
+        report.errors.append(_error(url, err))
+        tapper.browser.restart()
+        return True
+    if page is None:
+        return False
+    store.add(page)
+    report.pages += 1
+    return True
+
+
+def screen_id(url: str, number: int) -> str:
+    """How a screen is named in the store: the page's URL, and which screen below the top it is."""
+    return url if number == 0 else f"{url} (screen {number + 1})"
+
+
+def balanced_sample(listed: Sequence[Candidate], n: int, rng: np.random.Generator) -> list[int]:
+    """Up to ``n`` candidates: half that the DOM calls interactive and half not, where the screen has enough."""
+    yes = [i for i, c in enumerate(listed) if c.reference]
+    no = [i for i, c in enumerate(listed) if not c.reference]
+    take_yes = min(len(yes), max(n // 2, n - len(no)))
+    take_no = min(len(no), n - take_yes)
+    return sorted(rng.permutation(yes)[:take_yes].tolist() + rng.permutation(no)[:take_no].tolist())
 
 
 def _error(url: str, err: Exception) -> str:

@@ -1,6 +1,6 @@
 """Never-ending learning of tappability from crawled crops: each device learns from its own apps, federated.
 
-Time runs in stages: at each stage every device has crawled a little more of its apps (its pages in crawl order,
+Time runs in stages: at each stage every device has crawled a little more of its apps (its crops in crawl order,
 cut into ``stages`` equal parts), adds the new crops to a bounded replay buffer (a uniform sample of all it has
 seen), and the devices run ``rounds`` federated rounds (the existing round: FedAvg, the planner's method for
 the device profile, secure aggregation and DP as options) from where the last stage stopped. Only updates leave
@@ -36,6 +36,7 @@ class LearnSettings:
     epochs: int = 1
     batch_size: int = 16
     lr: float = 0.05
+    momentum: float = 0.9
     seed: int = 0
     secagg: bool = False
     noise_multiplier: float = 0.0  # > 0: DP-FedAvg (clip 1.0)
@@ -126,11 +127,11 @@ class ReplayBuffer:
         return self.x, self.y
 
 
-def device_timeline(store: CropStore, apps: Sequence[str], stages: int) -> list[list[PageCrops]]:
-    """A device's pages, app after app, cut into ``stages`` parts: what it crawls in each stage."""
-    pages = [p for app in apps for p in store.pages([app])]
-    cuts = np.linspace(0, len(pages), stages + 1).round().astype(int)
-    return [pages[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+def device_timeline(store: CropStore, apps: Sequence[str], stages: int) -> list[tuple[Tensor, Tensor]]:
+    """A device's crops, app after app and page after page, cut into ``stages`` equal parts: each stage's crawl."""
+    x, y = tensors([p for app in apps for p in store.pages([app])])
+    cuts = np.linspace(0, len(y), stages + 1).round().astype(int)
+    return [(x[a:b], y[a:b]) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def _run_config(settings: LearnSettings, clients: int) -> Any:
@@ -145,7 +146,7 @@ def _run_config(settings: LearnSettings, clients: int) -> Any:
         "checkpoint": False, "model": {"name": "ui-cnn"},
         "data": {"name": "ui", "partition": "iid", "num_clients": clients},
         "client": {"method": "backprop", "epochs": settings.epochs, "batch_size": settings.batch_size,
-                   "lr": settings.lr},
+                   "lr": settings.lr, "momentum": settings.momentum},
         "devices": {"mix": {settings.device: 1.0}, "availability": False},
         "strategy": strategy, "secagg": {"enabled": settings.secagg and clients > 1, "clip": 1.0},
         "eval": {"every": settings.rounds},
@@ -218,7 +219,7 @@ def learn(store: CropStore, device_apps: Sequence[Sequence[str]], held_out: Sequ
     results = []
     for stage in range(settings.stages):
         for buffer, timeline in zip(buffers, timelines, strict=True):
-            buffer.add(*tensors(timeline[stage]))
+            buffer.add(*timeline[stage])
         data = [b.data() for b in buffers]
         if any(not len(y) for _, y in data):
             raise ConfigError(f"stage {stage + 1}: a device has crawled no crops yet; crawl more pages of its apps "
