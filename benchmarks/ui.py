@@ -106,7 +106,7 @@ def main() -> None:
     crawl_settings = CrawlSettings(pages_per_app=1, screens=1, taps_per_page=12) if args.quick else \
         CrawlSettings(pages_per_app=3, screens=2, taps_per_page=16)
     devices, held_out = (2, 1) if args.quick else (4, 3)
-    settings = LearnSettings(stages=2, rounds=2) if args.quick else LearnSettings(stages=4, rounds=10, epochs=2)
+    settings = LearnSettings(stages=2, rounds=2) if args.quick else LearnSettings(stages=4)
     store = CropStore(ROOT / "runs" / ("bench-ui-crops-quick" if args.quick else "bench-ui-crops"))
     with working(console, "crawling") as status, Browser(Fence([a.root for a in apps])) as browser:
         crawled = crawl(apps, store, browser, crawl_settings, on_page=lambda app, url, r: status.update(

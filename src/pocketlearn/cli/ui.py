@@ -75,7 +75,7 @@ def learn_command(
     devices: Annotated[int, typer.Option(min=1, help="Devices; the crawled apps are dealt among them.")] = 4,
     held_out: Annotated[int, typer.Option(min=1, help="Apps no device crawls: the model is scored on them.")] = 3,
     stages: Annotated[int, typer.Option(min=1, help="Crawl increments (each device crawls more at each).")] = 4,
-    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds per stage.")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds per stage.")] = 20,
     replay: Annotated[int, typer.Option(min=1, help="Crops a device keeps (a uniform sample of all it saw).")] = 512,
     device: Annotated[str, typer.Option(help="Device profile of every device (`pocketlearn devices`).")
                       ] = "phone-1g",

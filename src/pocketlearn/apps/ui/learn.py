@@ -30,12 +30,12 @@ SIDE = 32  # the model's input: crops resized to SIDE x SIDE
 @dataclass(frozen=True)
 class LearnSettings:
     stages: int = 4  # crawl increments; the curve is scored after each
-    rounds: int = 5  # federated rounds per stage
+    rounds: int = 20  # federated rounds per stage
     replay: int = 512  # crops a device keeps (a uniform sample of all it crawled)
     device: str = "phone-1g"  # the device profile every device has (the planner picks the method)
-    epochs: int = 1
+    epochs: int = 2
     batch_size: int = 16
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     seed: int = 0
     secagg: bool = False
