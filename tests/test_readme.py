@@ -36,6 +36,9 @@ BLOCKS = {
     ".venv/bin/pocketlearn export digits-mlp --method lora --option rank=4 --option train_head=true --batch 16 "
     "--out train.pte": "fast",
     "src/pocketlearn/": "not run: the layout, not a command",
+    "apt install chromium": "not run here: needs root; CI installs these packages (.ci/run)",
+    ".venv/bin/pocketlearn ui apps": "fast",
+    ".venv/bin/pocketlearn ui crawl": "slow",
     "ray start --head --port 6379": ("not run here: a recipe across machines; tests/federated/test_ray_cluster.py "
                                      "runs it with two nodes on one machine (-m slow)"),
 }
