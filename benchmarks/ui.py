@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from harness import ROOT, Bench, goal, goal_summary, goal_table, parser, pyplot, save_figure
+from harness import ROOT, Bench, goal, goal_summary, goal_table, parser
 from pocketlearn.apps.ui.browser import Browser
 from pocketlearn.apps.ui.corpus import debian_apps, split_apps
 from pocketlearn.apps.ui.crawler import CrawlSettings, crawl
 from pocketlearn.apps.ui.dataset import CropStore
 from pocketlearn.apps.ui.fence import Fence
 from pocketlearn.apps.ui.learn import Curve, LearnSettings, learn
+from pocketlearn.apps.ui.report import curve_json, plot_curve
 from pocketlearn.devices import get_device
 from pocketlearn.memory.measure import measure
 from pocketlearn.progress import working
@@ -86,18 +86,6 @@ def report(curve: Curve, quality: dict[str, float], split: dict[str, Any], found
     return text + goal_table(found, value="{:.3f}")
 
 
-def plot(curve: Curve, path: Path) -> None:
-    fig, ax = pyplot().subplots(figsize=(6, 4))
-    stages = [r.stage for r in curve.stages]
-    for name, colour in (("federated", "tab:blue"), ("alone", "tab:orange"), ("pooled", "tab:green")):
-        ax.plot(stages, [getattr(r, name).f1 for r in curve.stages], marker="o", color=colour, label=name)
-    ax.axhline(curve.rule.f1, color="k", ls="--", label="DOM rule (no learning)")
-    ax.set(xlabel="stage (each device has crawled more of its apps)", ylabel="F1 on held-out apps",
-           title="Tappability from pixels")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
 def main() -> None:
     args = parser(__doc__, "four apps, one page each, two stages (CI)").parse_args()
     torch.set_num_threads(2)
@@ -125,7 +113,7 @@ def main() -> None:
             "labels": quality, "split": split, "settings": asdict(settings), "step_peak_bytes": peak,
             "stages": [asdict(r) for r in curve.stages], "rule": asdict(curve.rule), "goals": found,
             "seconds": time.perf_counter() - start}
-    Bench("ui", args.quick).publish(data, text, plot=lambda path: plot(curve, path),
+    Bench("ui", args.quick).publish(data, text, plot=lambda path: plot_curve(curve_json(curve), path),
                                     figure="F1 of tappability on held-out apps per stage")
     console.print(text)
     console.print(goal_summary(found), style="bold")

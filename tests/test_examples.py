@@ -7,7 +7,7 @@ from pocketlearn.errors import ConfigError
 from pocketlearn.federated.config import load_config
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
-RUN_CONFIGS = sorted(p for p in EXAMPLES.glob("*.toml") if p.name != "ids.toml")
+RUN_CONFIGS = sorted(p for p in EXAMPLES.glob("*.toml") if p.name not in ("ids.toml", "ui.toml"))  # own formats
 
 
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
@@ -21,6 +21,17 @@ def test_the_ids_example_loads_and_a_typo_names_the_fields(tmp_path):
     (tmp_path / "bad.toml").write_text('[learner]\ndetektor = "adwin"\n')
     with pytest.raises(ConfigError, match="detektor"):
         load_ids_config(tmp_path / "bad.toml")
+
+
+def test_the_ui_example_loads_and_a_typo_names_the_field(tmp_path):
+    from pocketlearn.apps.ui.job import load_job
+
+    job = load_job(EXAMPLES / "ui.toml")
+    assert job.name == "ui" and job.crawl.apps == [] and job.learn.devices == 4
+    assert load_job("ui") == job  # the bundled example by name
+    (tmp_path / "bad.toml").write_text('[learn]\ndevises = 4\n')
+    with pytest.raises(ConfigError, match="learn.devises"):
+        load_job(tmp_path / "bad.toml")
 
 
 # Each example at --set rounds=1 through the CLI, under a time limit in seconds: many times what its header
@@ -44,7 +55,7 @@ def _one_round_case(path: Path) -> object:
 
 def test_every_example_has_a_one_round_time_limit_and_states_its_duration():
     assert sorted(ONE_ROUND_LIMIT_S) == [p.name for p in RUN_CONFIGS]
-    for path in [*RUN_CONFIGS, EXAMPLES / "ids.toml"]:
+    for path in [*RUN_CONFIGS, EXAMPLES / "ids.toml", EXAMPLES / "ui.toml"]:
         header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
         assert "on 2 cores" in header, f"{path.name}: its header comment states no duration on 2 cores"
 

@@ -10,13 +10,19 @@ from rich.console import Console
 
 
 def report_command(run: Annotated[Path, typer.Argument(help="A run folder (runs/<name>).")]) -> None:
-    """Write accuracy.png (vs round and vs bytes) and participation.png into RUN."""
+    """Write accuracy.png (vs round and vs bytes) and participation.png into RUN (a UI run: ui-curve.png)."""
+    from pocketlearn.apps.ui.report import CURVE_FILE
     from pocketlearn.errors import ConfigError
     from pocketlearn.federated.report import plot_run
 
-    if not (run / "metrics.jsonl").exists():
-        raise ConfigError(f"{run} has no metrics.jsonl; pass a run folder such as runs/<name>")
     console = Console()
+    if (run / CURVE_FILE).exists():
+        from pocketlearn.apps.ui.report import plot_curve, read_curve
+
+        console.print(f"wrote {plot_curve(read_curve(run), run / 'ui-curve.png')}")
+        return
+    if not (run / "metrics.jsonl").exists():
+        raise ConfigError(f"{run} has no metrics.jsonl (nor {CURVE_FILE}); pass a run folder such as runs/<name>")
     for path in plot_run(run):
         console.print(f"wrote {path}")
     for line in privacy_lines(run):

@@ -128,10 +128,10 @@ def test_a_tiny_never_ending_federated_run_from_crawl_to_scores(tmp_path):
     apps = [write_app(tmp_path / name, name=name) for name in ("north", "south", "held")]
     with Browser(Fence([a.root for a in apps])) as browser:
         crawl(apps, CropStore(tmp_path / "crops"), browser, ALL)
-    model = tmp_path / "model.pt"
+    model = tmp_path / "run" / "model.pt"
     result = CliRunner().invoke(cli, ["ui", "learn", "--crops", str(tmp_path / "crops"), "--devices", "2",
                                       "--held-out", "1", "--stages", "2", "--rounds", "2", "--replay", "16",
-                                      "--model", str(model)])
+                                      "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "held out: ['" in result.output and "no-learning rule" in result.output
     assert "stage 2/2: F1" in result.output
@@ -143,3 +143,26 @@ def test_a_tiny_never_ending_federated_run_from_crawl_to_scores(tmp_path):
     from PIL import Image
 
     assert Image.open(shown).size == (1024, 768)
+    plotted = CliRunner().invoke(cli, ["report", str(tmp_path / "run")])
+    assert plotted.exit_code == 0 and Image.open(tmp_path / "run" / "ui-curve.png").size[0] > 0
+
+
+def test_one_ui_job_crawls_and_learns_into_its_run_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from pocketlearn.apps.ui.corpus import debian_apps
+    from pocketlearn.cli.main import app as cli
+
+    installed = [a.name for a in debian_apps()][:3]
+    if len(installed) < 3:
+        pytest.skip("needs three Debian documentation packages (docs/ui.md)")
+    job = tmp_path / "job.toml"
+    job.write_text(f'name = "small"\n[crawl]\napps = {installed}\npages = 1\nscreens = 1\ntaps = 6\n'
+                   "[learn]\ndevices = 2\nheld_out = 1\nstages = 1\nrounds = 2\n")
+    result = CliRunner().invoke(cli, ["ui", "run", str(job), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "small"
+    assert (run / "model.pt").is_file() and (run / "ui-curve.json").is_file()
+    assert len(list((run / "crops").rglob("*.npz"))) == 3
+    again = CliRunner().invoke(cli, ["ui", "run", str(job), "--runs", str(tmp_path / "runs")])
+    assert again.exit_code == 0 and "0 screens crawled (3 already in" in again.output  # resumed, nothing redone
