@@ -98,7 +98,7 @@ def main() -> None:
     store = CropStore(ROOT / "runs" / ("bench-ui-crops-quick" if args.quick else "bench-ui-crops"))
     with working(console, "crawling") as status, Browser(Fence([a.root for a in apps])) as browser:
         crawled = crawl(apps, store, browser, crawl_settings, on_page=lambda app, url, r: status.update(
-            f"{app.name}: {r.pages} screens, {r.taps} taps"))
+            f"{app.name}: {r.screens} screens, {r.taps} taps"))
     dealt, evaluation = split_apps(apps, devices, held_out)
     split = {"devices_apps": [[a.name for a in d] for d in dealt], "held_out": [a.name for a in evaluation]}
     with working(console, "learning") as status:

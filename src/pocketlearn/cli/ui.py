@@ -131,10 +131,10 @@ def run_crawl(apps: list[str] | None, out: Path, settings: CrawlSettings, consol
     with working(console, f"crawling {len(chosen)} apps") as status, \
             Browser(Fence([a.root for a in chosen]), timeout_s=settings.timeout_s) as browser:
         report = crawl(chosen, store, browser, settings, on_page=lambda app, url, r: status.update(
-            f"{app.name}: {r.pages} screens, {r.taps} taps ({r.changed} changed the screen), {r.failed_taps} failed"))
-    console.print(f"{report.pages} screens crawled ({report.skipped_pages} already in {out}), {report.taps} taps in "
-                  f"{report.seconds:.0f} s ({report.taps_per_s:.2f} per second), {report.changed} changed the screen, "
-                  f"{report.failed_taps} failed (browser restarted {browser.restarts} times)")
+            f"{app.name}: {r.screens} screens, {r.taps} taps ({r.changed} changed the screen), {r.failed_taps} failed"))
+    console.print(f"{report.screens} screens crawled ({report.skipped_screens} already in {out}), {report.taps} "
+                  f"taps in {report.seconds:.0f} s ({report.taps_per_s:.2f} per second), {report.changed} changed the "
+                  f"screen, {report.failed_taps} failed (browser restarted {browser.restarts} times)")
     console.print(f"the fence refused {len(report.refused)} requests (outside the corpus), e.g. "
                   f"{', '.join(sorted(set(report.refused))[:3]) or 'none'}")
     data = store.load()

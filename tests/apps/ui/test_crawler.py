@@ -38,7 +38,7 @@ def test_each_tap_is_labelled_by_what_it_did_to_the_screen(fixture_app, tmp_path
     labels, data = _by_element(store)
     assert labels == {"button": (True, True), "link": (True, True), "toggle": (True, True),
                       "handler": (True, True), "lookalike": (False, False)}
-    assert report.pages == 2 and report.failed_taps == 0 and report.taps == len(data.labels)
+    assert report.screens == 2 and report.failed_taps == 0 and report.taps == len(data.labels)
     assert data.crops.shape[1:] == (32, 32, 3) and data.crops.dtype == np.uint8
     assert not data.labels[~data.reference].any()  # the plain text on both pages did nothing when tapped
 
@@ -77,8 +77,8 @@ def test_a_hung_page_is_skipped_and_a_crashed_browser_restarted(tmp_path):
         report = crawl([app], store, browser, ALL)
         os.kill(browser.pid, signal.SIGKILL)  # a crash between crawls: the next one restarts it
         second = crawl([other], store, browser, ALL)
-    assert report.failed_taps == 1 and report.pages == 2 and len(report.errors) == 1
-    assert second.pages == 2 and second.taps > 0 and browser.restarts == 2
+    assert report.failed_taps == 1 and report.screens == 2 and len(report.errors) == 1
+    assert second.screens == 2 and second.taps > 0 and browser.restarts == 2
     labels, _ = _by_element(CropStore(tmp_path / "crops"))
     assert labels["button"] == (True, True)
 
@@ -94,7 +94,7 @@ from pathlib import Path
 app = App("fixture", Path(sys.argv[1]), "index.html")
 with Browser(Fence([app.root])) as b:
     r = crawl([app], CropStore(sys.argv[2]), b, CrawlSettings(pages_per_app=6, taps_per_page=100, crop_size=32))
-print(r.pages, r.skipped_pages)
+print(r.screens, r.skipped_screens)
 """
 
 

@@ -52,8 +52,8 @@ class CrawlSettings:
 
 @dataclass
 class CrawlReport:
-    pages: int = 0
-    skipped_pages: int = 0  # already in the store (a resumed crawl)
+    screens: int = 0  # tapped and stored
+    skipped_screens: int = 0  # already in the store (a resumed crawl)
     taps: int = 0
     changed: int = 0
     failed_taps: int = 0  # the browser hung or crashed: restarted, tap skipped
@@ -176,7 +176,7 @@ class PageTapper:
 
 def crawl(apps: Sequence[App], store: CropStore, browser: Browser, settings: CrawlSettings = CrawlSettings(),
           on_page: Callable[[App, str, CrawlReport], None] | None = None) -> CrawlReport:
-    """Crawl ``apps`` into ``store``; pages already there are skipped (a killed crawl resumes)."""
+    """Crawl ``apps`` into ``store``; screens already there are skipped (a killed crawl resumes)."""
     report, t0 = CrawlReport(), time.perf_counter()
     tapper = PageTapper(browser, settings)
     for app in apps:
@@ -196,7 +196,7 @@ def _crawl_screen(tapper: PageTapper, store: CropStore, app: App, url: str, numb
     """Tap one screen into the store; False once the page has no further screen."""
     key = screen_id(url, number)
     if store.has(app.name, key):
-        report.skipped_pages += 1
+        report.skipped_screens += 1
         return True
     rng = np.random.default_rng([tapper.settings.seed, int(page_key(app.name, key), 16)])  # the screen's own draw
     try:
@@ -208,7 +208,7 @@ def _crawl_screen(tapper: PageTapper, store: CropStore, app: App, url: str, numb
     if page is None:
         return False
     store.add(page)
-    report.pages += 1
+    report.screens += 1
     return True
 
 
