@@ -1,8 +1,11 @@
 """What the crawler's browser may load: the corpus's own files and the servers the crawler started, nothing else.
 
 Enforced inside the browser, twice: every request (page, image, script, navigation, ``file://`` included) passes
-:meth:`Fence.allows` in a route handler before Chromium sends it, and Chromium resolves no host name at all
-(``--host-resolver-rules``), so a tapped link to an outside address fails before any packet leaves the machine.
+:meth:`Fence.allows` in a route handler before Chromium sends it, and Chromium resolves no address at all but
+``localhost`` (``--host-resolver-rules``; 127.0.0.1 included), so a tapped link to an outside address fails before
+any packet leaves the machine. The second layer matters: Chromium preconnects (TCP) to a hovered link's origin
+without a request the route handler would see. It also keeps the crawler's own servers out until they are
+reached through a connection-level fence (a proxy that knows their ports): ``ports`` is ready for that.
 """
 
 from __future__ import annotations
