@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,6 @@ class StageResult:
     pooled: Scores
     method: str = ""
     bytes_per_client_round: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def tensors(pages: Sequence[PageCrops]) -> tuple[Tensor, Tensor]:
