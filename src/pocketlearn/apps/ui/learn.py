@@ -65,15 +65,21 @@ class StageResult:
     bytes_per_client_round: float = 0.0
 
 
+def model_input(crops: np.ndarray) -> Tensor:
+    """Stored crops (N, S, S, 3) uint8 as the model's input: (N, 3, SIDE, SIDE) floats in [0, 1]."""
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    if x.shape[-1] != SIDE:
+        x = torch.nn.functional.interpolate(x, size=(SIDE, SIDE), mode="bilinear", antialias=True,
+                                            align_corners=False)
+    return x.contiguous()
+
+
 def tensors(pages: Sequence[PageCrops]) -> tuple[Tensor, Tensor]:
-    """Crops as (N, 3, SIDE, SIDE) floats in [0, 1] and labels as (N,) long (1: the tap changed the screen)."""
+    """Crops as the model's input and labels as (N,) long (1: the tap changed the screen)."""
     if not pages:
         return torch.zeros(0, 3, SIDE, SIDE), torch.zeros(0, dtype=torch.long)
-    crops = torch.from_numpy(np.concatenate([p.crops for p in pages])).permute(0, 3, 1, 2).float() / 255
-    if crops.shape[-1] != SIDE:
-        crops = torch.nn.functional.interpolate(crops, size=(SIDE, SIDE), mode="bilinear", antialias=True,
-                                                align_corners=False)
-    return crops.contiguous(), torch.from_numpy(np.concatenate([p.labels for p in pages])).long()
+    return (model_input(np.concatenate([p.crops for p in pages])),
+            torch.from_numpy(np.concatenate([p.labels for p in pages])).long())
 
 
 def scores(prob: np.ndarray, truth: np.ndarray) -> Scores:

@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from pocketlearn.apps.ui.browser import Browser
+from pocketlearn.apps.ui.crawler import CrawlSettings, PageTapper
 from pocketlearn.apps.ui.fence import Fence
 from pocketlearn.apps.ui.labeler import Candidate, candidates, crop
-from pocketlearn.apps.ui.learn import SIDE, tappable
+from pocketlearn.apps.ui.learn import model_input, tappable
 from pocketlearn.checkpoint import load_weights, write_atomic
 from pocketlearn.errors import ConfigError
 
@@ -35,15 +36,14 @@ def predict_page(page: str | Path, model: torch.nn.Module, out: str | Path) -> l
     path = Path(page).absolute()
     if not path.is_file():
         raise ConfigError(f"{page} is not a file; give an HTML page on this machine (e.g. an app's index.html)")
+    settings = CrawlSettings()
     with Browser(Fence([path.parent])) as browser:
-        browser.page.goto(path.as_uri(), wait_until="load")
-        browser.page.mouse.move(0, 0)
-        screen = np.asarray(Image.open(io.BytesIO(browser.page.screenshot())).convert("RGB"))
+        screen = PageTapper(browser, settings).load(path.as_uri())  # the screen as the crawler sees it
         listed = candidates(browser.page)
+    assert screen is not None, "the top of a page is always a screen"
     if not listed:
         raise ConfigError(f"{page} shows no element to judge (nothing visible of a tappable size)")
-    crops = torch.from_numpy(np.stack([crop(screen, c, SIDE) for c in listed])).permute(0, 3, 1, 2).float() / 255
-    probs = tappable(model, crops)
+    probs = tappable(model, model_input(np.stack([crop(screen, c, settings.crop_size) for c in listed])))
     image = Image.fromarray(screen)
     draw = ImageDraw.Draw(image)
     for c, p in zip(listed, probs, strict=True):
