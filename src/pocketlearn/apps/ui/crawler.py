@@ -25,7 +25,7 @@ import numpy as np
 from pocketlearn.apps.ui.browser import VIEWPORT, Browser
 from pocketlearn.apps.ui.corpus import App
 from pocketlearn.apps.ui.dataset import CropStore, PageCrops, page_key
-from pocketlearn.apps.ui.labeler import Candidate, candidates, crop, decode, tap_changed
+from pocketlearn.apps.ui.labeler import Candidate, candidates, crop, decode, screen_changed
 from pocketlearn.errors import ConfigError
 
 LINKS_JS = "() => Array.from(document.querySelectorAll('a[href]'), a => a.href)"
@@ -135,8 +135,7 @@ class PageTapper:
         del self.browser.popups[popups:]
         if opened or self.page.url != url:  # navigated (a refused page has no screen to compare)
             return True
-        after = self.screen()
-        return tap_changed(before, after, url, self.page.url, opened, c)
+        return screen_changed(before, self.screen(), c)
 
     def run(self, app: App, url: str, number: int, rng: np.random.Generator, report: CrawlReport
             ) -> PageCrops | None:

@@ -101,10 +101,9 @@ def changed_pixels(before: np.ndarray, after: np.ndarray, outside: Candidate | N
     return int(moved.sum())
 
 
-def tap_changed(before: np.ndarray, after: np.ndarray, url_before: str, url_after: str, popup: bool,
-                tapped: Candidate | None = None) -> bool:
-    """The label: whether the tap did anything a user would see."""
-    return url_before != url_after or popup or changed_pixels(before, after, tapped) >= CHANGED_PIXELS
+def screen_changed(before: np.ndarray, after: np.ndarray, tapped: Candidate | None = None) -> bool:
+    """The label of a tap that neither navigated nor opened a window (those changed the screen by definition)."""
+    return changed_pixels(before, after, tapped) >= CHANGED_PIXELS
 
 
 def crop(screen: np.ndarray, c: Candidate, size: int = 64, context: float = 0.5) -> np.ndarray:
