@@ -40,10 +40,10 @@ def check_command(
 
 def secure_rounds(threshold: float, clients: int, neighbours: int | None) -> str:
     """What ``secagg.threshold`` means for a full round of ``clients``, in counts."""
-    from pocketlearn.federated.secagg import round_thresholds
+    from pocketlearn.federated.secagg import round_thresholds, share_holders
 
     shares, survivors = round_thresholds(threshold, clients, neighbours)
-    holders = clients if neighbours is None else min(neighbours, clients - 1) + 1
+    holders = share_holders(clients, neighbours)
     graph = "all pairs" if holders == clients else f"SecAgg+, {holders - 1} neighbours each"
     return (f"secure aggregation ({graph}): a round of {clients} unmasks its sum once {survivors} masked inputs "
             f"arrived, and a dropped client's masks once {shares} of its {holders} share holders answer")

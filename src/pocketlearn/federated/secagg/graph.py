@@ -46,5 +46,10 @@ def round_thresholds(fraction: float, num_clients: int, neighbours: int | None) 
     relative, so one setting holds at every cohort size (as Flower's SecAgg+ relates its reconstruction
     threshold to its number of shares).
     """
-    degree = num_clients - 1 if neighbours is None else min(neighbours, num_clients - 1)
-    return max(1, math.ceil(fraction * (degree + 1))), max(1, math.ceil(fraction * num_clients))
+    shares = math.ceil(fraction * share_holders(num_clients, neighbours))
+    return max(1, shares), max(1, math.ceil(fraction * num_clients))
+
+
+def share_holders(num_clients: int, neighbours: int | None) -> int:
+    """How many hold shares of a client's secrets in a round of ``num_clients``: it and its neighbours."""
+    return num_clients if neighbours is None else min(neighbours, num_clients - 1) + 1
