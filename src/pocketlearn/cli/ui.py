@@ -101,15 +101,18 @@ def run_command(
 
 @ui_app.command("predict")
 def predict_command(
-    page: Annotated[Path, typer.Argument(help="An HTML page on this machine (e.g. an app's index.html).")],
+    page: Annotated[Path, typer.Argument(help="An HTML page on this machine (e.g. an app's index.html), or a PNG "
+                                              "screenshot (elements found from its pixels).")],
     model: Annotated[Path, typer.Option(help="The model `pocketlearn ui learn` wrote.")] = Path("runs/ui/model.pt"),
     out: Annotated[Path, typer.Option(help="The outlined screen (PNG).")] = Path("runs/ui/predicted.png"),
+    scale: Annotated[float, typer.Option(min=0.5, max=4.0, help="A screenshot's pixels per CSS pixel (a phone's: "
+                                                                "2-3).")] = 1.0,
 ) -> None:
     """Outline every element of PAGE with the model's probability that it is tappable (green: yes, red: no)."""
-    from pocketlearn.apps.ui.predict import predict_page, tappability_model
+    from pocketlearn.apps.ui.predict import predict, tappability_model
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    judged = predict_page(page, tappability_model(model), out)
+    judged = predict(page, tappability_model(model), out, scale)
     yes = sum(p >= 0.5 for _, p in judged)
     Console(highlight=False, soft_wrap=True).print(f"{out}: {len(judged)} elements, {yes} predicted tappable")
 
