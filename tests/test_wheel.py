@@ -83,3 +83,61 @@ def _declared_version() -> str:
     import tomllib
 
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def _extra_env(core_env: Path, extra: str) -> Path:
+    """A venv holding only ``extra``'s libraries, layered on the core env (a .pth adds its site-packages)."""
+    env = core_env.parent / f"env-{extra}"
+    if not env.exists():
+        _run([sys.executable, "-m", "venv", env], cwd=core_env.parent)
+        (site,) = (env / "lib").glob("python3.*/site-packages")
+        (core_site,) = (core_env / "lib").glob("python3.*/site-packages")
+        (site / "core.pth").write_text(str(core_site) + "\n")
+        (wheel,) = (core_env.parent / "dist").glob("pocketlearn-*.whl")
+        _run([env / "bin/pip", "install", "-q", "--disable-pip-version-check", "-c", ROOT / "constraints.txt",
+              f"{wheel}[{extra}]"], cwd=core_env.parent)
+    return env
+
+
+def _ui_model_and_screenshot(python: Path, folder: Path) -> None:
+    code = ("import numpy as np; from PIL import Image; from pocketlearn.models import build_model; "
+            "from pocketlearn.checkpoint import save_checkpoint; "
+            "save_checkpoint('model.pt', {'model': build_model('ui-cnn').state_dict(), 'model_name': 'ui-cnn'}); "
+            "s = np.full((200, 400, 3), 255, np.uint8); s[20:34, 20:120] = 0; s[60:74, 20:90] = 0; "
+            "Image.fromarray(s).save('shot.png')")
+    _run([python, "-c", code], cwd=folder)
+
+
+# extra -> (a command of it, run from an empty folder, and a file it must write there; None: its output suffices)
+EXTRA_COMMANDS: dict[str, tuple[list[str], str | None]] = {
+    "plots": (["report", "runs/phones"], "runs/phones/accuracy.png"),
+    "tracking": (["train", "--model", "digits-mlp", "--data", "digits", "--limit", "256", "--tensorboard", "tb"],
+                 "tb"),
+    "ray": (["fed", "simulate", "phones", "--engine", "ray", "--set", "rounds=1", "--runs", "ray-runs"],
+            "ray-runs/phones"),
+    "llm": (["train", "--model", "digits-mlp", "--data", "digits", "--method", "lora", "--limit", "256"], None),
+    "export": (["export", "digits-mlp", "--out", "step.pte"], "step.pte"),
+    "ui": (["ui", "predict", "shot.png", "--model", "model.pt", "--out", "shown.png"], "shown.png"),
+}
+
+
+@pytest.mark.parametrize("extra", sorted(EXTRA_COMMANDS))
+def test_each_extra_alone_runs_its_commands(core_env, extra, tmp_path):
+    env = _extra_env(core_env, extra)
+    args, written = EXTRA_COMMANDS[extra]
+    if extra == "plots":
+        _run([env / "bin/pocketlearn", "fed", "simulate", "phones", "--set", "rounds=1", "--runs", "runs"], tmp_path)
+    if extra == "ui":
+        _ui_model_and_screenshot(env / "bin/python", tmp_path)
+    _run([env / "bin/pocketlearn", *args], cwd=tmp_path)
+    assert written is None or (tmp_path / written).exists()
+    others = {m for m, (x, _) in _extras_table().items() if x != extra}  # nothing of another extra came along
+    code = f"import importlib.util as u; print([m for m in {sorted(others)!r} if u.find_spec(m)])"
+    found = _run([env / "bin/python", "-c", code], cwd=tmp_path).stdout.strip()
+    assert found == "[]" or extra == "plots" and found == "['PIL']", found  # matplotlib draws with Pillow
+
+
+def _extras_table() -> dict[str, tuple[str, str]]:
+    from pocketlearn.extras import EXTRAS
+
+    return EXTRAS

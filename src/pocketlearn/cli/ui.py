@@ -19,13 +19,18 @@ ui_app = typer.Typer(help="The UI learner: crawl interfaces in a fenced headless
 
 @ui_app.command("apps")
 def apps_command() -> None:
-    """The documentation apps this machine has (the corpus), and the Debian package of each missing one."""
+    """The apps this machine has (the corpus), and how to install each missing one."""
     from pocketlearn.apps.ui.corpus import DEBIAN_DOCS
+    from pocketlearn.apps.ui.servers import LOCAL_APPS, installed_local_apps
 
     console = Console(highlight=False)
     for name, (package, root, start) in DEBIAN_DOCS.items():
         here = (root / start).is_file()
         console.print(f"{name:<11} {'installed' if here else 'missing: apt install ' + package:<40} {root / start}")
+    for name, app in LOCAL_APPS.items():
+        here = name in installed_local_apps()
+        console.print(f"{name:<11} {'installed' if here else f'missing: pip install pocketlearn[{app.extra}]':<40} "
+                      f"a local web app, started on 127.0.0.1 for the crawl")
 
 
 @ui_app.command("crawl")
@@ -120,21 +125,21 @@ def predict_command(
 def run_crawl(apps: list[str] | None, out: Path, settings: CrawlSettings, console: Console) -> CropStore:
     """Crawl ``apps`` (None: every installed one) into ``out`` with progress, and say what it found."""
     from pocketlearn.apps.ui.browser import Browser
-    from pocketlearn.apps.ui.corpus import debian_apps
     from pocketlearn.apps.ui.crawler import crawl
     from pocketlearn.apps.ui.dataset import CropStore
-    from pocketlearn.apps.ui.fence import Fence
+    from pocketlearn.apps.ui.servers import running_corpus, servers_folder
     from pocketlearn.errors import ConfigError
     from pocketlearn.progress import working
 
-    chosen = debian_apps(apps)
-    if not chosen:
-        raise ConfigError("no documentation app is installed; `pocketlearn ui apps` lists them and their packages")
     store = CropStore(out)
-    with working(console, f"crawling {len(chosen)} apps") as status, \
-            Browser(Fence([a.root for a in chosen]), timeout_s=settings.timeout_s) as browser:
-        report = crawl(chosen, store, browser, settings, on_page=lambda app, url, r: status.update(
-            f"{app.name}: {r.screens} screens, {r.taps} taps ({r.changed} changed the screen), {r.failed_taps} failed"))
+    with running_corpus(apps, servers_folder(out)) as (chosen, fence):
+        if not chosen:
+            raise ConfigError("no app is installed; `pocketlearn ui apps` lists them and how to install each")
+        with working(console, f"crawling {len(chosen)} apps") as status, \
+                Browser(fence, timeout_s=settings.timeout_s) as browser:
+            report = crawl(chosen, store, browser, settings, on_page=lambda app, url, r: status.update(
+                f"{app.name}: {r.screens} screens, {r.taps} taps ({r.changed} changed the screen), "
+                f"{r.failed_taps} failed"))
     console.print(f"{report.screens} screens crawled ({report.skipped_screens} already in {out}), {report.taps} "
                   f"taps in {report.seconds:.0f} s ({report.taps_per_s:.2f} per second), {report.changed} changed the "
                   f"screen, {report.failed_taps} failed (browser restarted {browser.restarts} times)")

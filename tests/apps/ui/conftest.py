@@ -19,7 +19,8 @@ ELEMENTS = {  # id -> (element, left, top): a tap on the first four changes the 
                   20, 120),
 }
 SCRIPT = ("<script>document.getElementById('handler').addEventListener('click', () => "
-          "document.getElementById('out').textContent = 'more, and more, and more');</script>")
+          "document.getElementById('out').textContent = 'more, and more, and more');"
+          "document.body.addEventListener('click', () => {});</script>")  # delegation, as frameworks do
 
 
 def page(body: str, title: str = "Fixture") -> str:

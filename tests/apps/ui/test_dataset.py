@@ -11,7 +11,7 @@ from pocketlearn.errors import ConfigError, DataError
 def _page(n=5, app="a", url="file:///x/index.html"):
     rng = np.random.default_rng(n)
     return PageCrops(app, url, rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), rng.random(n) > 0.5,
-                     rng.random(n) > 0.5, rng.random((n, 4)).astype(np.float32), 1.5)
+                     rng.random(n) > 0.5, rng.random(n) > 0.5, rng.random((n, 4)).astype(np.float32), 1.5)
 
 
 def test_shards_read_back_whole_and_a_flipped_byte_is_reported(tmp_path):

@@ -37,8 +37,8 @@ def _synthetic_store(root, apps=5, pages=3, n=40):
             labels = rng.random(n) > 0.5
             crops = rng.integers(100, 160, (n, 32, 32, 3), dtype=np.uint8)
             crops[labels, 8:24, 8:24] = (40, 90, 220)
-            reference = np.where(rng.random(n) < 0.8, labels, ~labels)
-            store.add(PageCrops(f"app{a}", f"file:///app{a}/{p}.html", crops, labels, reference,
+            control = np.where(rng.random(n) < 0.8, labels, ~labels)
+            store.add(PageCrops(f"app{a}", f"file:///app{a}/{p}.html", crops, labels, control | labels, control,
                                 np.zeros((n, 4), np.float32)))
     return store
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 
-from pocketlearn.apps.ui.fence import CHROMIUM_ARGS, Fence
+from pocketlearn.apps.ui.fence import CHROMIUM_ARGS, Fence, FenceProxy
 from pocketlearn.errors import ConfigError
 from pocketlearn.extras import require
 
@@ -20,13 +20,16 @@ VIEWPORT = (1024, 768)  # CSS pixels, scale 1: the screen every tap, crop and sc
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 
 # Marks every element that gets a click-like listener, before the page's own scripts run: the DOM reference
-# that labels are compared with (a tap's effect is judged from pixels only; this is not used to label).
+# that labels are compared with (a tap's effect is judged from pixels only; this is not used to label). Listeners
+# on <html> and <body> are left out: frameworks delegate every event there (Angular, React), and through
+# closest() they would mark every element of the page.
 LISTENER_PROBE = """
 (() => {
   const kinds = new Set(["click", "mousedown", "mouseup", "pointerdown", "pointerup", "touchstart"]);
   const add = EventTarget.prototype.addEventListener;
   EventTarget.prototype.addEventListener = function (type, ...rest) {
-    if (kinds.has(type) && this instanceof Element) this.setAttribute("data-pl-listener", "1");
+    if (kinds.has(type) && this instanceof Element && this !== document.documentElement && this !== document.body)
+      this.setAttribute("data-pl-listener", "1");
     return add.call(this, type, ...rest);
   };
 })();
@@ -72,6 +75,7 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self._driver = sync_playwright().start()
+        self._proxy = FenceProxy(self.fence)  # every connection Chromium opens goes through it (loopback too)
         self._browser: Any = None
         self.page: Any = None
         self._launch()
@@ -79,7 +83,7 @@ class Browser:
     def _launch(self) -> None:
         before = {p.pid for p in _chromium_processes()}
         self._browser = self._driver.chromium.launch(executable_path=chromium_path(), args=list(CHROMIUM_ARGS),
-                                                     timeout=30_000)
+                                                     proxy={"server": self._proxy.url}, timeout=30_000)
         ours = [p for p in _chromium_processes() if p.pid not in before]
         self.pid = next((p.pid for p in ours if p.ppid() not in {q.pid for q in ours}), None)
         context = self._browser.new_context(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]},
@@ -131,6 +135,7 @@ class Browser:
             self._browser.close()
         finally:
             self._driver.stop()
+            self._proxy.close()
 
     def __enter__(self) -> Browser:
         return self

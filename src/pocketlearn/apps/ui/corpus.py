@@ -38,15 +38,30 @@ DEBIAN_DOCS: dict[str, tuple[str, Path, str]] = {
 
 @dataclass(frozen=True)
 class App:
-    """An interface to crawl: the folder its pages and resources live in, and its start page there."""
+    """An interface to crawl: the folder its pages and resources live in, and its start page there.
+
+    A local web application (:mod:`~pocketlearn.apps.ui.servers`) is served from ``base`` instead, and its
+    pages are its ``routes`` (a single-page app links its views by script, not by ``<a href>``).
+    """
 
     name: str
     root: Path
     start: str = "index.html"
+    base: str = ""  # a server's origin, "http://127.0.0.1:PORT/"; empty: files under root
+    routes: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
-        return (self.root / self.start).absolute().as_uri()
+        return self.base + self.start if self.base else (self.root / self.start).absolute().as_uri()
+
+    @property
+    def prefix(self) -> str:
+        """Every page of the app starts so."""
+        return self.base or self.root.absolute().as_uri() + "/"
+
+    def page_name(self, url: str) -> str:
+        """A page as the crop store names it: a server's port changes from crawl to crawl, so it is left out."""
+        return url.replace(self.base, "http://127.0.0.1/", 1) if self.base else url
 
 
 def debian_apps(names: Sequence[str] | None = None) -> list[App]:

@@ -68,9 +68,10 @@ class CrawlReport:
 
 def app_pages(browser: Browser, app: App, limit: int, errors: list[str]) -> list[str]:
     """Up to ``limit`` pages of ``app``, breadth first from its start page (each loaded once to list its links)."""
+    if app.routes:
+        return [app.base + route for route in app.routes[:limit]]
     found: list[str] = []
     queue, seen = deque([app.url]), {app.url}
-    root = app.root.absolute().as_uri() + "/"
     while queue and len(found) < limit:
         url = queue.popleft()
         links = None
@@ -88,7 +89,7 @@ def app_pages(browser: Browser, app: App, limit: int, errors: list[str]) -> list
         found.append(url)
         for link in links:
             link = urldefrag(link).url
-            if link.startswith(root) and link.endswith((".html", ".htm")) and link not in seen:
+            if link.startswith(app.prefix) and link.endswith((".html", ".htm")) and link not in seen:
                 seen.add(link)
                 queue.append(link)
     return found
@@ -113,8 +114,16 @@ class PageTapper:
             return decode(self.page.screenshot())
 
     def load(self, url: str, screen: int = 0) -> np.ndarray | None:
-        """The page's ``screen`` as first seen (mouse away): where the crops come from (None: the page is shorter)."""
-        self.page.goto(url, wait_until="load")
+        """The page's ``screen`` as first seen (mouse away): where the crops come from (None: the page is shorter).
+
+        A served page may fetch its content after it loads, so it is read once the network is idle; a route of a
+        single-page app (a fragment) is loaded into a blank page, since going to the URL it is already at would
+        not undo what a tap changed.
+        """
+        served = url.startswith("http")
+        if served and "#" in url:
+            self.page.goto("about:blank")
+        self.page.goto(url, wait_until="networkidle" if served else "load")
         self.page.mouse.move(0, 0)
         if screen and not self.page.evaluate(SCROLL_JS, screen * VIEWPORT[1]):
             return None
@@ -167,8 +176,8 @@ class PageTapper:
         report.changed += sum(changed for _, changed in kept)
         size = self.settings.crop_size
         crops = np.stack([crop(screen, c, size) for c, _ in kept]) if kept else np.zeros((0, size, size, 3), np.uint8)
-        return PageCrops(app.name, screen_id(url, number), crops, np.array([ch for _, ch in kept], bool),
-                         np.array([c.reference for c, _ in kept], bool),
+        return PageCrops(app.name, screen_id(app.page_name(url), number), crops, np.array([ch for _, ch in kept], bool),
+                         np.array([c.reference for c, _ in kept], bool), np.array([c.control for c, _ in kept], bool),
                          np.array([[c.x, c.y, c.w, c.h] for c, _ in kept], np.float32).reshape(-1, 4),
                          time.perf_counter() - t0)
 
@@ -193,7 +202,7 @@ def crawl(apps: Sequence[App], store: CropStore, browser: Browser, settings: Cra
 def _crawl_screen(tapper: PageTapper, store: CropStore, app: App, url: str, number: int,
                   report: CrawlReport) -> bool:
     """Tap one screen into the store; False once the page has no further screen."""
-    key = screen_id(url, number)
+    key = screen_id(app.page_name(url), number)
     if store.has(app.name, key):
         report.skipped_screens += 1
         return True

@@ -19,19 +19,20 @@ import numpy as np
 from pocketlearn.checkpoint import write_atomic
 from pocketlearn.errors import DataError
 
-FIELDS = ("crops", "labels", "reference", "boxes")
+FIELDS = ("crops", "labels", "reference", "control", "boxes")
 MAX_SHARD_BYTES = 64 << 20  # a page's crops are a few MB; a larger file is not one of ours
 
 
 @dataclass
 class PageCrops:
-    """One page's taps: the crops (N, S, S, 3) uint8, the labels, the DOM reference, the boxes (x, y, w, h)."""
+    """One page's taps: the crops (N, S, S, 3) uint8, the labels, what the DOM says, the boxes (x, y, w, h)."""
 
     app: str
     url: str
     crops: np.ndarray
     labels: np.ndarray  # bool: the tap changed the screen
     reference: np.ndarray  # bool: the DOM says the element is a link, a control or has a click handler
+    control: np.ndarray  # bool: the DOM says link or form control (the no-learning rule: no handlers)
     boxes: np.ndarray  # float32 (N, 4), CSS pixels
     seconds: float = 0.0  # time spent tapping this page
 
@@ -67,7 +68,8 @@ class CropStore:
     def add(self, page: PageCrops) -> Path:
         """Write ``page``'s shard atomically (a crash leaves the old state or the new, never half)."""
         arrays = {"crops": page.crops.astype(np.uint8), "labels": page.labels.astype(bool),
-                  "reference": page.reference.astype(bool), "boxes": page.boxes.astype(np.float32)}
+                  "reference": page.reference.astype(bool), "control": page.control.astype(bool),
+                  "boxes": page.boxes.astype(np.float32)}
         buffer = io.BytesIO()
         fields: dict[str, np.ndarray] = {**arrays, "digest": np.array(_digest(arrays)), "app": np.array(page.app),
                                          "url": np.array(page.url), "seconds": np.array(page.seconds)}
@@ -91,7 +93,8 @@ class CropStore:
             raise DataError(f"{path} is not a readable crop shard ({err}); {fix}") from None
         if _digest(arrays) != digest:
             raise DataError(f"{path} is corrupt (its checksum does not match its contents); {fix}")
-        return PageCrops(app, url, arrays["crops"], arrays["labels"], arrays["reference"], arrays["boxes"], seconds)
+        return PageCrops(app, url, arrays["crops"], arrays["labels"], arrays["reference"], arrays["control"],
+                         arrays["boxes"], seconds)
 
     def pages(self, apps: Sequence[str] | None = None) -> Iterator[PageCrops]:
         """Every shard (of ``apps``), in a stable order."""
@@ -107,5 +110,6 @@ class CropStore:
         if not pages:
             raise DataError(f"no crawled pages in {self.root}" + (f" for apps {list(apps)}" if apps else "")
                             + "; run `pocketlearn ui crawl` first")
-        crops, labels, reference, boxes = (np.concatenate([getattr(p, f) for p in pages]) for f in FIELDS)
-        return PageCrops(pages[0].app, pages[0].url, crops, labels, reference, boxes, sum(p.seconds for p in pages))
+        crops, labels, reference, control, boxes = (np.concatenate([getattr(p, f) for p in pages]) for f in FIELDS)
+        return PageCrops(pages[0].app, pages[0].url, crops, labels, reference, control, boxes,
+                         sum(p.seconds for p in pages))

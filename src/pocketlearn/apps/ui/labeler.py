@@ -30,10 +30,10 @@ MAX_WIDTH, MAX_HEIGHT = 720, 160  # larger is a region (a column, a panel), not 
 CANDIDATES_JS = """
 ([minSide, maxWidth, maxHeight]) => {
   const W = window.innerWidth, H = window.innerHeight;
-  const interactive = "a[href], button, input:not([type=hidden]), select, textarea, summary, label[for], " +
+  const controls = "a[href], button, input:not([type=hidden]), select, textarea, summary, label[for], " +
     "label:has(input, select, textarea), " +
-    "[role=button], [role=link], [role=tab], [role=checkbox], [role=menuitem], [role=switch], [role=option], " +
-    "[onclick], [data-pl-listener]";
+    "[role=button], [role=link], [role=tab], [role=checkbox], [role=menuitem], [role=switch], [role=option]";
+  const interactive = controls + ", [onclick], [data-pl-listener]";
   const own = (e) => Array.from(e.childNodes).some(n => n.nodeType === 3 && n.textContent.trim().length > 0);
   const leafTags = new Set(["IMG", "SVG", "INPUT", "BUTTON", "SELECT", "TEXTAREA", "CANVAS", "VIDEO"]);
   const out = [];
@@ -48,7 +48,8 @@ CANDIDATES_JS = """
     if (!top || !(top === e || e.contains(top) || top.contains(e))) continue;
     const ref = e.closest(interactive);
     out.push({x: r.left, y: r.top, w: r.width, h: r.height, tag: e.tagName.toLowerCase(),
-              reference: ref !== null, kind: ref ? ref.tagName.toLowerCase() : ""});
+              reference: ref !== null, control: e.closest(controls) !== null,
+              kind: ref ? ref.tagName.toLowerCase() : ""});
   }
   return out;
 }
@@ -65,6 +66,7 @@ class Candidate:
     h: float
     tag: str
     reference: bool  # a link, a form control or an element with a click handler (or inside one)
+    control: bool = False  # a link or a form control (or inside one): what the no-learning rule sees
     kind: str = ""
 
     @property

@@ -7,7 +7,7 @@ the device profile, secure aggregation and DP as options) from where the last st
 a device. Scored on apps no device crawled, from pixels alone, against:
 - each device alone (the same schedule on its own buffer only), averaged over devices;
 - one model on every device's buffer pooled (what a system that collects screenshots would get);
-- a rule with no learning: the DOM says link, control or click handler (it sees the DOM, the model only pixels).
+- a rule with no learning: the DOM says link or form control (it sees the DOM, the model only pixels).
 """
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ def scores(prob: np.ndarray, truth: np.ndarray) -> Scores:
 
 
 def rule_scores(pages: Sequence[PageCrops]) -> Scores:
-    """The no-learning rule: tappable where the DOM says link, form control or click handler."""
-    reference = np.concatenate([p.reference for p in pages]).astype(float)
-    return scores(reference, np.concatenate([p.labels for p in pages]))
+    """The no-learning rule: tappable where the DOM says link or form control (ARIA roles of controls included)."""
+    control = np.concatenate([p.control for p in pages]).astype(float)
+    return scores(control, np.concatenate([p.labels for p in pages]))
 
 
 class ReplayBuffer:
