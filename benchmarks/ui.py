@@ -1,7 +1,7 @@
 """The UI learner: crawl the Debian documentation apps and the local web apps (TensorBoard) in a fenced Chromium,
 then learn tappability from pixels across devices, stage after stage, scored on apps no device crawled.
 
-    python benchmarks/ui.py            # full run: every installed app (crawl ~25 min the first time, then cached)
+    python benchmarks/ui.py            # full run: every installed app (crawl ~13 min the first time, then cached)
     python benchmarks/ui.py --quick    # four apps, a page each, for CI; writes results/ui-quick.*
 
 The crawl goes to runs/bench-ui-crops[-quick] and resumes there (a rerun taps only what is missing); its taps per
