@@ -119,7 +119,7 @@ class FenceProxy:
             client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
             return
         if host is None or not self.fence.allows(f"http://{host}:{port}/"):
-            self.fence.refused.append(url)
+            self.fence.refused.append(f"CONNECT {target}" if method == "CONNECT" else url)
             client.sendall(REFUSAL)
             return
         with socket.create_connection((host, port), timeout=IDLE_S) as upstream:
