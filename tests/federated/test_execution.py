@@ -68,3 +68,32 @@ def test_a_group_size_asked_for_is_kept():
     engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients([10] * 8)), group_size=3)
     engine.warm_up(8, LocalTraining(batch_size=4))
     assert engine.execution == Execution("batched matmul/conv", 3)
+
+
+def test_a_later_run_on_this_machine_reuses_the_choice_and_a_bad_cache_is_measured_again(tmp_path, monkeypatch):
+    import json
+
+    from pocketlearn.federated import execution
+
+    monkeypatch.setenv("POCKETLEARN_CACHE", str(tmp_path))
+    monkeypatch.setattr(execution, "_CHOSEN", {})
+    made = []
+
+    def make():
+        made.append(1)
+        return Execution("stacked", 4, {("stacked", 4): 0.001, ("stacked", 8): 0.002})
+
+    first = execution.cached(("a model", 8), make)
+    monkeypatch.setattr(execution, "_CHOSEN", {})  # a new process
+    later = execution.cached(("a model", 8), make)
+    assert len(made) == 1 and later.earlier and not first.earlier
+    assert (later.forward, later.group_size, later.timings) == (first.forward, first.group_size, first.timings)
+    assert "timed in an earlier run" in later.describe()
+    stored = json.loads(execution.cache_file().read_text())
+    (name,) = stored
+    wrong_schema = json.dumps({name: {**stored[name], "group_size": "four"}})
+    for bad in ("{not json", "[1, 2]", wrong_schema, "{" + " " * (2 << 20) + "}"):
+        execution.cache_file().write_text(bad)
+        monkeypatch.setattr(execution, "_CHOSEN", {})
+        assert not execution.cached(("a model", 8), make).earlier  # measured again, and stored
+    assert len(made) == 5 and json.loads(execution.cache_file().read_text()) == stored
