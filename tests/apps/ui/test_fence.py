@@ -45,7 +45,10 @@ def _ask(proxy: FenceProxy, request: bytes) -> bytes:
 
 def test_the_proxy_forwards_to_the_crawlers_server_and_refuses_any_other(ours, listener):
     foreign, connections = listener
-    fence = Fence([], ports=[ours])
+    with socket.socket() as s:  # admitted, but its server is down
+        s.bind(("127.0.0.1", 0))
+        down = s.getsockname()[1]
+    fence = Fence([], ports=[ours, down])
     proxy = FenceProxy(fence)
     try:
         reply = _ask(proxy, f"GET http://127.0.0.1:{ours}/view?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{ours}\r\n"
@@ -57,6 +60,7 @@ def test_the_proxy_forwards_to_the_crawlers_server_and_refuses_any_other(ours, l
                         f"GET http://localhost:{ours}/ HTTP/1.1\r\n\r\n"):
             assert b" 403 " in _ask(proxy, request.encode()).split(b"\r\n")[0]
         assert b" 400 " in _ask(proxy, b"NONSENSE\r\n\r\n").split(b"\r\n")[0]
+        assert b" 502 " in _ask(proxy, f"GET http://127.0.0.1:{down}/ HTTP/1.1\r\n\r\n".encode()).split(b"\r\n")[0]
         assert _ask(proxy, b"GET http://127.0.0.1/ HTTP/1.1\r\n" + b"X: " + b"a" * 70_000 + b"\r\n\r\n") == b""
     finally:
         proxy.close()

@@ -122,7 +122,12 @@ class FenceProxy:
             self.fence.refused.append(f"CONNECT {target}" if method == "CONNECT" else url)
             client.sendall(REFUSAL)
             return
-        with socket.create_connection((host, port), timeout=IDLE_S) as upstream:
+        try:
+            upstream = socket.create_connection((host, port), timeout=IDLE_S)
+        except OSError:  # the crawler's server is down (a crashed app): the browser sees a failed load
+            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            return
+        with upstream:
             if method == "CONNECT":
                 client.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                 upstream.sendall(body)

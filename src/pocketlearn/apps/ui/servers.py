@@ -110,6 +110,7 @@ def local_apps(names: Sequence[str], folder: Path) -> Iterator[list[App]]:
         apps = []
         for name in names:
             spec, content, port = LOCAL_APPS[name], folder / name / "content", _free_port()
+            content.parent.mkdir(parents=True, exist_ok=True)
             if not content.is_dir():  # made aside, then renamed: a killed start leaves no half-made content
                 scratch = folder / name / "content.partial"
                 shutil.rmtree(scratch, ignore_errors=True)
