@@ -29,7 +29,8 @@ def apps_command() -> None:
         console.print(f"{name:<11} {'installed' if here else 'missing: apt install ' + package:<40} {root / start}")
     for name, app in LOCAL_APPS.items():
         here = name in installed_local_apps()
-        console.print(f"{name:<11} {'installed' if here else f'missing: pip install pocketlearn[{app.extra}]':<40} "
+        how = f"missing: pip install 'pocketlearn[{app.extra}]'"
+        console.print(f"{name:<11} {'installed' if here else how:<40} "
                       f"a local web app, started on 127.0.0.1 for the crawl")
 
 
