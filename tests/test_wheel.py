@@ -118,11 +118,16 @@ EXTRA_COMMANDS: dict[str, tuple[list[str], str | None]] = {
     "llm": (["train", "--model", "digits-mlp", "--data", "digits", "--method", "lora", "--limit", "256"], None),
     "export": (["export", "digits-mlp", "--out", "step.pte"], "step.pte"),
     "ui": (["ui", "predict", "shot.png", "--model", "model.pt", "--out", "shown.png"], "shown.png"),
+    "apps": (["ids", "--data", "kdd", "--devices", "2"], None),
+    "vision": (["train", "--model", "efficientnet-lite0", "--data", "fashion-mnist", "--method", "bias", "--limit",
+                "64"], None),
 }
 
 
 @pytest.mark.parametrize("extra", sorted(EXTRA_COMMANDS))
 def test_each_extra_alone_runs_its_commands(core_env, extra, tmp_path):
+    if extra == "vision" and not Path("/usr/share/datasets/fashion-mnist").is_dir():
+        pytest.skip("Fashion-MNIST is a Debian package (apt install dataset-fashion-mnist)")
     env = _extra_env(core_env, extra)
     cli = [env / "bin/python", "-m", "pocketlearn.cli.main"]  # (the command's script lives in the core env)
     args, written = EXTRA_COMMANDS[extra]
@@ -142,3 +147,41 @@ def _extras_table() -> dict[str, tuple[str, str]]:
     from pocketlearn.extras import EXTRAS
 
     return EXTRAS
+
+
+def test_the_deploy_extra_alone_runs_a_round_over_flower(core_env, tmp_path):
+    """`fed serve` and two `fed join` devices on loopback, from the deploy extra's environment."""
+    import os
+    import signal
+    import socket
+
+    env = _extra_env(core_env, "deploy")
+    cli = [str(env / "bin/python"), "-m", "pocketlearn.cli.main"]
+    config = tmp_path / "two.toml"
+    config.write_text('name = "two"\nrounds = 1\nclients_per_round = 2\n[model]\nname = "digits-mlp"\n[data]\n'
+                      'name = "digits"\npartition = "iid"\nnum_clients = 2\n[devices]\navailability = false\n')
+    _run([*cli, "fed", "partition", config, "--out", "data"], cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "processes.log").open("wb")
+    started = [subprocess.Popen([*cli, "fed", "serve", str(config), "--runs", "runs", "--host", "127.0.0.1",
+                                 "--port", str(port), "--insecure", "--round-timeout", "120"], cwd=tmp_path,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)]
+    for data in sorted((tmp_path / "data").glob("*.pt")):
+        started.append(subprocess.Popen([*cli, "fed", "join", "--server", f"127.0.0.1:{port}", "--data", str(data),
+                                         "--device", "laptop-16g", "--insecure"], cwd=tmp_path, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True))
+    try:
+        code = started[0].wait(timeout=400)
+    finally:
+        for proc in started:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    output = (tmp_path / "processes.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    rounds = (tmp_path / "runs/two/metrics.jsonl").read_text().splitlines()
+    assert len(rounds) == 1 and '"finished": 2' in rounds[0], output[-3000:]
