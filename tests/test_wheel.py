@@ -151,9 +151,9 @@ def _extras_table() -> dict[str, tuple[str, str]]:
 
 def test_the_deploy_extra_alone_runs_a_round_over_flower(core_env, tmp_path):
     """`fed serve` and two `fed join` devices on loopback, from the deploy extra's environment."""
-    import os
-    import signal
     import socket
+
+    from pocketlearn.federated.flower.launch import stop_trees
 
     env = _extra_env(core_env, "deploy")
     cli = [str(env / "bin/python"), "-m", "pocketlearn.cli.main"]
@@ -175,12 +175,7 @@ def test_the_deploy_extra_alone_runs_a_round_over_flower(core_env, tmp_path):
     try:
         code = started[0].wait(timeout=400)
     finally:
-        for proc in started:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        stop_trees(started, grace_s=5.0)
     output = (tmp_path / "processes.log").read_text(errors="replace")
     assert code == 0, output[-3000:]
     rounds = (tmp_path / "runs/two/metrics.jsonl").read_text().splitlines()

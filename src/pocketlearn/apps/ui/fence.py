@@ -73,7 +73,6 @@ class Fence:
 MAX_HEAD = 64 << 10  # bytes of a request's line and headers
 IDLE_S = 30.0  # a proxied connection with nothing to carry for this long is closed
 HOP_BY_HOP = (b"connection:", b"proxy-connection:", b"keep-alive:")  # replaced by "Connection: close"
-REFUSAL = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 class FenceProxy:
@@ -116,16 +115,16 @@ class FenceProxy:
             parts = urlsplit(url)
             host, port = parts.hostname, parts.port or 80
         except ValueError:
-            client.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            _answer(client, "400 Bad Request")
             return
         if host is None or not self.fence.allows(f"http://{host}:{port}/"):
             self.fence.refused.append(f"CONNECT {target}" if method == "CONNECT" else url)
-            client.sendall(REFUSAL)
+            _answer(client, "403 Forbidden")
             return
         try:
             upstream = socket.create_connection((host, port), timeout=IDLE_S)
         except OSError:  # the crawler's server is down (a crashed app): the browser sees a failed load
-            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            _answer(client, "502 Bad Gateway")
             return
         with upstream:
             if method == "CONNECT":
@@ -136,6 +135,11 @@ class FenceProxy:
                 kept = [f for f in fields if not f.lower().startswith(HOP_BY_HOP)]
                 upstream.sendall(b"\r\n".join([origin_form.encode("latin-1"), *kept, b"Connection: close", b"", body]))
             _pump(client, upstream)
+
+
+def _answer(client: socket.socket, status: str) -> None:
+    """The proxy's own empty reply (nothing was forwarded)."""
+    client.sendall(f"HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
 
 
 def _read_head(conn: socket.socket) -> bytes | None:

@@ -46,24 +46,24 @@ def predict(page: str | Path, model: torch.nn.Module, out: str | Path, scale: fl
                           "or a PNG screenshot")
     if path.suffix.lower() == ".png":
         screen = read_screenshot(path)
-        listed, size = elements(screen, scale), CrawlSettings().crop_size
+        listed = elements(screen, scale)
     else:
-        screen, listed, size = _page_screen(path)
+        screen, listed = _page_screen(path)
     if not listed:
         raise ConfigError(f"{page} shows no element to judge (nothing visible of a tappable size)")
+    size = CrawlSettings().crop_size  # the crops the model learned from
     probs = tappable(model, model_input(np.stack([crop(screen, c, size) for c in listed])))
     write_atomic(out, _outlined(screen, listed, probs))
     return [(c, float(p)) for c, p in zip(listed, probs, strict=True)]
 
 
-def _page_screen(path: Path) -> tuple[np.ndarray, list[Candidate], int]:
-    """A page's first screen as the crawler sees it, its candidates, and the crawler's crop size."""
-    settings = CrawlSettings()
+def _page_screen(path: Path) -> tuple[np.ndarray, list[Candidate]]:
+    """A page's first screen as the crawler sees it, and its candidates."""
     with Browser(Fence([path.parent])) as browser:
-        screen = PageTapper(browser, settings).load(path.as_uri())
+        screen = PageTapper(browser, CrawlSettings()).load(path.as_uri())
         listed = candidates(browser.page)
     assert screen is not None, "the top of a page is always a screen"
-    return screen, listed, settings.crop_size
+    return screen, listed
 
 
 def read_screenshot(path: Path) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 from pocketlearn.apps.ui.corpus import App, debian_apps
 from pocketlearn.apps.ui.fence import Fence
 from pocketlearn.errors import ConfigError
+from pocketlearn.federated.flower.launch import stop_trees
 
 READY_S = 60.0  # a server that does not answer within this is reported, with its log
 
@@ -126,12 +126,7 @@ def local_apps(names: Sequence[str], folder: Path) -> Iterator[list[App]]:
             apps.append(App(name, content, spec.routes[0], base=f"http://127.0.0.1:{port}/", routes=spec.routes))
         yield apps
     finally:
-        for proc in started:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+        stop_trees(started, grace_s=2.0)
 
 
 @contextmanager
