@@ -42,6 +42,26 @@ def test_clients_trained_together_match_clients_trained_one_by_one(local):
     torch.testing.assert_close(vec.train_loss, seq.train_loss, rtol=1e-4, atol=1e-6)
 
 
+def test_the_written_out_mlp_matches_one_by_one_round_after_round_and_an_empty_client_changes_nothing():
+    """One-step clients' deltas come from the shared start, the others' from their own weights, in reused buffers."""
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 8), torch.randint(0, 3, (60,))
+    indices = [*_clients(60, [1, 7, 12, 3, 9]), np.array([], dtype=np.int64)]
+    model, local = mlp(8, (16,), 3), LocalTraining(lr=0.1, batch_size=4)
+    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    together = InProcessEngine(model, InMemoryClients(x, y, indices), vectorize=True)
+    one_by_one = InProcessEngine(model, InMemoryClients(x, y, indices), vectorize=False)
+    assert together.written_out(local)
+    for rnd, ids in [(1, [0, 1, 2, 3, 4]), (2, [5, 3, 2])]:
+        vec = together.train(params, ids, rnd, local)
+        seq = one_by_one.train(params, [c for c in ids if c != 5], rnd, local)
+        rows = [k for k, c in enumerate(ids) if c != 5]
+        for name, d in seq.updates.deltas.items():
+            torch.testing.assert_close(vec.updates.deltas[name][rows], d, rtol=1e-4, atol=1e-6)
+            assert d.abs().sum() > 0
+    assert all(not d[0].any() for d in vec.updates.deltas.values())  # client 5 has no sample
+
+
 def test_a_cnn_trains_together_through_grouped_convolutions():
     torch.manual_seed(0)
     model = cnn(1, 4, widths=(3, 4), image_size=8)
@@ -130,7 +150,7 @@ def test_clients_must_come_largest_first():
     orders = [np.arange(2)[None], np.arange(2, 10)[None], np.arange(10, 14)[None]]
     with pytest.raises(ValueError, match="largest first"):
         pad_batches(torch.randn(14, 4), torch.zeros(14, dtype=torch.long), orders, 2)
-    assert largest_first(orders).tolist() == [1, 2, 0]
+    assert largest_first(np.array([o.shape[1] for o in orders])).tolist() == [1, 2, 0]
 
 
 def test_a_skewed_round_computes_only_its_real_client_steps():
@@ -215,3 +235,21 @@ def test_a_language_models_ignored_targets_weigh_as_in_the_per_client_loop():
     for name, d in seq.updates.deltas.items():
         torch.testing.assert_close(vec.updates.deltas[name], d, rtol=1e-3, atol=1e-5)
     torch.testing.assert_close(vec.train_loss, seq.train_loss, rtol=1e-4, atol=1e-5)
+
+
+def test_a_wide_vocabularys_fused_loss_has_cross_entropys_values_and_gradients():
+    from pocketlearn.federated.vectorized import WIDE_VOCABULARY, per_sample_loss
+
+    torch.manual_seed(0)
+    out = torch.randn(2, 3, 5, WIDE_VOCABULARY, requires_grad=True)
+    y = torch.randint(0, WIDE_VOCABULARY, (2, 3, 5))
+    y[0, 1, 2], y[1, 2] = -100, -100  # one ignored position, one sample with none counted
+    w = torch.rand(2, 3)
+    fused = (per_sample_loss(out, y) * w).sum()
+    ce = torch.nn.functional.cross_entropy(out.reshape(-1, WIDE_VOCABULARY), y.reshape(-1), reduction="none")
+    reference = (ce.reshape(2, 3, 5).sum(2) * w).sum()
+    torch.testing.assert_close(fused, reference)
+    torch.testing.assert_close(torch.autograd.grad(fused, out, retain_graph=True)[0],
+                               torch.autograd.grad(reference, out)[0])
+    with pytest.raises(RuntimeError, match="once"):
+        torch.autograd.grad(fused, out)

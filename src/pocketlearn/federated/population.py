@@ -135,8 +135,8 @@ def step_cost_ratios(build: Callable[[], nn.Module], methods: dict[str, dict], b
     return dict(_STEP_COSTS[key])
 
 
-def simulated_seconds(device: DeviceProfile, *, samples: int, flops_per_sample: float, down_bytes: int,
-                      up_bytes: int) -> float:
-    """Wall-clock of one client's round on its device: download, train, upload."""
+def simulated_seconds(device: DeviceProfile, *, samples: np.ndarray, flops_per_sample: float, down_bytes: int,
+                      up_bytes: np.ndarray) -> np.ndarray:
+    """Wall-clock of clients' rounds on a device: download, train ``samples``, upload (one entry per client)."""
     train = samples * flops_per_sample / (device.compute * REFERENCE_FLOPS)
     return down_bytes / device.downlink_bytes_per_s + train + up_bytes / device.uplink_bytes_per_s

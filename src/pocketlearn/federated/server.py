@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from pocketlearn.checkpoint import load_checkpoint, save_checkpoint
 from pocketlearn.errors import ConfigError, TrainingError
 from pocketlearn.federated.attacks import Attack
-from pocketlearn.federated.codecs import Codec, ErrorFeedback, encode_dense
+from pocketlearn.federated.codecs import Codec, ErrorFeedback, dense_size, encode_dense
 from pocketlearn.federated.metrics import MetricsLog
 from pocketlearn.federated.pipeline import (
     Aggregation,
@@ -70,11 +70,20 @@ class Clients:
 
     def seconds(self, c: int, *, samples: int, down_bytes: int, up_bytes: int) -> float:
         """Client ``c``'s simulated time for a task: download, train ``samples``, upload, on its own device."""
-        fit = self.fits[int(self.device_index[c])]
-        cost = self.step_cost.get(fit.method or "", 1.0)
-        t = simulated_seconds(fit.device, samples=samples, flops_per_sample=self.flops_per_sample * cost,
-                              down_bytes=down_bytes, up_bytes=up_bytes)
-        return t if self.speed is None else t / float(self.speed[c])
+        return self.seconds_of([c], samples=np.array([samples]), down_bytes=down_bytes, up_bytes=[up_bytes])[0]
+
+    def seconds_of(self, ids: list[int], *, samples: np.ndarray, down_bytes: int, up_bytes: list[int]) -> list[float]:
+        """:meth:`seconds` of many clients at once, one device class at a time."""
+        rows = np.asarray(ids, dtype=np.int64)
+        devices = self.device_index[rows]
+        up = np.asarray(up_bytes, dtype=np.int64)
+        out = np.empty(len(rows))
+        for d in np.unique(devices) if len(self.fits) > 1 else [0]:
+            fit, of = self.fits[int(d)], devices == d
+            cost = self.step_cost.get(fit.method or "", 1.0)
+            out[of] = simulated_seconds(fit.device, samples=samples[of], flops_per_sample=self.flops_per_sample * cost,
+                                        down_bytes=down_bytes, up_bytes=up[of])
+        return (out if self.speed is None else out / self.speed[rows]).tolist()
 
 
 @dataclass(kw_only=True)
@@ -156,6 +165,7 @@ class FederatedServer:
         self.secure = secure_plan(policy.secagg, mechanism)
         self.aggregation: Aggregation = aggregation(strategy, engine, self.secure, policy.mixed)
         self._local_dp_on_devices = False
+        self._dense_bytes: int | None = None  # the uncompressed global model's size on the downlink
         if engine.on_devices and mechanism is not None and mechanism.config.mode == "local":
             self._local_dp_on_devices = True
             mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
@@ -224,8 +234,8 @@ class FederatedServer:
         self.wait_for_available(rnd)
         drawn = math.ceil(self.sampler.per_round * (1 + self.policy.overselect))
         sampled = self.sampler.sample(rnd, self.clock_s, drawn)
-        dropped = np.random.default_rng([self.policy.seed, rnd]).random(len(sampled)) < self.policy.dropout
-        weights, start_params = self._download(rnd)
+        dropped = self._dropouts(rnd, len(sampled))
+        down, weights, start_params = self._download(rnd)
         training = [int(c) for c in sampled[~dropped]]
         by_method: dict[str, list[int]] = {}
         for c in training:  # the sampler only offers clients whose device can train
@@ -233,7 +243,7 @@ class FederatedServer:
         expansion = self.methods.expansion(self.params, rnd)
         results = [self.engine.run(start_params, self._plan(m, ids, rnd, weights, start_params, expansion))
                    for m, ids in by_method.items()]
-        arrived, up, times, losses = self._arrive(results, list(by_method), len(weights), rnd, start_params,
+        arrived, up, times, losses = self._arrive(results, list(by_method), down, rnd, start_params,
                                                   expansion)
         n_finished, received, failure = 0, 0, None
         if arrived is not None:
@@ -245,7 +255,7 @@ class FederatedServer:
         self.clock_s += float(max(times, default=0.0))
         record = RoundRecord(
             rnd, len(sampled), n_finished, int(dropped.sum()), len(training) - n_finished - self._surplus, up,
-            len(weights) * len(sampled) + received,
+            down * len(sampled) + received,
             float(max(times, default=0.0)), round_time,
             float(losses.mean()) if losses is not None and len(losses) else None,
             by_method={m: len(ids) for m, ids in by_method.items()}, bytes_by_method=self._bytes_by_method,
@@ -257,6 +267,12 @@ class FederatedServer:
         if rnd % self.policy.eval_every == 0 or rnd == self.last_round:
             record.eval = self.evaluate(self.model)
         return record
+
+    def _dropouts(self, rnd: int, sampled: int) -> np.ndarray:
+        """Which of the ``sampled`` clients drop out of round ``rnd`` (each with probability ``dropout``)."""
+        if not self.policy.dropout:
+            return np.zeros(sampled, dtype=bool)
+        return np.random.default_rng([self.policy.seed, rnd]).random(sampled) < self.policy.dropout
 
     def wait_for_available(self, rnd: int) -> None:
         """Under a trace, move the simulated clock on a minute at a time until some client is available."""
@@ -274,11 +290,18 @@ class FederatedServer:
         _keep_variances_valid(self.params)
         return applied
 
-    def _download(self, rnd: int) -> tuple[bytes, dict[str, Tensor]]:
-        """(the global-model payload, the weights clients start from: decoded from that payload)."""
+    def _download(self, rnd: int) -> tuple[int, bytes, dict[str, Tensor]]:
+        """(the global model's size on the downlink, its payload, the weights clients start from: its decoding).
+
+        Uncompressed weights arrive as they are: only real devices need the payload written out (else b"").
+        """
         codec = self.policy.downlink
+        if not codec.stages and not self.engine.on_devices:
+            if self._dense_bytes is None:
+                self._dense_bytes = dense_size({n: tuple(t.shape) for n, t in self.params.items()})
+            return self._dense_bytes, b"", self.params
         payload = downlink_payload(self.params, codec, self.policy.codec_seed, rnd)
-        return payload, codec.decode(payload) if codec.stages else self.params
+        return len(payload), payload, codec.decode(payload) if codec.stages else self.params
 
     def _plan(self, method: str, client_ids: list[int], rnd: int, weights: bytes, start: dict[str, Tensor],
               expansion: Expansion | None) -> RoundPlan:
@@ -328,10 +351,9 @@ class FederatedServer:
             self._attack(result.updates, rnd)
             wire, sizes = self._uplink(method).send(result, rnd, start, expansion)
             result.updates = u = expansion.expand(method, wire) if expansion is not None else wire
-            samples = u.num_samples.tolist()
-            for k, (c, up) in enumerate(zip(u.client_ids, sizes, strict=True)):
-                t = self.clients.seconds(c, samples=int(samples[k]) * self.local.epochs, down_bytes=down, up_bytes=up)
-                arrivals.append((t, g, method, result, k, up))
+            samples = u.num_samples.numpy().astype(np.int64) * self.local.epochs
+            seconds = self.clients.seconds_of(u.client_ids, samples=samples, down_bytes=down, up_bytes=sizes)
+            arrivals += [(t, g, method, result, k, up) for k, (t, up) in enumerate(zip(seconds, sizes, strict=True))]
             wires.append(wire)
             losses.append(result.train_loss)
         on_time = sorted((a for a in arrivals if deadline is None or a[0] <= deadline),

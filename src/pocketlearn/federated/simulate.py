@@ -22,6 +22,7 @@ from pocketlearn.federated.clients import ClientData, Cohort
 from pocketlearn.federated.execution import Execution, cached, choose, timed
 from pocketlearn.federated.population import train_flops_per_sample
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
+from pocketlearn.federated.seeding import client_generators
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
     LocalOptimizer,
@@ -105,12 +106,14 @@ def visiting_orders(indices: Sequence[np.ndarray], client_ids: Sequence[int], rn
 
     ``indices[k]`` holds the samples of client ``client_ids[k]``.
     """
+    several = [c for idx, c in zip(indices, client_ids, strict=True) if len(idx) > 1]
+    generators = client_generators(seed, rnd, several)  # a client of one sample has one order: no generator
     orders = []
-    for idx, c in zip(indices, client_ids, strict=True):
-        if len(idx) == 1:  # one order only: no generator needed (each client's generator is its own)
-            orders.append(np.broadcast_to(idx, (epochs, 1)))
+    for idx in indices:
+        if len(idx) <= 1:
+            orders.append(idx[None] if epochs == 1 else idx[None].repeat(epochs, 0))
             continue
-        rng = np.random.default_rng([seed, rnd, int(c)])
+        rng = next(generators)
         if epochs == 1:
             orders.append(idx[rng.permutation(len(idx))][None])
         else:
@@ -136,6 +139,8 @@ class InProcessEngine(SimulatedEngine):
         self.execution = Execution(next(iter(self.forwards), ""), self._largest_group)
         self._timed = group_size is None
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
+        self._deltas: dict[str, Tensor] = {}  # the same for the written-out MLP's deltas
+        self._ordered: dict[str, Tensor] = {}  # and for a round's deltas in the order asked for (see train)
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
         self.samples_trained = 0  # examples the clients trained on so far (each epoch counted)
 
@@ -206,7 +211,10 @@ class InProcessEngine(SimulatedEngine):
 
     def train(self, params: dict[str, Tensor], client_ids: Sequence[int], rnd: int, local: LocalTraining
               ) -> RoundResult:
-        """Train ``client_ids`` from the global ``params`` (trainable tensors by name) with ``local``."""
+        """Train ``client_ids`` from the global ``params`` (trainable tensors by name) with ``local``.
+
+        The result may hold the engine's reused buffers: it is valid until the next call (clone what you keep).
+        """
         cohort = self.clients.take(client_ids)
         orders = visiting_orders(cohort.indices, client_ids, rnd, local.epochs, local.shuffle_seed)
         if self.forward is not None and local.vectorizable:
@@ -219,33 +227,48 @@ class InProcessEngine(SimulatedEngine):
         assert self.forward is not None
         opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
         written_out = self.written_out(local)
-        rank = largest_first(orders)
+        sizes = np.array([o.shape[1] for o in orders])
+        rank = largest_first(sizes)
         deltas: dict[str, list[Tensor]] = {n: [] for n in params}
         losses = []
         for start in range(0, len(client_ids), self.group_size):
             chunk = [orders[i] for i in rank[start:start + self.group_size]]
             data = pad_batches(cohort.x, cohort.y, chunk, local.batch_size)
-            self._count_steps(sum(data.running), int(data.steps.sum()), sum(o.size for o in chunk))
+            self._count_steps(sum(data.running), int(data.steps.sum()),
+                              local.epochs * int(sizes[rank[start:start + self.group_size]].sum()))
             k = len(chunk)
             if self._stack is None or len(next(iter(self._stack.values()))) < k:
                 self._stack = stacked_copies(params, k)
+                self._deltas = {n: torch.zeros(k, *p.shape) for n, p in params.items()}
             stack = {n: t[:k] for n, t in self._stack.items()}  # a smaller last group: the first k rows
+            single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             with torch_threads(self.threads_for(k, data.w.shape[2])):
                 if written_out and self.mlp is not None:
-                    trained, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack)
+                    delta, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack,
+                                                    {n: t[:k] for n, t in self._deltas.items()})
+                    delta = delta if single else {n: t.clone() for n, t in delta.items()}
                 else:
                     trained, loss = train_stacked(self.forward, params, data, opt, stack, precision)
-            single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
-            for n, t in trained.items():
-                deltas[n].append(t.sub_(params[n]) if single else t - params[n])
+                    origin = {n: p.detach() for n, p in params.items()}  # the deltas need no graph
+                    delta = {n: t.sub_(origin[n]) if single else t - origin[n] for n, t in trained.items()}
+            for n, t in delta.items():
+                deltas[n].append(t)
             losses.append(loss)
-        counts = torch.tensor([float(o.shape[1]) for o in orders])
+        counts = torch.from_numpy(sizes.astype(np.float32))
         stacked = {n: d[0] if len(d) == 1 else torch.cat(d) for n, d in deltas.items()}
         loss = torch.cat(losses)
         if bool((rank != np.arange(len(rank))).any()):  # back in the order asked for
             back = torch.from_numpy(np.argsort(rank))
-            stacked, loss = {n: t[back] for n, t in stacked.items()}, loss[back]
+            stacked, loss = {n: torch.index_select(t, 0, back, out=self._in_order(n, t)) for n, t in stacked.items()
+                             }, loss[back]
         return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), loss)
+
+    def _in_order(self, name: str, t: Tensor) -> Tensor:
+        """A reused buffer for ``t``'s rows put back in order (a fresh one per round costs its page faults)."""
+        buffer = self._ordered.get(name)
+        if buffer is None or len(buffer) < len(t) or buffer.shape[1:] != t.shape[1:]:
+            buffer = self._ordered[name] = torch.empty_like(t)
+        return buffer[: len(t)]
 
     def _train_sequential(self, params: dict[str, Tensor], client_ids: Sequence[int], cohort: Cohort,
                           orders: list[np.ndarray], local: LocalTraining, rnd: int) -> RoundResult:

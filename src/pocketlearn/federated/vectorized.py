@@ -18,7 +18,7 @@ import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -225,9 +225,9 @@ class PaddedBatches:
         return self.x[rows], self.y[rows]
 
 
-def largest_first(orders: Sequence[np.ndarray]) -> np.ndarray:
+def largest_first(sizes: np.ndarray) -> np.ndarray:
     """The permutation that puts clients in decreasing size (stable), as :class:`PaddedBatches` needs them."""
-    return np.argsort([-o.shape[1] for o in orders], kind="stable")
+    return np.argsort(-sizes, kind="stable")
 
 
 def batch_positions(orders: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -273,8 +273,44 @@ def pad_batches(x: Tensor, y: Tensor, orders: Sequence[np.ndarray], batch_size: 
 def per_sample_loss(out: Tensor, y: Tensor) -> Tensor:
     """Cross-entropy per sample (K, B); a sequence's is summed over its positions (-100 targets count nothing)."""
     k, b = y.shape[:2]
-    ce = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="none")
+    logits, targets = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+    if logits.shape[-1] >= WIDE_VOCABULARY:
+        ce = _WideCrossEntropy.apply(logits, targets)
+    else:
+        ce = F.cross_entropy(logits, targets, reduction="none")
     return ce.reshape(k, b, -1).sum(2)
+
+
+WIDE_VOCABULARY = 1024  # classes from which log_softmax's own kernels cost more than the fused loss below
+
+
+class _WideCrossEntropy(torch.autograd.Function):
+    """``F.cross_entropy(reduction="none", ignore_index=-100)`` in fewer passes over (N, C) logits.
+
+    A next-word model's loss over 10,000 words took a quarter of its step: log_softmax and its backward read and
+    write the logits several times. Here the forward keeps exp(logits - max) for the backward, which scales it in
+    place: softmax minus one-hot, per row, is the whole gradient. Same values up to float rounding (a test).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, targets: Tensor) -> Tensor:
+        top = logits.amax(-1, keepdim=True)
+        exp = torch.sub(logits, top).exp_()
+        total = exp.sum(-1, keepdim=True)
+        counted = targets != -100
+        picked = targets.clamp_min(0).unsqueeze(-1)
+        ctx.save_for_backward(exp, total, picked, counted)
+        ctx.used = False
+        return ((total.log() + top - logits.gather(-1, picked)).squeeze(-1)) * counted
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        if ctx.used:  # the saved exponentials became the gradient
+            raise RuntimeError("the wide-vocabulary cross-entropy's graph can be differentiated once")
+        ctx.used = True
+        exp, total, picked, counted = ctx.saved_tensors
+        g = (grad * counted).unsqueeze(-1)
+        return exp.mul_(g / total).scatter_add_(-1, picked, -g), None
 
 
 @dataclass(frozen=True)
@@ -408,25 +444,30 @@ def mlp_layers(model: nn.Module) -> list[_MLPLayer] | None:
 
 @torch.no_grad()
 def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatches, lr: float,
-                      stack: Params | None = None) -> tuple[Params, Tensor]:
+                      stack: Params, deltas: Params) -> tuple[Params, Tensor]:
     """:func:`train_stacked` for plain SGD on an MLP classifier, with the backward pass written out.
 
-    Autograd's bookkeeping costs more than the arithmetic at these sizes; the gradients are the same
-    (softmax minus one-hot, weighted per sample, through batched matmuls), up to float rounding.
+    Returns each client's change of the weights (K-stacked, in ``deltas``) and mean losses. Autograd's
+    bookkeeping costs more than the arithmetic at these sizes; the gradients are the same (softmax minus one-hot,
+    weighted per sample, through batched matmuls), up to float rounding. Every client starts from ``start``, so
+    step 0 runs through the shared weights (one matmul for all clients) and writes -lr x each client's gradient
+    straight into its delta: the clients' own copies of the weights (``stack``) are made only for those that take
+    a second step. ``stack`` and ``deltas`` (K-stacked, as :func:`stacked_copies` makes them) are overwritten.
     """
     k = data.num_clients
-    full = _reset(stack, start, k)
     first_linear = next(i for i, layer in enumerate(layers) if layer.kind == "linear")
     loss_sum = torch.zeros(k)
     minus_one = torch.full((k, data.index.shape[2], 1), -1.0)  # (K, B, 1): subtracts the one-hot
-    for s, n in enumerate(data.running):
-        stack = full if n == k else {name: t[:n] for name, t in full.items()}  # the clients with a batch left
+    running = data.running
+    again = running[1] if len(running) > 1 else 0  # the clients that take a second step
+    for s, n in enumerate(running):
+        weights = start if s == 0 else {name: t[:n] for name, t in stack.items()}
         h, y = data.batch(s, n)
         saved: list[Tensor] = []
         for layer in layers:
             saved.append(h)
             if layer.kind == "linear":
-                h = _linear(layer.prefix)(stack, h)
+                h = _mlp_linear(h, weights[layer.prefix + "weight"], weights.get(layer.prefix + "bias"))
             elif layer.kind == "relu":
                 h = h.clamp_min(0)
                 saved[-1] = h  # the mask comes from the output
@@ -441,17 +482,54 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
         for i in range(len(layers) - 1, first_linear - 1, -1):
             layer, a = layers[i], saved[i]
             if layer.kind == "linear":
-                weight = stack[layer.prefix + "weight"]
-                tensors.append(weight)
-                grads.append(torch.bmm(g.transpose(1, 2), a))
-                if layer.bias:
-                    tensors.append(stack[layer.prefix + "bias"])
-                    grads.append(g.sum(1))
+                weight = weights[layer.prefix + "weight"]
+                names = [layer.prefix + "weight"] + ([layer.prefix + "bias"] if layer.bias else [])
+                if s == 0:
+                    _first_step(names, g, a, start, lr, stack, deltas, again)
+                else:
+                    tensors += [stack[name][:n] for name in names]
+                    grads += [torch.bmm(g.transpose(1, 2), a)] + ([g.sum(1)] if layer.bias else [])
                 if i > first_linear:
-                    g = torch.bmm(g, weight)
+                    g = torch.matmul(g, weight)
             elif layer.kind == "relu":
                 g = torch.ops.aten.threshold_backward(g, a, 0)  # zero where the ReLU was off
             else:
                 g = g.reshape(a.shape)
-        torch._foreach_add_(tensors, grads, alpha=-lr)
-    return {name: t.detach() for name, t in full.items()}, loss_sum / data.steps.clamp_min(1)
+        if tensors:
+            torch._foreach_add_(tensors, grads, alpha=-lr)
+    trained = running[0] if running else 0
+    for name, t in stack.items():
+        if again:  # the clients that took more than one step: their weights less the start
+            torch.sub(t[:again], start[name], out=deltas[name][:again])
+        if trained < k:  # clients without a sample: no change
+            deltas[name][trained:].zero_()
+    return deltas, loss_sum / data.steps.clamp_min(1)
+
+
+def _first_step(names: list[str], g: Tensor, a: Tensor, start: Params, lr: float, stack: Params, deltas: Params,
+                again: int) -> None:
+    """A linear layer's SGD step from the shared start: into the weights of clients who step again, else the deltas.
+
+    The first ``again`` clients step again. ``g`` (K, B, out) is the loss's gradient at the output, ``a`` the input.
+    """
+    g_t, n = g.transpose(1, 2), len(g)
+    weight, bias = names[0], names[1] if len(names) > 1 else None
+    if again:
+        torch.baddbmm(start[weight], g_t[:again], a[:again], alpha=-lr, out=stack[weight][:again])
+    if again < n:
+        deltas[weight][again:n].baddbmm_(g_t[again:], a[again:], beta=0, alpha=-lr)
+    if bias is not None:
+        b_grad = g.sum(1)
+        if again:
+            torch.add(start[bias], b_grad[:again], alpha=-lr, out=stack[bias][:again])
+        if again < n:
+            torch.mul(b_grad[again:], -lr, out=deltas[bias][again:n])
+
+
+def _mlp_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A linear layer on (K, B, in): one matmul through shared (out, in) weights, or each client's (K, out, in)."""
+    if weight.dim() == 2:
+        return F.linear(h, weight, bias)
+    if bias is None:
+        return torch.bmm(h, weight.transpose(1, 2))
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))

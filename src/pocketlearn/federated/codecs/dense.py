@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -36,5 +37,9 @@ def dense_size(shapes: dict[str, tuple[int, ...]]) -> int:
     A dense payload is lossless (float32 in, float32 out), so a simulated client's update needs no round trip
     through it: only its exact size, which the shapes fix.
     """
-    key = tuple((n, tuple(shapes[n])) for n in sorted(shapes))
-    return _header_size(key) + 4 * sum(int(np.prod(shape, dtype=np.int64)) for _, shape in key)
+    return _dense_size(tuple((n, tuple(shapes[n])) for n in sorted(shapes)))
+
+
+@functools.lru_cache(maxsize=16)
+def _dense_size(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+    return _header_size(shapes) + 4 * sum(math.prod(shape) for _, shape in shapes)
