@@ -51,11 +51,13 @@ def label_quality(store: CropStore, held_out: list[str]) -> dict[str, float]:
             "held_out_reference_f1": scores(held.reference.astype(float), held.labels).f1}
 
 
-def step_peak(method: str, batch: int) -> int:
+def step_peak(method: str, settings: LearnSettings) -> int:
+    """A device's training step as it runs it (its method and local optimizer), measured in a fresh process."""
     from pocketlearn.models import get_model_spec
 
-    example = get_model_spec("ui-cnn").example_batch(batch)
-    return measure("ui-cnn", method, example, steps=2, threads=1).peak_bytes
+    example = get_model_spec("ui-cnn").example_batch(settings.batch_size)
+    return measure("ui-cnn", method, example, options={"optimizer": settings.optimizer}, steps=2, threads=1
+                   ).peak_bytes
 
 
 def goals(curve: Curve, quality: dict[str, float], peak: int, budget: int) -> list[dict[str, Any]]:
@@ -112,7 +114,7 @@ def main() -> None:
         curve = learn(store, split["devices_apps"], split["held_out"], settings,
                       on_stage=lambda r: status.update(f"stage {r.stage}: F1 {r.federated.f1:.3f}"))
     device = get_device(settings.device)
-    peak = step_peak(curve.stages[-1].method, settings.batch_size)
+    peak = step_peak(curve.stages[-1].method, settings)
     quality = label_quality(store, split["held_out"])
     found = goals(curve, quality, peak, device.memory_budget_bytes)
     text = report(curve, quality, split, found)

@@ -100,7 +100,8 @@ def run_command(
                                                               taps_per_page=c.taps, timeout_s=c.timeout_s,
                                                               seed=c.seed), console)
     settings = LearnSettings(stages=s.stages, rounds=s.rounds, replay=s.replay, device=s.device, epochs=s.epochs,
-                             batch_size=s.batch_size, lr=s.lr, momentum=s.momentum, seed=s.seed, secagg=s.secagg,
+                             batch_size=s.batch_size, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum, seed=s.seed,
+                             secagg=s.secagg,
                              noise_multiplier=s.noise_multiplier)
     run_learning(CropStore(folder / "crops"), s.devices, s.held_out, settings, folder, console)
 
@@ -156,7 +157,7 @@ def run_learning(store: CropStore, devices: int, held_out: int, settings: LearnS
                  console: Console) -> Curve:
     """Deal the crawled apps, learn with progress, and write the model and the curve into the run folder ``out``."""
     from pocketlearn.apps.ui.corpus import App, split_apps
-    from pocketlearn.apps.ui.learn import learn
+    from pocketlearn.apps.ui.learn import INPUTS, learn
     from pocketlearn.apps.ui.report import write_curve
     from pocketlearn.checkpoint import save_checkpoint
     from pocketlearn.progress import working
@@ -169,11 +170,11 @@ def run_learning(store: CropStore, devices: int, held_out: int, settings: LearnS
         curve = learn(store, device_apps, tested, settings, on_stage=lambda r: status.update(
             f"stage {r.stage}/{settings.stages}: F1 {r.federated.f1:.3f}"))
     out.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(out / "model.pt", {"model": curve.model, "model_name": "ui-cnn"})
+    save_checkpoint(out / "model.pt", {"model": curve.model, "model_name": "ui-cnn", "inputs": INPUTS})
     write_curve(out, curve, devices_apps=device_apps, held_out=tested)
     console.print(curve_table(curve))
     rule = curve.rule
-    console.print(f"no-learning rule (the DOM: link, control or click handler): F1 {rule.f1:.3f}, precision "
+    console.print(f"no-learning rule (the DOM: a link or form control): F1 {rule.f1:.3f}, precision "
                   f"{rule.precision:.3f}, recall {rule.recall:.3f}")
     console.print(f"{out}: model.pt (`pocketlearn ui predict PAGE --model {out / 'model.pt'}`) and ui-curve.json "
                   f"(`pocketlearn report {out}`)")

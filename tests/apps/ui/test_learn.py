@@ -47,7 +47,7 @@ def test_devices_learn_tappability_together_stage_after_stage(tmp_path):
     store = _synthetic_store(tmp_path)
     seen = []
     curve = learn(store, [["app0", "app1"], ["app2", "app3"]], ["app4"],
-                  LearnSettings(stages=3, rounds=3, replay=64, lr=0.1), on_stage=seen.append)
+                  LearnSettings(stages=3, rounds=3, replay=64, lr=0.01), on_stage=seen.append)
     results, rule = curve.stages, curve.rule
     assert [r.stage for r in results] == [1, 2, 3] and seen == results
     assert results[-1].crops_seen == 4 * 3 * 40 and results[-1].method == "backprop"

@@ -56,13 +56,24 @@ def test_a_line_wider_than_an_element_is_judged_word_by_word():
     assert len(elements(screen)) == 24
 
 
-def _model(tmp_path):
+def _model(tmp_path, inputs=None):
+    from pocketlearn.apps.ui.learn import INPUTS
     from pocketlearn.checkpoint import save_checkpoint
     from pocketlearn.models import build_model
 
     path = tmp_path / "model.pt"
-    save_checkpoint(path, {"model": build_model("ui-cnn").state_dict(), "model_name": "ui-cnn"})
+    written = {"model": build_model("ui-cnn").state_dict(), "model_name": "ui-cnn", "inputs": inputs or INPUTS}
+    save_checkpoint(path, {k: v for k, v in written.items() if inputs != "absent" or k != "inputs"})
     return path
+
+
+def test_a_model_learned_from_other_inputs_is_refused_with_the_fix(tmp_path):
+    from pocketlearn.apps.ui.predict import tappability_model
+    from pocketlearn.checkpoint import CheckpointError
+
+    assert tappability_model(_model(tmp_path)) is not None
+    with pytest.raises(CheckpointError, match="in \\[0, 1\\].*ui learn. again"):
+        tappability_model(_model(tmp_path, inputs="absent"))  # written before the crops were centred
 
 
 def test_ui_predict_outlines_a_png_screenshots_elements(tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -36,8 +37,9 @@ class LearnSection(_Section):
     device: str = "phone-1g"
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(16, ge=1)
-    lr: float = Field(0.02, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # each device's local optimizer
+    lr: float = Field(0.002, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)  # sgd's
     secagg: bool = False
     noise_multiplier: float = Field(0.0, ge=0)  # > 0: DP-FedAvg
     seed: int = 0
