@@ -1,5 +1,6 @@
-"""The UI learner: crawl the Debian documentation apps and the local web apps (TensorBoard) in a fenced Chromium,
-then learn tappability from pixels across devices, stage after stage, scored on apps no device crawled.
+"""The UI learner: crawl the Debian documentation apps and the local web apps (Optuna Dashboard, TensorBoard) in a
+fenced Chromium, then learn tappability from pixels across devices, stage after stage, scored on apps no device
+crawled.
 
     python benchmarks/ui.py            # full run: every installed app (crawl ~13 min the first time, then cached)
     python benchmarks/ui.py --quick    # four apps, a page each, for CI; writes results/ui-quick.*

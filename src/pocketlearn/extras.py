@@ -25,6 +25,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("plots", "figures (report, the keyboard demo's plots)"),
     "playwright": ("ui", "the UI learner's crawler (ui crawl), which drives the system's Chromium"),
     "PIL": ("ui", "the UI learner's screenshots and crops (ui crawl, ui predict)"),
+    "optuna_dashboard": ("ui", "the UI learner's Optuna Dashboard app (ui crawl)"),
 }
 
 

@@ -66,14 +66,16 @@ def test_unknown_local_apps_are_named():
         pass
 
 
-def test_tensorboard_is_started_with_its_content_crawled_and_stopped(tmp_path):
-    pytest.importorskip("tensorboard")
-    with local_apps(["tensorboard"], tmp_path) as (board,):
-        port = int(board.base.rsplit(":", 1)[1].strip("/"))
+@pytest.mark.parametrize(("name", "module", "made"), [("tensorboard", "tensorboard", "sgd-0.1"),
+                                                      ("optuna", "optuna_dashboard", "studies.sqlite3")])
+def test_a_local_app_is_started_with_its_content_crawled_and_stopped(tmp_path, name, module, made):
+    pytest.importorskip(module)
+    with local_apps([name], tmp_path) as (app,):
+        port = int(app.base.rsplit(":", 1)[1].strip("/"))
         with Browser(Fence([], ports=[port])) as browser:
-            report = crawl([board], CropStore(tmp_path / "crops"), browser,
+            report = crawl([app], CropStore(tmp_path / "crops"), browser,
                            CrawlSettings(pages_per_app=1, screens=1, taps_per_page=6, crop_size=32))
     assert report.screens == 1 and report.taps >= 3, report.errors
-    assert (tmp_path / "tensorboard" / "content" / "sgd-0.1").is_dir()
+    assert (tmp_path / name / "content" / made).exists()
     with pytest.raises(OSError):  # stopped with the crawl
         socket.create_connection(("127.0.0.1", port), timeout=1).close()

@@ -1,14 +1,16 @@
 """Local web applications from PyPI, started on 127.0.0.1 for a crawl and stopped after it.
 
-Unlike the documentation apps, these are single-page applications whose controls are drawn by scripts (Angular
-components, click handlers on plain elements), the interfaces where a rule reading the DOM's links and form
-controls misses what is tappable. Each is started with content made here from a fixed seed, so every crawl sees
-the same screens, on a free port that the fence (:class:`~pocketlearn.apps.ui.fence.Fence`) then admits.
+Unlike the documentation apps, these are single-page applications whose controls are drawn by scripts
+(TensorBoard's Angular components, Optuna Dashboard's React ones, click handlers on plain elements), the interfaces
+where a rule reading the DOM's links and form controls misses what is tappable. Each is started with content made
+here from a fixed seed, so every crawl sees the same screens, on a free port that the fence
+(:class:`~pocketlearn.apps.ui.fence.Fence`) then admits.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import socket
@@ -60,12 +62,43 @@ def _tensorboard_logs(folder: Path) -> None:
             writer.add_text("config", f"optimizer **{run.split('-')[0]}**, learning rate {lr}", 0)
 
 
+def _optuna_studies(folder: Path) -> None:
+    """Two hyperparameter searches (TPE, fixed seeds) in a SQLite file: the dashboard's studies."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    folder.mkdir(parents=True)
+    storage = f"sqlite:///{folder / 'studies.sqlite3'}"
+    for seed, (name, trials) in enumerate((("cnn-fashion-mnist", 40), ("keyboard-gpt", 25))):
+        study = optuna.create_study(study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed))
+
+        def loss(trial: optuna.Trial) -> float:
+            lr = trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+            width = trial.suggest_int("width", 16, 256, log=True)
+            sgd = trial.suggest_categorical("optimizer", ["sgd", "adamw"]) == "sgd"
+            for epoch in range(5):
+                trial.report(abs(math.log10(lr) + 2) / (epoch + 1) + 4 / width, epoch)
+            return abs(math.log10(lr) + 2) / 5 + 4 / width + 0.05 * sgd
+
+        study.optimize(loss, n_trials=trials)
+
+
+def _optuna_dashboard(folder: Path, port: int) -> list[str]:
+    serve = ("import sys, optuna_dashboard; "
+             "optuna_dashboard.run_server(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]))")
+    return [sys.executable, "-c", serve, f"sqlite:///{folder / 'studies.sqlite3'}", str(port)]
+
+
 LOCAL_APPS: dict[str, LocalApp] = {
     "tensorboard": LocalApp(
         "tensorboard", "tracking", _tensorboard_logs,
         lambda folder, port: [sys.executable, "-m", "tensorboard.main", "--logdir", str(folder), "--host",
                               "127.0.0.1", "--port", str(port), "--load_fast", "false"],
         ("#timeseries", "#scalars", "#images", "#histograms", "#distributions", "#text")),
+    "optuna": LocalApp(
+        "optuna_dashboard", "ui", _optuna_studies, _optuna_dashboard,
+        ("dashboard/studies/1", "dashboard", "dashboard/studies/1/analytics", "dashboard/studies/1/trialTable",
+         "dashboard/studies/2", "dashboard/compare-studies")),
 }
 
 
