@@ -101,8 +101,9 @@ def _extra_env(core_env: Path, extra: str) -> Path:
 
 def _ui_model_and_screenshot(python: Path, folder: Path) -> None:
     code = ("import numpy as np; from PIL import Image; from pocketlearn.models import build_model; "
-            "from pocketlearn.checkpoint import save_checkpoint; "
-            "save_checkpoint('model.pt', {'model': build_model('ui-cnn').state_dict(), 'model_name': 'ui-cnn'}); "
+            "from pocketlearn.checkpoint import save_checkpoint; from pocketlearn.apps.ui.learn import INPUTS; "
+            "save_checkpoint('model.pt', {'model': build_model('ui-cnn').state_dict(), 'model_name': 'ui-cnn', "
+            "'inputs': INPUTS}); "
             "s = np.full((200, 400, 3), 255, np.uint8); s[20:34, 20:120] = 0; s[60:74, 20:90] = 0; "
             "Image.fromarray(s).save('shot.png')")
     _run([python, "-c", code], cwd=folder)
