@@ -165,7 +165,6 @@ class FederatedServer:
         self.secure = secure_plan(policy.secagg, mechanism)
         self.aggregation: Aggregation = aggregation(strategy, engine, self.secure, policy.mixed)
         self._local_dp_on_devices = False
-        self._dense_bytes: int | None = None  # the uncompressed global model's size on the downlink
         if engine.on_devices and mechanism is not None and mechanism.config.mode == "local":
             self._local_dp_on_devices = True
             mechanism.noised_by_devices = True  # the server must not clip and noise the noisy reports again
@@ -297,9 +296,7 @@ class FederatedServer:
         """
         codec = self.policy.downlink
         if not codec.stages and not self.engine.on_devices:
-            if self._dense_bytes is None:
-                self._dense_bytes = dense_size({n: tuple(t.shape) for n, t in self.params.items()})
-            return self._dense_bytes, b"", self.params
+            return dense_size({n: tuple(t.shape) for n, t in self.params.items()}), b"", self.params
         payload = downlink_payload(self.params, codec, self.policy.codec_seed, rnd)
         return len(payload), payload, codec.decode(payload) if codec.stages else self.params
 

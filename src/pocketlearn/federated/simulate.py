@@ -139,7 +139,7 @@ class InProcessEngine(SimulatedEngine):
         self.execution = Execution(next(iter(self.forwards), ""), self._largest_group)
         self._timed = group_size is None
         self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
-        self._deltas: dict[str, Tensor] = {}  # the same for the written-out MLP's deltas
+        self._deltas: dict[str, Tensor] = {}  # the same for the written-out MLP's deltas (made on first use)
         self._ordered: dict[str, Tensor] = {}  # and for a round's deltas in the order asked for (see train)
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
         self.samples_trained = 0  # examples the clients trained on so far (each epoch counted)
@@ -232,18 +232,18 @@ class InProcessEngine(SimulatedEngine):
         deltas: dict[str, list[Tensor]] = {n: [] for n in params}
         losses = []
         for start in range(0, len(client_ids), self.group_size):
-            chunk = [orders[i] for i in rank[start:start + self.group_size]]
-            data = pad_batches(cohort.x, cohort.y, chunk, local.batch_size)
-            self._count_steps(sum(data.running), int(data.steps.sum()),
-                              local.epochs * int(sizes[rank[start:start + self.group_size]].sum()))
-            k = len(chunk)
+            members = rank[start:start + self.group_size]
+            data = pad_batches(cohort.x, cohort.y, [orders[i] for i in members], local.batch_size)
+            self._count_steps(sum(data.running), int(data.steps.sum()), local.epochs * int(sizes[members].sum()))
+            k = len(members)
             if self._stack is None or len(next(iter(self._stack.values()))) < k:
-                self._stack = stacked_copies(params, k)
-                self._deltas = {n: torch.zeros(k, *p.shape) for n, p in params.items()}
+                self._stack, self._deltas = stacked_copies(params, k), {}
             stack = {n: t[:k] for n, t in self._stack.items()}  # a smaller last group: the first k rows
             single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
             with torch_threads(self.threads_for(k, data.w.shape[2])):
                 if written_out and self.mlp is not None:
+                    if not self._deltas:
+                        self._deltas = {n: torch.zeros_like(t.detach()) for n, t in self._stack.items()}
                     delta, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack,
                                                     {n: t[:k] for n, t in self._deltas.items()})
                     delta = delta if single else {n: t.clone() for n, t in delta.items()}
