@@ -340,11 +340,13 @@ ROUND_BATCH = {"small": ("digits-mlp", (64,), 16, 10), "large": ("digits-mlp", (
 FLOPS_SHARE = 0.7  # achieved FLOP/s against the same layers as one model over the round's whole batch
 
 
-def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
+def whole_batch_flops(config: str, precision: str, round_samples: float) -> tuple[float, float]:
     """(FLOPs of one example's step, FLOP/s of the workload's model stepping on a round's whole batch at once).
 
     The reference is the machine's practical limit for this arithmetic: one model (channels last), one batch
-    of clients x batch size examples, SGD, in ``precision``, timed after a warm-up.
+    of the round's clients' batches put together, SGD, in ``precision``, timed after a warm-up. That batch is
+    clients x batch size examples, or the round's real samples where its clients hold fewer (the digits'
+    ``large``: 100 clients of ~1.4 samples make a batch of ~144, not 1,600).
     """
     import torch
 
@@ -355,7 +357,8 @@ def whole_batch_flops(config: str, precision: str) -> tuple[float, float]:
     name, shape, batch, clients = ROUND_BATCH[config]
     spec = get_model_spec(name)
     model = spec.build().to(memory_format=torch.channels_last)
-    x, y = spec.example_batch(clients * batch, seq_len=shape[0] if spec.task == "lm" else None)
+    examples = max(1, min(clients * batch, round(round_samples)))
+    x, y = spec.example_batch(examples, seq_len=shape[0] if spec.task == "lm" else None)
     x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
     per_example = train_flops_per_sample(model, x)
     sgd = torch.optim.SGD(model.parameters(), lr=0.01)
@@ -383,7 +386,10 @@ def flops_goals(runs: list[Run], configs: list[str], variants: list[str]) -> lis
             done = [r for r in runs if r.config == config and r.variant == variant and r.ok and r.train_s]
             if not done:
                 continue
-            per_example, limit = whole_batch_flops(config, "bf16" if variant.endswith("bf16") else "fp32")
+            round_samples = statistics.median(r.raw.get("client_steps", {}).get("samples", 0) / (r.rounds or 1)
+                                              for r in done)
+            per_example, limit = whole_batch_flops(config, "bf16" if variant.endswith("bf16") else "fp32",
+                                                   round_samples)
             achieved = statistics.median(per_example * r.raw.get("client_steps", {}).get("samples", 0) / r.train_s
                                          for r in done)
             share = achieved / limit
