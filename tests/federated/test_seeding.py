@@ -18,3 +18,16 @@ def test_client_ids_beyond_one_word_fall_back_to_numpys_seeding():
     ids = [*range(20), 2**40]
     for c, generator in zip(ids, client_generators(2, 5, ids), strict=True):
         assert generator.integers(1 << 30) == np.random.default_rng([2, 5, c]).integers(1 << 30)
+
+
+def test_a_numpy_that_seeds_otherwise_is_not_trusted(monkeypatch):
+    import pocketlearn.federated.seeding as seeding
+
+    monkeypatch.setattr(seeding, "_pcg_state", lambda words: {"state": 1, "inc": 1})  # a changed seeding
+    seeding._agrees_with_numpy.cache_clear()
+    try:
+        ids = list(range(20))
+        for c, generator in zip(ids, seeding.client_generators(2, 5, ids), strict=True):
+            assert generator.random() == np.random.default_rng([2, 5, c]).random()
+    finally:
+        seeding._agrees_with_numpy.cache_clear()

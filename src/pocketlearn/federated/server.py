@@ -171,6 +171,7 @@ class FederatedServer:
         self._uplinks: dict[str, Uplink] = {}
         self._surplus = 0  # this round's over-selected clients past the report goal
         self._attack: Callable[[RoundUpdates, int], object] = policy.attack.poison if policy.attack else _no_attack
+        dense_size({n: tuple(t.shape) for n, t in params.items()})  # its header is packed once: here, not in round 1
 
     # --- checkpoints -------------------------------------------------------------------------------------
     @property

@@ -167,7 +167,7 @@ class InProcessEngine(SimulatedEngine):
         ids = list(range(min(num_clients, len(self.clients))))
         cohort = self.clients.take(ids)
         cohort = replace(cohort, indices=[i[: local.batch_size] for i in cohort.indices])
-        orders = [i[None] for i in cohort.indices]
+        orders = visiting_orders(cohort.indices, ids, 0, 1, local.shuffle_seed)  # the clients' seeding warms up too
         quiet = replace(local, lr=0.0, epochs=1)
         counted = self.client_steps, self.samples_trained  # the run's figures leave the warm-up out
         if self._timed:
