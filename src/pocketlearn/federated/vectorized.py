@@ -467,7 +467,10 @@ def train_stacked_mlp(layers: list[_MLPLayer], start: Params, data: PaddedBatche
         for layer in layers:
             saved.append(h)
             if layer.kind == "linear":
-                h = _mlp_linear(h, weights[layer.prefix + "weight"], weights.get(layer.prefix + "bias"))
+                if s == 0:  # the shared start: one matmul for all clients
+                    h = F.linear(h, start[layer.prefix + "weight"], start.get(layer.prefix + "bias"))
+                else:
+                    h = _linear(layer.prefix)(weights, h)
             elif layer.kind == "relu":
                 h = h.clamp_min(0)
                 saved[-1] = h  # the mask comes from the output
@@ -525,11 +528,3 @@ def _first_step(names: list[str], g: Tensor, a: Tensor, start: Params, lr: float
         if again < n:
             torch.mul(b_grad[again:], -lr, out=deltas[bias][again:n])
 
-
-def _mlp_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """A linear layer on (K, B, in): one matmul through shared (out, in) weights, or each client's (K, out, in)."""
-    if weight.dim() == 2:
-        return F.linear(h, weight, bias)
-    if bias is None:
-        return torch.bmm(h, weight.transpose(1, 2))
-    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
