@@ -168,16 +168,21 @@ def _inner_version(path: Path) -> object:
     return state.get("format_version") if isinstance(state, dict) else None
 
 
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load a checkpoint's ``"model"`` state dict into ``model``; a missing file or other model is a clear error."""
+def load_weights(model: torch.nn.Module, path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's ``"model"`` state dict into ``model``; a missing file or other model is a clear error.
+
+    Returns the whole checkpoint: its other keys say how the weights were made.
+    """
     if not Path(path).exists():
         raise CheckpointError(f"no weights at {path}; check model.init, or create them first (e.g. by pretraining)")
-    weights = load_checkpoint(path, remedy="restore it from a backup, or delete it and create it again "
-                                           "(e.g. by pretraining)").get("model")
+    checkpoint = load_checkpoint(path, remedy="restore it from a backup, or delete it and create it again "
+                                              "(e.g. by pretraining)")
+    weights = checkpoint.get("model")
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint {path} holds no 'model' state dict")
     load_model_state(model, weights, what=f"weights in {path}",
                      remedy="is model.init (or --init) for another model or method?")
+    return checkpoint
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, Any], *, what: str, remedy: str) -> None:

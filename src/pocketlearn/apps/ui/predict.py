@@ -14,7 +14,7 @@ from pocketlearn.apps.ui.fence import Fence
 from pocketlearn.apps.ui.labeler import Candidate, candidates, crop
 from pocketlearn.apps.ui.learn import INPUTS, model_input, tappable
 from pocketlearn.apps.ui.pixels import elements
-from pocketlearn.checkpoint import CheckpointError, load_checkpoint, load_weights, write_atomic
+from pocketlearn.checkpoint import CheckpointError, load_weights, write_atomic
 from pocketlearn.errors import ConfigError, DataError
 
 
@@ -23,8 +23,7 @@ def tappability_model(path: str | Path) -> torch.nn.Module:
     from pocketlearn.models import build_model
 
     model = build_model("ui-cnn")
-    load_weights(model, path)
-    inputs = load_checkpoint(path).get("inputs", "in [0, 1]")
+    inputs = load_weights(model, path).get("inputs", "in [0, 1]")
     if inputs != INPUTS:
         raise CheckpointError(f"{path} learned from crops {inputs}, this pocketlearn gives the model crops {INPUTS}: "
                               "its predictions would be wrong; run `pocketlearn ui learn` again")
