@@ -35,6 +35,7 @@ from pocketlearn.federated.vectorized import (
     train_stacked,
     train_stacked_mlp,
 )
+from pocketlearn.memory.allocator import keep_freed_memory
 from pocketlearn.methods import available_methods, get_method_class, make_method
 from pocketlearn.methods.base import Precision, TrainingMethod, cross_entropy
 
@@ -127,6 +128,7 @@ class InProcessEngine(SimulatedEngine):
     def __init__(self, template: nn.Module, clients: ClientData, *, vectorize: bool = True,
                  group_size: int | None = None):
         self.template, self.clients = template, clients
+        keep_freed_memory()  # steps re-allocate the same large tensors: no page faults for them every step
         x, y = clients.example(1)
         self._token_targets = y.dim() > 1  # a language model's (B, T) targets: no written-out MLP path
         self.forwards: dict[str, StackedForward] = stacked_forwards(template) if vectorize else {}
