@@ -15,9 +15,10 @@ if not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chr
     pytest.skip("no Chromium here (Debian: apt install chromium)", allow_module_level=True)
 
 from pocketlearn.apps.ui.browser import Browser
-from pocketlearn.apps.ui.crawler import CrawlSettings, crawl
+from pocketlearn.apps.ui.crawler import CrawlSettings, PageTapper, crawl
 from pocketlearn.apps.ui.dataset import CropStore
 from pocketlearn.apps.ui.fence import Fence
+from pocketlearn.apps.ui.labeler import Candidate
 from tests.apps.ui.conftest import ELEMENTS, write_app
 
 ALL = CrawlSettings(pages_per_app=3, taps_per_page=100, crop_size=32)
@@ -43,6 +44,20 @@ def test_each_tap_is_labelled_by_what_it_did_to_the_screen(fixture_app, tmp_path
     assert report.screens == 2 and report.failed_taps == 0 and report.taps == len(data.labels)
     assert data.crops.shape[1:] == (32, 32, 3) and data.crops.dtype == np.uint8
     assert not data.labels[~data.reference].any()  # the plain text on both pages did nothing when tapped
+
+
+SAVED_THEME = ("<button id=theme class=at style='left:220px;top:120px' onclick=\"localStorage.setItem('theme', 'dark');"
+               "document.body.style.background='#222'\">Dark theme</button>"
+               "<script>if (localStorage.getItem('theme')) document.body.style.background = '#222';</script>")
+
+
+def test_the_reload_that_undoes_a_tap_also_forgets_what_the_tap_saved_in_the_pages_storage(tmp_path):
+    app = write_app(tmp_path / "app", extra=SAVED_THEME)  # the page applies a saved theme as it loads
+    with Browser(Fence([app.root])) as browser:
+        tapper = PageTapper(browser, ALL)
+        first = tapper.load(app.url)
+        assert tapper.tap(app.url, Candidate(220, 120, 160, 40, "button", True))  # dark now, and saved
+        assert np.array_equal(tapper.load(app.url), first)  # every later screen sees the app as it first was
 
 
 def test_the_fence_refuses_outside_addresses_before_any_request_leaves(tmp_path, listener):
@@ -89,9 +104,10 @@ CRAWL = """
 import sys
 from pocketlearn.apps.ui.browser import Browser
 from pocketlearn.apps.ui.corpus import App
-from pocketlearn.apps.ui.crawler import CrawlSettings, crawl
+from pocketlearn.apps.ui.crawler import CrawlSettings, PageTapper, crawl
 from pocketlearn.apps.ui.dataset import CropStore
 from pocketlearn.apps.ui.fence import Fence
+from pocketlearn.apps.ui.labeler import Candidate
 from pathlib import Path
 app = App("fixture", Path(sys.argv[1]), "index.html")
 with Browser(Fence([app.root])) as b:

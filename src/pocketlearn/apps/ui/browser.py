@@ -36,6 +36,13 @@ LISTENER_PROBE = """
 """
 
 
+# Every document starts from the app's own defaults: what a page keeps in its origin's storage (a theme toggle,
+# a dismissed banner) would outlive the reload that undoes a tap, and change every later screen of the crawl.
+# All file:// pages share one origin, so one app's saved theme could also restyle another app. Cookies are
+# cleared by the crawler before each load (PageTapper.load).
+FRESH_STORAGE = "(() => { try { localStorage.clear(); sessionStorage.clear(); } catch (e) {} })();"
+
+
 def _chromium_processes() -> list[psutil.Process]:
     """The Chromium processes this process started (through Playwright's driver), alive now."""
     found = []
@@ -88,6 +95,7 @@ class Browser:
         self.pid = next((p.pid for p in ours if p.ppid() not in {q.pid for q in ours}), None)
         context = self._browser.new_context(viewport={"width": VIEWPORT[0], "height": VIEWPORT[1]},
                                             device_scale_factor=1, service_workers="block")
+        context.add_init_script(FRESH_STORAGE)
         context.add_init_script(LISTENER_PROBE)
         context.set_default_timeout(self.timeout_s * 1000)
         context.set_default_navigation_timeout(self.timeout_s * 1000)

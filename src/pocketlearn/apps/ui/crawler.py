@@ -3,9 +3,10 @@
 Per screen of a page (the page scrolled by ``screens`` viewports): load it with the mouse away, screenshot it
 (the crops come from this screen, with no hover style), list the candidates, tap a seeded sample of them: hover,
 screenshot, click, wait ``settle_s``, screenshot, label (:mod:`~pocketlearn.apps.ui.labeler`). A tap that changed
-something is undone by loading the page again. Every browser action has a time limit; a browser that hangs or
-crashes is restarted and the tap is skipped. Pages are visited breadth first from the app's start page, inside
-the app's folder.
+something is undone by loading the page again, with the origin's storage and cookies cleared (a theme toggle
+saved there would otherwise restyle every later screen). Every browser action has a time limit; a browser that
+hangs or crashes is restarted and the tap is skipped. Pages are visited breadth first from the app's start page,
+inside the app's folder.
 
 The sample is half elements the DOM calls interactive and half not (as far as the screen has them): documentation
 is mostly links, and a learner shown 90% tappable elements learns the prior. The DOM chooses what is tapped,
@@ -116,11 +117,13 @@ class PageTapper:
     def load(self, url: str, screen: int = 0) -> np.ndarray | None:
         """The page's ``screen`` as first seen (mouse away): where the crops come from (None: the page is shorter).
 
+        It loads as a first visit would (no cookies, empty storage), whatever the taps before saved.
         A served page may fetch its content after it loads, so it is read once the network is idle; a route of a
         single-page app (a fragment) is loaded into a blank page, since going to the URL it is already at would
         not undo what a tap changed.
         """
         served = url.startswith("http")
+        self.page.context.clear_cookies()  # and the storage, at each document's start (browser.FRESH_STORAGE)
         if served and "#" in url:
             self.page.goto("about:blank")
         self.page.goto(url, wait_until="networkidle" if served else "load")
