@@ -4,8 +4,10 @@ glibc serves allocations above its mmap threshold (from 128 KiB, adjusted as the
 from the kernel and unmaps them when they are freed. A training step frees and re-allocates the same large
 tensors every step, so each step page-faults them in again: a next-word model's (384 x 10,000) logits and their
 gradient cost ~3 ms of page faults a step, ~10% of the simulator's keyboard round. Raised thresholds keep that
-memory in the heap, where the next step finds it already mapped. Peak memory is unchanged; memory freed after
-the peak is kept (up to ``KEPT_BYTES``) instead of returned to the system.
+memory in the heap, where the next step finds it already mapped. The cost: memory freed after the peak is kept
+(up to ``KEPT_BYTES``) instead of returned to the system, and a heap fragments where mapped blocks would not
+(the simulator benchmark's peak RSS rose 0-8%). So it is for the simulator, not for a step measured against a
+device's memory budget.
 """
 
 from __future__ import annotations
