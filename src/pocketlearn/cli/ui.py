@@ -99,9 +99,9 @@ def run_command(
     run_crawl(c.apps or None, folder / "crops", CrawlSettings(pages_per_app=c.pages, screens=c.screens,
                                                               taps_per_page=c.taps, timeout_s=c.timeout_s,
                                                               seed=c.seed), console)
-    settings = LearnSettings(stages=s.stages, rounds=s.rounds, replay=s.replay, device=s.device, epochs=s.epochs,
-                             batch_size=s.batch_size, optimizer=s.optimizer, lr=s.lr, momentum=s.momentum,
-                             seed=s.seed, secagg=s.secagg, noise_multiplier=s.noise_multiplier)
+    settings = LearnSettings(stages=s.stages, rounds=s.rounds, replay=s.replay, inverted=s.inverted, device=s.device,
+                             epochs=s.epochs, batch_size=s.batch_size, optimizer=s.optimizer, lr=s.lr,
+                             momentum=s.momentum, seed=s.seed, secagg=s.secagg, noise_multiplier=s.noise_multiplier)
     run_learning(CropStore(folder / "crops"), s.devices, s.held_out, settings, folder, console)
 
 

@@ -7,6 +7,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from pocketlearn.apps.ui.dataset import CropStore, PageCrops
 from pocketlearn.apps.ui.learn import LearnSettings, ReplayBuffer, learn, scores
+from pocketlearn.errors import ConfigError
 
 
 def test_scores_match_scikit_learn():
@@ -26,6 +27,18 @@ def test_the_replay_buffer_keeps_a_bounded_uniform_sample():
     _, y = buffer.data()
     assert len(y) == 100 and buffer.seen == 1000 and len(set(y.tolist())) == 100
     assert 300 < float(y.float().mean()) < 700  # old crops stay as likely as new ones
+
+
+def test_the_replay_buffer_keeps_the_share_asked_for_colour_inverted():
+    crops = torch.rand(400, 3, 32, 32)
+    buffer = ReplayBuffer(400, seed=0, inverted=0.5)
+    buffer.add(crops, torch.zeros(400, dtype=torch.long))
+    x, _ = buffer.data()
+    flipped = (x == -crops).flatten(1).all(1)
+    assert bool((flipped | (x == crops).flatten(1).all(1)).all())  # each crop as it was, or negated
+    assert 150 < int(flipped.sum()) < 250
+    with pytest.raises(ConfigError, match="learn.inverted"):
+        LearnSettings(inverted=1.5)
 
 
 def _synthetic_store(root, apps=5, pages=3, n=40):

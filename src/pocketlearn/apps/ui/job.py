@@ -34,6 +34,7 @@ class LearnSection(_Section):
     stages: int = Field(4, ge=1)
     rounds: int = Field(20, ge=1)  # per stage
     replay: int = Field(512, ge=1)  # crops a device keeps
+    inverted: float = Field(0.5, ge=0, le=1)  # share of them kept colour-inverted (a dark theme of the same app)
     device: str = "phone-1g"
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(16, ge=1)
