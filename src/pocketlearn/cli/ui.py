@@ -67,6 +67,8 @@ def learn_command(
     stages: Annotated[int, typer.Option(min=1, help="Crawl increments (each device crawls more at each).")] = 4,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds per stage.")] = 20,
     replay: Annotated[int, typer.Option(min=1, help="Crops a device keeps (a uniform sample of all it saw).")] = 512,
+    inverted: Annotated[float, typer.Option(min=0, max=1, help="Share of them kept colour-inverted (a dark theme "
+                                                                "of the same interface).")] = 0.5,
     device: Annotated[str, typer.Option(help="Device profile of every device (`pocketlearn devices`).")
                       ] = "phone-1g",
     secagg: Annotated[bool, typer.Option(help="Aggregate by secure aggregation.")] = False,
@@ -76,8 +78,8 @@ def learn_command(
     from pocketlearn.apps.ui.dataset import CropStore
     from pocketlearn.apps.ui.learn import LearnSettings
 
-    settings = LearnSettings(stages=stages, rounds=rounds, replay=replay, device=device, secagg=secagg,
-                             noise_multiplier=noise)
+    settings = LearnSettings(stages=stages, rounds=rounds, replay=replay, inverted=inverted, device=device,
+                             secagg=secagg, noise_multiplier=noise)
     run_learning(CropStore(crops), devices, held_out, settings, out, Console(highlight=False, soft_wrap=True))
 
 

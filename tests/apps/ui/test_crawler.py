@@ -149,7 +149,7 @@ def test_a_tiny_never_ending_federated_run_from_crawl_to_scores(tmp_path):
     model = tmp_path / "run" / "model.pt"
     result = CliRunner().invoke(cli, ["ui", "learn", "--crops", str(tmp_path / "crops"), "--devices", "2",
                                       "--held-out", "1", "--stages", "2", "--rounds", "2", "--replay", "16",
-                                      "--out", str(tmp_path / "run")])
+                                      "--inverted", "0.25", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     assert "held out: ['" in result.output and "no-learning rule" in result.output
     assert "stage 2/2: F1" in result.output
