@@ -4,6 +4,7 @@ import textwrap
 
 import pytest
 
+PAGES_TOUCHED = 20 * 4 * (16 << 20) // 4096  # 20 steps of 4 tensors of 16 MiB
 SCRIPT = textwrap.dedent("""
     import resource, torch
     from pocketlearn.memory.allocator import keep_freed_memory
@@ -15,17 +16,16 @@ SCRIPT = textwrap.dedent("""
             del step  # freed together: 64 MiB at the heap's top, beyond glibc's own trim threshold
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    default = faults_of_steps()
     applied = keep_freed_memory()
-    faults_of_steps()  # the first step after maps the memory once
-    print(applied, default, faults_of_steps())
+    faults_of_steps()  # the first step maps the memory once
+    print(applied, faults_of_steps())
 """)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
 def test_freed_tensors_memory_is_reused_without_page_faults_once_kept():
+    # By default these steps fault in 12-100% of their pages again every time (glibc trims the heap's top, or
+    # unmaps the blocks, depending on where they landed); kept, the later steps find the memory mapped.
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, check=True).stdout.split()
-    applied, default, kept = out[0] == "True", int(out[1]), int(out[2])
-    assert applied
-    assert default > 20 * 8000  # 16,384 pages a step by default: each step faults its tensors in again
-    assert kept < default / 20
+    assert out[0] == "True"
+    assert int(out[1]) < PAGES_TOUCHED / 20
