@@ -139,6 +139,8 @@ def test_streams_are_timed_only_for_forwards_that_allow_them_and_kept_only_if_th
     assert choose(["stacked"], 8, shared, lambda f, g: None, streams=2).streams == 1  # cannot
     no_gain = choose(["stacked"], 8, shared, lambda f, g: SHARED[(f, g)], streams=2)
     assert no_gain.streams == 1  # a second thread is worth nothing here, so is a second stream
+    brief = choose(["stacked"], 8, lambda f, g: SHARED[(f, g)] * 1e-4, lambda f, g: ONE_THREAD[g] * 1e-4, streams=2)
+    assert brief.streams == 1  # steps of a fraction of a millisecond: streams cost more than they save
 
 
 def _noting_the_thread(forward, threads, params, x):

@@ -28,6 +28,8 @@ import numpy as np
 TIE = 0.03
 # Smaller groups are timed only for forwards within this factor of the fastest with the whole cohort.
 SEARCHED = 1.5
+# Streams only where one client's step takes this long: below, planning and starting them costs what they save.
+STREAM_STEP_S = 1e-3
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class Execution:
     earlier: bool = False  # the timings come from an earlier run on this machine (the cache)
     streams: int = 1
     one_thread: dict[int, float] = field(default_factory=dict)
+    slowed: float = 1.0  # a stream's time beside the others over its time alone (measured)
 
     def describe(self) -> str:
         """One line for the run summary: the choice and the measurements behind it."""
@@ -58,8 +61,8 @@ class Execution:
         split = ""
         if self.streams > 1:
             split = (f"; on one thread, {', '.join(f'{g}: {t * 1e3:.3g}' for g, t in sorted(self.one_thread.items()))}"
-                     f": a round whose clients differ in size runs in {self.streams} streams at once when that "
-                     "is predicted faster")
+                     f", {self.slowed:.2f}x slower beside another stream: a round whose clients differ in size "
+                     f"runs in {self.streams} streams at once when that is predicted faster")
         return (f"{self.forward}, {self.group_size} clients per group ({when}: {chosen * 1e3:.3g} ms per "
                 f"client-step; by group size, {others}{split})")
 
@@ -67,20 +70,17 @@ class Execution:
         """A round's clients (positions in ``steps``, each client's step count) as streams, each largest first.
 
         Predicted from the timings: one stream steps its clients on all threads; S streams each step theirs on
-        one thread, slowed by sharing the machine as much as S threads on one step of the largest group are
-        slowed (measured: that also predicts rounds run in streams within ~10%). Clients of similar size gain
-        nothing from streams, but a client far larger than the rest then trains alongside them instead of alone
-        at the end, where a step of one client gains little from a second thread.
+        one thread, each slowed by the others as measured at setup. Clients of similar size gain little from
+        streams, but a client far larger than the rest then trains alongside them instead of alone at the end,
+        where a step of one client gains little from a second thread.
         """
         one = [largest_first(steps)]
         if self.streams < 2 or not self.one_thread or len(steps) < 2:
             return one
         shared = {g: s for (f, g), s in self.timings.items() if f == self.forward}
-        largest = max(g for g in self.one_thread if g in shared)
-        slowed = self.streams * shared[largest] / self.one_thread[largest]
         split = split_streams(steps, self.streams)
         alone = self._seconds(steps, one, shared)
-        together = slowed * max(self._seconds(steps, [s], self.one_thread) for s in split)
+        together = self.slowed * max(self._seconds(steps, [s], self.one_thread) for s in split)
         return split if together < (1 - TIE) * alone else one
 
     def _seconds(self, steps: np.ndarray, streams: list[np.ndarray], per_client_step: dict[int, float]) -> float:
@@ -124,14 +124,16 @@ def group_sizes(largest: int) -> list[int]:
 
 
 def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callable[[str, int], float],
-           on_one_thread: Callable[[str, int], float | None] | None = None, streams: int = 1) -> Execution:
+           on_one_thread: Callable[[str, int], float | None] | None = None, streams: int = 1,
+           slowdown: Callable[[str, int], float] | None = None) -> Execution:
     """The (forward, group size) that trains the whole ``cohort`` fastest, from timed steps of each.
 
     A group size's cost is that of the whole cohort in such groups: with 10 clients, groups of 8 leave a
     group of 2, whose (slower) client-steps count too. A forward much slower than the best with the whole cohort
     (a vmap'd CNN, twice as slow as its grouped convolutions) is not timed at other sizes. With
     ``on_one_thread`` (forward, group size; None where the forward cannot run in several threads at once),
-    the chosen forward is also timed on one thread, so that a round can choose to run in ``streams`` streams.
+    the chosen forward is also timed on one thread, and ``slowdown`` (forward, clients per stream) measures how
+    much ``streams`` streams at once slow each other, so that a round can choose to run in streams.
     """
     timings: dict[tuple[str, int], float] = {}
 
@@ -149,7 +151,7 @@ def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callab
     for choice in [(f, g) for f in close for g in reversed(group_sizes(cohort))]:  # larger groups first
         if cohort_cost(choice) < (1 - TIE) * cohort_cost(best):
             best = choice
-    if on_one_thread is None or streams < 2 or cohort < 2:
+    if on_one_thread is None or streams < 2 or cohort < 2 or per_step(best[0], 1) < STREAM_STEP_S:
         return Execution(*best, timings)
     one_thread = {}
     for g in group_sizes(best[1]):
@@ -159,7 +161,8 @@ def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callab
         one_thread[g] = seconds
     if timings[best] >= (1 - TIE) * one_thread[best[1]]:  # a second thread gains nothing: nor would streams
         return Execution(*best, timings)
-    return Execution(*best, timings, streams=streams, one_thread=one_thread)
+    slowed = slowdown(best[0], max(1, best[1] // streams)) if slowdown else float(streams)
+    return Execution(*best, timings, streams=streams, one_thread=one_thread, slowed=slowed)
 
 
 def timed(run: Callable[[], object], budget_s: float = 0.15, at_least: int = 2, at_most: int = 10) -> float:
@@ -190,7 +193,7 @@ def cached(key: Hashable, make: Callable[[], Execution]) -> Execution:
             found = make()
             stored[name] = {"forward": found.forward, "group_size": found.group_size, "streams": found.streams,
                             "timings": [[f, g, t] for (f, g), t in found.timings.items()],
-                            "one_thread": [[g, t] for g, t in found.one_thread.items()]}
+                            "one_thread": [[g, t] for g, t in found.one_thread.items()], "slowed": found.slowed}
             _write_cache(stored)
         _CHOSEN[key] = found
     return _CHOSEN[key]
@@ -230,9 +233,10 @@ def _execution(entry: object) -> Execution | None:
     if not isinstance(entry, dict):
         return None
     forward, size, timings = entry.get("forward"), entry.get("group_size"), entry.get("timings")
-    streams, one_thread = entry.get("streams"), entry.get("one_thread")
+    streams, one_thread, slowed = entry.get("streams"), entry.get("one_thread"), entry.get("slowed")
     if not (isinstance(forward, str) and isinstance(size, int) and size >= 1 and isinstance(timings, list)
-            and isinstance(streams, int) and streams >= 1 and isinstance(one_thread, list)):
+            and isinstance(streams, int) and streams >= 1 and isinstance(one_thread, list)
+            and isinstance(slowed, float) and slowed > 0):
         return None  # (a choice stored before streams were timed is timed again)
     if not all(isinstance(row, list) and len(row) == 2 and isinstance(row[0], int) and isinstance(row[1], float)
                for row in one_thread):
@@ -244,7 +248,7 @@ def _execution(entry: object) -> Execution | None:
             return None
         parsed[(row[0], row[1])] = row[2]
     return Execution(forward, size, parsed, earlier=True, streams=streams,
-                     one_thread={int(g): float(t) for g, t in one_thread})
+                     one_thread={int(g): float(t) for g, t in one_thread}, slowed=slowed)
 
 
 def _write_cache(stored: dict[str, object]) -> None:

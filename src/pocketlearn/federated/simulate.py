@@ -199,29 +199,43 @@ class InProcessEngine(SimulatedEngine):
             key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(cohort.x.shape[1:]), cohort.x.dtype,
                    local.batch_size, largest, local.optimizer(), quiet.method_options().get("precision"),
                    tuple(forwards), torch.get_num_threads())
-            timing, on_one_thread = self._time_step(params, cohort, orders, quiet)
+            timing, on_one_thread, slowdown = self._time_step(params, cohort, orders, quiet)
+            # streams only for steps that use every thread: a step too small for a second thread never splits
             streams = min(os.cpu_count() or 1, torch.get_num_threads())
+            streams = streams if self.threads_for(largest, local.batch_size) is None else 1
             self.execution = cached(key, lambda: choose(forwards, largest, timing,
-                                                        on_one_thread if streams > 1 else None, streams))
+                                                        on_one_thread if streams > 1 else None, streams, slowdown))
             self._lanes = [_Lane()]
         self._train_vectorized(params, ids, cohort, orders, quiet)
         self.client_steps, self.samples_trained = counted
 
     def _time_step(self, params: dict[str, Tensor], cohort: Cohort, orders: list[np.ndarray], local: LocalTraining
-                   ) -> tuple[Callable[[str, int], float], Callable[[str, int], float | None]]:
+                   ) -> tuple[Callable[[str, int], float], Callable[[str, int], float | None],
+                              Callable[[str, int], float]]:
         def seconds_per_client_step(forward: str, size: int) -> float:
             self.execution, self._lanes = Execution(forward, size), [_Lane()]
             return timed(lambda: self._train_vectorized(params, list(range(size)), cohort, orders[:size], local)
                          ) / size
 
         def on_one_thread(forward: str, size: int) -> float | None:
-            """As ``seconds_per_client_step`` on one thread, as a stream runs (None: this forward cannot)."""
+            """As ``seconds_per_client_step`` on a stream's thread (None: this forward cannot run in one)."""
             if forward not in SHARED_SAFELY:
                 return None
-            with torch_threads(1):
-                return seconds_per_client_step(forward, size)
+            return self._pool(2).submit(seconds_per_client_step, forward, size).result()
 
-        return seconds_per_client_step, on_one_thread
+        def slowdown(forward: str, size: int) -> float:
+            """A stream's time beside another like it over its time alone (a few steps: a round's are many)."""
+            self.execution, self._lanes = Execution(forward, size), [_Lane()]
+            k = min(size, len(orders) // 2)
+            longer = [np.repeat(o, 4, 0) for o in orders[:2 * k]]  # its batch again, as further epochs
+            ids, first = list(range(2 * k)), [np.arange(k)]
+            alone = self._pool(2).submit(timed, lambda: self._train_vectorized(
+                params, ids[:k], cohort, longer[:k], local, first)).result()
+            beside = timed(lambda: self._train_vectorized(params, ids, cohort, longer, local,
+                                                          [np.arange(k), np.arange(k, 2 * k)]))
+            return beside / alone
+
+        return seconds_per_client_step, on_one_thread, slowdown
 
     def written_out(self, local: LocalTraining) -> bool:
         """Whether the MLP path (backward written out, no forward to choose) trains these clients."""
@@ -254,16 +268,18 @@ class InProcessEngine(SimulatedEngine):
         return self._train_sequential(params, client_ids, cohort, orders, local, rnd)
 
     def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], cohort: Cohort,
-                          orders: list[np.ndarray], local: LocalTraining) -> RoundResult:
+                          orders: list[np.ndarray], local: LocalTraining, split: list[np.ndarray] | None = None
+                          ) -> RoundResult:
         """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish.
 
-        With several streams, each runs its share of the clients on one thread, at the same time as the others.
+        With several streams, each runs its share of the clients on one thread, at the same time as the others
+        (as the execution predicts faster for this round, or as ``split`` says: a timing).
         """
         assert self.forward is not None
         sizes = np.array([o.shape[1] for o in orders])
-        if self.execution.streams > 1:
+        if split is None and self.execution.streams > 1:
             split = self.execution.streams_for(local.epochs * -(-sizes // local.batch_size))  # steps per client
-        else:
+        elif split is None:
             split = [largest_first(sizes)]
         plans = [[s[i:i + self.group_size] for i in range(0, len(s), self.group_size)] for s in split]
         while len(self._lanes) < len(plans):
