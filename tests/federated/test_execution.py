@@ -1,6 +1,3 @@
-import functools
-import threading
-
 import numpy as np
 import pytest
 import torch
@@ -84,88 +81,19 @@ def test_a_later_run_on_this_machine_reuses_the_choice_and_a_bad_cache_is_measur
 
     def make():
         made.append(1)
-        return Execution("stacked", 4, {("stacked", 4): 0.001, ("stacked", 8): 0.002}, streams=2,
-                         one_thread={1: 0.003, 4: 0.0015})
+        return Execution("stacked", 4, {("stacked", 4): 0.001, ("stacked", 8): 0.002})
 
     first = execution.cached(("a model", 8), make)
     monkeypatch.setattr(execution, "_CHOSEN", {})  # a new process
     later = execution.cached(("a model", 8), make)
     assert len(made) == 1 and later.earlier and not first.earlier
-    assert (later.forward, later.group_size, later.timings, later.streams, later.one_thread) == (
-        first.forward, first.group_size, first.timings, first.streams, first.one_thread)
+    assert (later.forward, later.group_size, later.timings) == (first.forward, first.group_size, first.timings)
     assert "timed in an earlier run" in later.describe()
     stored = json.loads(execution.cache_file().read_text())
     (name,) = stored
     wrong_schema = json.dumps({name: {**stored[name], "group_size": "four"}})
-    before_streams = json.dumps({name: {k: v for k, v in stored[name].items() if k not in ("streams", "one_thread")}})
-    for bad in ("{not json", "[1, 2]", wrong_schema, before_streams, "{" + " " * (2 << 20) + "}"):
+    for bad in ("{not json", "[1, 2]", wrong_schema, "{" + " " * (2 << 20) + "}"):
         execution.cache_file().write_text(bad)
         monkeypatch.setattr(execution, "_CHOSEN", {})
         assert not execution.cached(("a model", 8), make).earlier  # measured again, and stored
-    assert len(made) == 6 and json.loads(execution.cache_file().read_text()) == stored
-
-
-def test_a_client_far_larger_than_the_rest_gets_a_stream_of_its_own():
-    from pocketlearn.federated.execution import split_streams
-
-    skewed = split_streams(np.array([3, 40, 5, 2, 4, 6]), 2)
-    assert [s.tolist() for s in skewed] == [[1], [5, 2, 4, 0, 3]]  # each largest first
-    alike = split_streams(np.array([4, 4, 4, 4]), 2)
-    assert sorted(len(s) for s in alike) == [2, 2]
-    assert [s.tolist() for s in split_streams(np.array([7]), 2)] == [[0]]
-
-
-# Seconds per client-step: all threads on one step, and one thread (as in a stream). A step of one client
-# gains nothing from the second thread; a step of eight gains 1.8x.
-ONE_THREAD = {1: 2.0, 2: 1.6, 4: 1.3, 8: 0.9}
-SHARED = {("stacked", g): s for g, s in {1: 2.0, 2: 1.5, 4: 1.0, 8: 0.5}.items()}
-
-
-def test_a_round_runs_in_streams_only_where_the_timings_predict_it_faster():
-    choice = Execution("stacked", 8, SHARED, streams=2, one_thread=ONE_THREAD)
-    skewed = np.array([30, 20, 12, 8, 6, 4, 2, 1])  # the largest client's steps alone are a third of the round
-    assert len(choice.streams_for(skewed)) == 2
-    assert len(choice.streams_for(np.full(8, 5))) == 1  # alike: one step of 8 shares both threads well
-    assert len(Execution("stacked", 8, SHARED).streams_for(skewed)) == 1  # streams not timed
-    assert "runs in 2 streams at once when that is predicted faster" in choice.describe()
-
-
-def test_streams_are_timed_only_for_forwards_that_allow_them_and_kept_only_if_threads_help():
-    def shared(f, g):
-        return SHARED[(f, g)]
-
-    chosen = choose(["stacked"], 8, shared, lambda f, g: ONE_THREAD[g], streams=2)
-    assert chosen.streams == 2 and chosen.one_thread == ONE_THREAD
-    assert choose(["stacked"], 8, shared, lambda f, g: None, streams=2).streams == 1  # cannot
-    no_gain = choose(["stacked"], 8, shared, lambda f, g: SHARED[(f, g)], streams=2)
-    assert no_gain.streams == 1  # a second thread is worth nothing here, so is a second stream
-    brief = choose(["stacked"], 8, lambda f, g: SHARED[(f, g)] * 1e-4, lambda f, g: ONE_THREAD[g] * 1e-4, streams=2)
-    assert brief.streams == 1  # steps of a fraction of a millisecond: streams cost more than they save
-
-
-def _noting_the_thread(forward, threads, params, x):
-    threads.add(threading.current_thread().name)
-    return forward(params, x)
-
-
-def test_clients_trained_in_streams_match_one_stream():
-    torch.manual_seed(0)
-    x, y = torch.randn(120, 8), torch.randint(0, 3, (120,))
-    indices, ids = _clients([60, 3, 9, 1, 12, 25, 10]), list(range(7))
-    params = {n: p.detach().clone() for n, p in mlp(8, (16,), 3).named_parameters()}
-    clients = InMemoryClients(x, y, indices)
-    threads = set()
-    for local in (LocalTraining(lr=0.1, batch_size=4), LocalTraining(lr=0.1, batch_size=4, momentum=0.5)):
-        one = InProcessEngine(mlp(8, (16,), 3), clients, group_size=7)
-        split = InProcessEngine(mlp(8, (16,), 3), clients, group_size=7)
-        name = split.execution.forward
-        shared = {(name, g): s for (_, g), s in SHARED.items()}
-        split.execution = Execution(name, 7, shared, streams=2, one_thread=ONE_THREAD)
-        assert len(split.execution.streams_for(np.array([15, 1, 3, 1, 3, 7, 3]))) == 2  # these clients' steps
-        split.forwards[name] = functools.partial(_noting_the_thread, split.forwards[name], threads)
-        expected, got = one.train(params, ids, 1, local), split.train(params, ids, 1, local)
-        for n, d in expected.updates.deltas.items():
-            torch.testing.assert_close(got.updates.deltas[n], d, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(got.train_loss, expected.train_loss)
-        assert split.client_steps == one.client_steps
-    assert len({t for t in threads if t.startswith("pocketlearn-stream")}) == 2  # the momentum run: autograd
+    assert len(made) == 5 and json.loads(execution.cache_file().read_text()) == stored

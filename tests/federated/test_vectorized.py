@@ -124,8 +124,8 @@ def test_the_warm_up_trains_one_batch_per_client_not_a_round():
     engine = InProcessEngine(mlp(8, (16,), 3), InMemoryClients(x, y, _clients(60, [20, 30, 10])))
     seen = []
     train = engine._train_vectorized
-    engine._train_vectorized = lambda params, ids, cohort, orders, *rest: seen.append(orders) or train(
-        params, ids, cohort, orders, *rest)
+    engine._train_vectorized = lambda params, ids, cohort, orders, local: seen.append(orders) or train(
+        params, ids, cohort, orders, local)
     engine.warm_up(3, LocalTraining(batch_size=4, epochs=2))
     assert [o.shape for o in seen[0]] == [(1, 4)] * 3  # 12 samples, not the round's 2 x 60
     assert all(o.shape == (1, 4) for orders in seen for o in orders)  # the timed steps too
@@ -145,8 +145,7 @@ def test_only_clients_with_a_batch_left_run_the_model():
 
 
 def test_clients_must_come_largest_first():
-    from pocketlearn.federated.execution import largest_first
-    from pocketlearn.federated.vectorized import pad_batches
+    from pocketlearn.federated.vectorized import largest_first, pad_batches
 
     orders = [np.arange(2)[None], np.arange(2, 10)[None], np.arange(10, 14)[None]]
     with pytest.raises(ValueError, match="largest first"):

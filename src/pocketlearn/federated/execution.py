@@ -5,9 +5,7 @@ the model, the batch and the machine's caches (a next-word transformer on 2 core
 client in groups of 2 than all 10 at once: its logits of 10 clients no longer fit in cache; an MLP is fastest
 with every client in one group). The choice is cached per model shape, batch, precision and thread count, and
 per machine (processor, torch) in the cache folder across runs: a rerun skips the timing and groups its clients
-as the first run did, so it computes the same weights (different groupings round differently). From the same
-timings, each round predicts whether its clients run faster split into streams, one thread each (a skewed
-round: the largest client's steps overlap the others' instead of running alone at the end).
+as the first run did, so it computes the same weights (different groupings round differently).
 """
 
 from __future__ import annotations
@@ -21,33 +19,21 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 # A smaller group must be this much faster per client-step to be chosen: fewer groups pay less per-round overhead
 # than a one-step timing shows, so near-ties go to the larger group.
 TIE = 0.03
 # Smaller groups are timed only for forwards within this factor of the fastest with the whole cohort.
 SEARCHED = 1.5
-# Streams only where one client's step takes this long: below, planning and starting them costs what they save.
-STREAM_STEP_S = 1e-3
 
 
 @dataclass(frozen=True)
 class Execution:
-    """The vectorized path's choice; ``timings`` holds seconds per client-step by (forward, group size).
-
-    ``streams`` > 1: a round may split its clients into that many streams run at once, one thread each, when
-    the timings predict it faster for its client sizes (:meth:`streams_for`); ``one_thread`` holds the chosen
-    forward's seconds per client-step on one thread, by group size.
-    """
+    """The vectorized path's choice; ``timings`` holds seconds per client-step by (forward, group size)."""
 
     forward: str
     group_size: int
     timings: dict[tuple[str, int], float] = field(default_factory=dict)
     earlier: bool = False  # the timings come from an earlier run on this machine (the cache)
-    streams: int = 1
-    one_thread: dict[int, float] = field(default_factory=dict)
-    slowed: float = 1.0  # a stream's time beside the others over its time alone (measured)
 
     def describe(self) -> str:
         """One line for the run summary: the choice and the measurements behind it."""
@@ -58,64 +44,8 @@ class Execution:
                                                if f2 == f and (f, g) != (self.forward, self.group_size))
                            for f in dict.fromkeys(f for f, _ in self.timings))
         when = "timed in an earlier run on this machine" if self.earlier else "timed at setup"
-        split = ""
-        if self.streams > 1:
-            split = (f"; on one thread, {', '.join(f'{g}: {t * 1e3:.3g}' for g, t in sorted(self.one_thread.items()))}"
-                     f", {self.slowed:.2f}x slower beside another stream: a round whose clients differ in size "
-                     f"runs in {self.streams} streams at once when that is predicted faster")
         return (f"{self.forward}, {self.group_size} clients per group ({when}: {chosen * 1e3:.3g} ms per "
-                f"client-step; by group size, {others}{split})")
-
-    def streams_for(self, steps: np.ndarray) -> list[np.ndarray]:
-        """A round's clients (positions in ``steps``, each client's step count) as streams, each largest first.
-
-        Predicted from the timings: one stream steps its clients on all threads; S streams each step theirs on
-        one thread, each slowed by the others as measured at setup. Clients of similar size gain little from
-        streams, but a client far larger than the rest then trains alongside them instead of alone at the end,
-        where a step of one client gains little from a second thread.
-        """
-        one = [largest_first(steps)]
-        if self.streams < 2 or not self.one_thread or len(steps) < 2:
-            return one
-        shared = {g: s for (f, g), s in self.timings.items() if f == self.forward}
-        split = split_streams(steps, self.streams)
-        alone = self._seconds(steps, one, shared)
-        together = self.slowed * max(self._seconds(steps, [s], self.one_thread) for s in split)
-        return split if together < (1 - TIE) * alone else one
-
-    def _seconds(self, steps: np.ndarray, streams: list[np.ndarray], per_client_step: dict[int, float]) -> float:
-        """Predicted seconds for ``streams`` run one after another, in groups of the chosen size."""
-        sizes = sorted(per_client_step)
-        step_cost = [n * per_client_step[n] for n in sizes]  # one step of n clients
-        total = 0.0
-        for stream in streams:
-            for start in range(0, len(stream), self.group_size):
-                running = np.sort(steps[stream[start:start + self.group_size]])[::-1]
-                steps_with = running - np.append(running[1:], 0)  # steps taken by exactly 1, 2, ... clients
-                total += float(np.dot(steps_with, np.interp(np.arange(1, len(running) + 1), sizes, step_cost)))
-        return total
-
-
-def largest_first(sizes: np.ndarray) -> np.ndarray:
-    """The permutation that puts clients in decreasing size (stable), as a shrinking stack needs them."""
-    return np.argsort(-sizes, kind="stable")
-
-
-def split_streams(sizes: np.ndarray, streams: int) -> list[np.ndarray]:
-    """Clients (positions in ``sizes``) into ``streams`` lists of similar cost, each largest first.
-
-    A stream's cost is taken as its longest client plus all its clients (a step's fixed cost is about one
-    client's work), so a client far larger than the rest gets a stream of its own.
-    """
-    rank = largest_first(sizes)
-    chosen: list[list[int]] = [[] for _ in range(max(1, min(streams, len(sizes))))]
-    longest, total = [0] * len(chosen), [0] * len(chosen)
-    for i in rank:
-        n = int(sizes[i])
-        j = min(range(len(chosen)), key=lambda j: max(longest[j], n) + total[j] + n)
-        chosen[j].append(int(i))
-        longest[j], total[j] = max(longest[j], n), total[j] + n
-    return [np.array(c, dtype=np.int64) for c in chosen if c]
+                f"client-step; by group size, {others})")
 
 
 def group_sizes(largest: int) -> list[int]:
@@ -123,17 +53,13 @@ def group_sizes(largest: int) -> list[int]:
     return sorted({min(1 << i, largest) for i in range(max(largest, 1).bit_length() + 1)})
 
 
-def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callable[[str, int], float],
-           on_one_thread: Callable[[str, int], float | None] | None = None, streams: int = 1,
-           slowdown: Callable[[str, int], float] | None = None) -> Execution:
+def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callable[[str, int], float]
+           ) -> Execution:
     """The (forward, group size) that trains the whole ``cohort`` fastest, from timed steps of each.
 
     A group size's cost is that of the whole cohort in such groups: with 10 clients, groups of 8 leave a
     group of 2, whose (slower) client-steps count too. A forward much slower than the best with the whole cohort
-    (a vmap'd CNN, twice as slow as its grouped convolutions) is not timed at other sizes. With
-    ``on_one_thread`` (forward, group size; None where the forward cannot run in several threads at once),
-    the chosen forward is also timed on one thread, and ``slowdown`` (forward, clients per stream) measures how
-    much ``streams`` streams at once slow each other, so that a round can choose to run in streams.
+    (a vmap'd CNN, twice as slow as its grouped convolutions) is not timed at other sizes.
     """
     timings: dict[tuple[str, int], float] = {}
 
@@ -151,18 +77,7 @@ def choose(forwards: Sequence[str], cohort: int, seconds_per_client_step: Callab
     for choice in [(f, g) for f in close for g in reversed(group_sizes(cohort))]:  # larger groups first
         if cohort_cost(choice) < (1 - TIE) * cohort_cost(best):
             best = choice
-    if on_one_thread is None or streams < 2 or cohort < 2 or per_step(best[0], 1) < STREAM_STEP_S:
-        return Execution(*best, timings)
-    one_thread = {}
-    for g in group_sizes(best[1]):
-        seconds = on_one_thread(best[0], g)
-        if seconds is None:  # this forward cannot run in several threads at once
-            return Execution(*best, timings)
-        one_thread[g] = seconds
-    if timings[best] >= (1 - TIE) * one_thread[best[1]]:  # a second thread gains nothing: nor would streams
-        return Execution(*best, timings)
-    slowed = slowdown(best[0], max(1, best[1] // streams)) if slowdown else float(streams)
-    return Execution(*best, timings, streams=streams, one_thread=one_thread, slowed=slowed)
+    return Execution(*best, timings)
 
 
 def timed(run: Callable[[], object], budget_s: float = 0.15, at_least: int = 2, at_most: int = 10) -> float:
@@ -191,9 +106,8 @@ def cached(key: Hashable, make: Callable[[], Execution]) -> Execution:
         found = _execution(stored.get(name))
         if found is None:
             found = make()
-            stored[name] = {"forward": found.forward, "group_size": found.group_size, "streams": found.streams,
-                            "timings": [[f, g, t] for (f, g), t in found.timings.items()],
-                            "one_thread": [[g, t] for g, t in found.one_thread.items()], "slowed": found.slowed}
+            stored[name] = {"forward": found.forward, "group_size": found.group_size,
+                            "timings": [[f, g, t] for (f, g), t in found.timings.items()]}
             _write_cache(stored)
         _CHOSEN[key] = found
     return _CHOSEN[key]
@@ -233,13 +147,7 @@ def _execution(entry: object) -> Execution | None:
     if not isinstance(entry, dict):
         return None
     forward, size, timings = entry.get("forward"), entry.get("group_size"), entry.get("timings")
-    streams, one_thread, slowed = entry.get("streams"), entry.get("one_thread"), entry.get("slowed")
-    if not (isinstance(forward, str) and isinstance(size, int) and size >= 1 and isinstance(timings, list)
-            and isinstance(streams, int) and streams >= 1 and isinstance(one_thread, list)
-            and isinstance(slowed, float) and slowed > 0):
-        return None  # (a choice stored before streams were timed is timed again)
-    if not all(isinstance(row, list) and len(row) == 2 and isinstance(row[0], int) and isinstance(row[1], float)
-               for row in one_thread):
+    if not (isinstance(forward, str) and isinstance(size, int) and size >= 1 and isinstance(timings, list)):
         return None
     parsed = {}
     for row in timings:
@@ -247,8 +155,7 @@ def _execution(entry: object) -> Execution | None:
                 and isinstance(row[2], float)):
             return None
         parsed[(row[0], row[1])] = row[2]
-    return Execution(forward, size, parsed, earlier=True, streams=streams,
-                     one_thread={int(g): float(t) for g, t in one_thread}, slowed=slowed)
+    return Execution(forward, size, parsed, earlier=True)
 
 
 def _write_cache(stored: dict[str, object]) -> None:

@@ -1,19 +1,16 @@
 """The in-process engine: a round's clients trained in this process, no process or model copy per client.
 
 Clients whose method has a batched step go through :mod:`pocketlearn.federated.vectorized` together, in
-groups whose size and stacking :mod:`pocketlearn.federated.execution` times at setup (and, in a round where
-that predicts it faster, in streams on threads of their own); any other method, or a
+groups whose size and stacking :mod:`pocketlearn.federated.execution` times at setup; any other method, or a
 model that cannot be batched, trains one client after another through the method's own ``step``.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -22,15 +19,15 @@ from torch import Tensor, nn
 
 from pocketlearn.errors import ConfigError
 from pocketlearn.federated.clients import ClientData, Cohort
-from pocketlearn.federated.execution import Execution, cached, choose, largest_first, timed
+from pocketlearn.federated.execution import Execution, cached, choose, timed
 from pocketlearn.federated.population import train_flops_per_sample
 from pocketlearn.federated.round import InTheClear, RoundResult, SeedPairs, SimulatedEngine
 from pocketlearn.federated.seeding import client_generators
 from pocketlearn.federated.updates import ClientUpdate, RoundUpdates
 from pocketlearn.federated.vectorized import (
-    SHARED_SAFELY,
     LocalOptimizer,
     StackedForward,
+    largest_first,
     mlp_layers,
     pad_batches,
     stacked_copies,
@@ -45,24 +42,6 @@ from pocketlearn.methods.base import Precision, TrainingMethod, cross_entropy
 # Below this many FLOPs a batched step is a few hundred microseconds: a second thread costs more in
 # synchronisation than it saves, and when the cores are busy a spinning OpenMP team is many times slower.
 SMALL_STEP_FLOPS = 5e7
-
-
-@dataclass
-class _Lane:
-    """One stream's reused buffers: its groups' stacked weights and the written-out MLP's deltas."""
-
-    stack: dict[str, Tensor] | None = None
-    deltas: dict[str, Tensor] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class _Trained:
-    """A group's result: its members (cohort positions), K-stacked deltas, mean losses, (computed, real, samples)."""
-
-    members: np.ndarray
-    delta: dict[str, Tensor]
-    loss: Tensor
-    counted: tuple[int, int, int]
 
 
 @contextmanager
@@ -161,8 +140,8 @@ class InProcessEngine(SimulatedEngine):
         self._largest_group = group_size or self._auto_group_size()
         self.execution = Execution(next(iter(self.forwards), ""), self._largest_group)
         self._timed = group_size is None
-        self._lanes: list[_Lane] = [_Lane()]  # per stream, its groups' stacked weights, reused
-        self._threads: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool) once streams run
+        self._stack: dict[str, Tensor] | None = None  # the last group's stacked weights, reused
+        self._deltas: dict[str, Tensor] = {}  # the same for the written-out MLP's deltas (made on first use)
         self._ordered: dict[str, Tensor] = {}  # and for a round's deltas in the order asked for (see train)
         self.client_steps = (0, 0)  # (computed, real) client-steps so far: padding would make the first larger
         self.samples_trained = 0  # examples the clients trained on so far (each epoch counted)
@@ -199,43 +178,20 @@ class InProcessEngine(SimulatedEngine):
             key = (tuple((n, tuple(p.shape)) for n, p in params.items()), tuple(cohort.x.shape[1:]), cohort.x.dtype,
                    local.batch_size, largest, local.optimizer(), quiet.method_options().get("precision"),
                    tuple(forwards), torch.get_num_threads())
-            timing, on_one_thread, slowdown = self._time_step(params, cohort, orders, quiet)
-            # streams only for steps that use every thread: a step too small for a second thread never splits
-            streams = min(os.cpu_count() or 1, torch.get_num_threads())
-            streams = streams if self.threads_for(largest, local.batch_size) is None else 1
-            self.execution = cached(key, lambda: choose(forwards, largest, timing,
-                                                        on_one_thread if streams > 1 else None, streams, slowdown))
-            self._lanes = [_Lane()]
+            timing = self._time_step(params, cohort, orders, quiet)
+            self.execution = cached(key, lambda: choose(forwards, largest, timing))
+            self._stack = None
         self._train_vectorized(params, ids, cohort, orders, quiet)
         self.client_steps, self.samples_trained = counted
 
     def _time_step(self, params: dict[str, Tensor], cohort: Cohort, orders: list[np.ndarray], local: LocalTraining
-                   ) -> tuple[Callable[[str, int], float], Callable[[str, int], float | None],
-                              Callable[[str, int], float]]:
+                   ) -> Callable[[str, int], float]:
         def seconds_per_client_step(forward: str, size: int) -> float:
-            self.execution, self._lanes = Execution(forward, size), [_Lane()]
+            self.execution, self._stack = Execution(forward, size), None
             return timed(lambda: self._train_vectorized(params, list(range(size)), cohort, orders[:size], local)
                          ) / size
 
-        def on_one_thread(forward: str, size: int) -> float | None:
-            """As ``seconds_per_client_step`` on a stream's thread (None: this forward cannot run in one)."""
-            if forward not in SHARED_SAFELY:
-                return None
-            return self._pool(2).submit(seconds_per_client_step, forward, size).result()
-
-        def slowdown(forward: str, size: int) -> float:
-            """A stream's time beside another like it over its time alone (a few steps: a round's are many)."""
-            self.execution, self._lanes = Execution(forward, size), [_Lane()]
-            k = min(size, len(orders) // 2)
-            longer = [np.repeat(o, 4, 0) for o in orders[:2 * k]]  # its batch again, as further epochs
-            ids, first = list(range(2 * k)), [np.arange(k)]
-            alone = self._pool(2).submit(timed, lambda: self._train_vectorized(
-                params, ids[:k], cohort, longer[:k], local, first)).result()
-            beside = timed(lambda: self._train_vectorized(params, ids, cohort, longer, local,
-                                                          [np.arange(k), np.arange(k, 2 * k)]))
-            return beside / alone
-
-        return seconds_per_client_step, on_one_thread, slowdown
+        return seconds_per_client_step
 
     def written_out(self, local: LocalTraining) -> bool:
         """Whether the MLP path (backward written out, no forward to choose) trains these clients."""
@@ -268,76 +224,46 @@ class InProcessEngine(SimulatedEngine):
         return self._train_sequential(params, client_ids, cohort, orders, local, rnd)
 
     def _train_vectorized(self, params: dict[str, Tensor], client_ids: Sequence[int], cohort: Cohort,
-                          orders: list[np.ndarray], local: LocalTraining, split: list[np.ndarray] | None = None
-                          ) -> RoundResult:
-        """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish.
-
-        With several streams, each runs its share of the clients on one thread, at the same time as the others
-        (as the execution predicts faster for this round, or as ``split`` says: a timing).
-        """
+                          orders: list[np.ndarray], local: LocalTraining) -> RoundResult:
+        """Clients largest first, in groups of similar size; each group's stack shrinks as its clients finish."""
         assert self.forward is not None
+        opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
+        written_out = self.written_out(local)
         sizes = np.array([o.shape[1] for o in orders])
-        if split is None and self.execution.streams > 1:
-            split = self.execution.streams_for(local.epochs * -(-sizes // local.batch_size))  # steps per client
-        elif split is None:
-            split = [largest_first(sizes)]
-        plans = [[s[i:i + self.group_size] for i in range(0, len(s), self.group_size)] for s in split]
-        while len(self._lanes) < len(plans):
-            self._lanes.append(_Lane())
-
-        def run(lane: _Lane, groups: list[np.ndarray]) -> list[_Trained]:
-            return [self._train_group(lane, params, cohort, orders, members, local, again=len(groups) > 1)
-                    for members in groups]
-
-        if len(plans) == 1:
-            done = run(self._lanes[0], plans[0])
-        else:
-            done = [t for ts in self._pool(len(plans)).map(run, self._lanes, plans) for t in ts]
-        for t in done:
-            self._count_steps(*t.counted)
-        members = done[0].members if len(done) == 1 else np.concatenate([t.members for t in done])
-        stacked = {n: done[0].delta[n] if len(done) == 1 else torch.cat([t.delta[n] for t in done]) for n in params}
-        loss = torch.cat([t.loss for t in done])
+        rank = largest_first(sizes)
+        deltas: dict[str, list[Tensor]] = {n: [] for n in params}
+        losses = []
+        for start in range(0, len(client_ids), self.group_size):
+            members = rank[start:start + self.group_size]
+            data = pad_batches(cohort.x, cohort.y, [orders[i] for i in members], local.batch_size)
+            self._count_steps(sum(data.running), int(data.steps.sum()), local.epochs * int(sizes[members].sum()))
+            k = len(members)
+            if self._stack is None or len(next(iter(self._stack.values()))) < k:
+                self._stack, self._deltas = stacked_copies(params, k), {}
+            stack = {n: t[:k] for n, t in self._stack.items()}  # a smaller last group: the first k rows
+            single = len(client_ids) <= self.group_size  # else the next chunk reuses the stack: copy
+            with torch_threads(self.threads_for(k, data.w.shape[2])):
+                if written_out and self.mlp is not None:
+                    if not self._deltas:
+                        self._deltas = {n: torch.zeros_like(t.detach()) for n, t in self._stack.items()}
+                    delta, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack,
+                                                    {n: t[:k] for n, t in self._deltas.items()})
+                    delta = delta if single else {n: t.clone() for n, t in delta.items()}
+                else:
+                    trained, loss = train_stacked(self.forward, params, data, opt, stack, precision)
+                    origin = {n: p.detach() for n, p in params.items()}  # the deltas need no graph
+                    delta = {n: t.sub_(origin[n]) if single else t - origin[n] for n, t in trained.items()}
+            for n, t in delta.items():
+                deltas[n].append(t)
+            losses.append(loss)
         counts = torch.from_numpy(sizes.astype(np.float32))
-        if bool((members != np.arange(len(members))).any()):  # back in the order asked for
-            back = torch.from_numpy(np.argsort(members))
+        stacked = {n: d[0] if len(d) == 1 else torch.cat(d) for n, d in deltas.items()}
+        loss = torch.cat(losses)
+        if bool((rank != np.arange(len(rank))).any()):  # back in the order asked for
+            back = torch.from_numpy(np.argsort(rank))
             stacked, loss = {n: torch.index_select(t, 0, back, out=self._in_order(n, t)) for n, t in stacked.items()
                              }, loss[back]
         return RoundResult(RoundUpdates([int(c) for c in client_ids], counts, stacked), loss)
-
-    def _train_group(self, lane: _Lane, params: dict[str, Tensor], cohort: Cohort, orders: list[np.ndarray],
-                     members: np.ndarray, local: LocalTraining, again: bool) -> _Trained:
-        """One group's local training on ``lane``'s reused weights; ``again``: the lane trains another group next."""
-        assert self.forward is not None
-        opt, precision = local.optimizer(), local.method_options().get("precision", "fp32")
-        data = pad_batches(cohort.x, cohort.y, [orders[i] for i in members], local.batch_size)
-        counted = (sum(data.running), int(data.steps.sum()),
-                   local.epochs * sum(orders[i].shape[1] for i in members))
-        k = len(members)
-        if lane.stack is None or len(next(iter(lane.stack.values()))) < k:
-            lane.stack, lane.deltas = stacked_copies(params, k), {}
-        stack = {n: t[:k] for n, t in lane.stack.items()}  # a smaller group: the first k rows
-        with torch_threads(self.threads_for(k, data.w.shape[2]) if torch.get_num_threads() > 1 else None):
-            if self.written_out(local) and self.mlp is not None:
-                if not lane.deltas:
-                    lane.deltas = {n: torch.zeros_like(t.detach()) for n, t in lane.stack.items()}
-                delta, loss = train_stacked_mlp(self.mlp, params, data, opt.lr, stack,
-                                                {n: t[:k] for n, t in lane.deltas.items()})
-                delta = {n: t.clone() for n, t in delta.items()} if again else delta
-            else:
-                trained, loss = train_stacked(self.forward, params, data, opt, stack, precision)
-                origin = {n: p.detach() for n, p in params.items()}  # the deltas need no graph
-                delta = {n: t - origin[n] if again else t.sub_(origin[n]) for n, t in trained.items()}
-        return _Trained(members, delta, loss, counted)
-
-    def _pool(self, workers: int) -> ThreadPoolExecutor:
-        """Threads for streams, each with one intra-op thread for good (setting it every round costs milliseconds)."""
-        if self._threads is None or self._threads[0] < workers:
-            if self._threads is not None:
-                self._threads[1].shutdown()
-            self._threads = (workers, ThreadPoolExecutor(workers, thread_name_prefix="pocketlearn-stream",
-                                                          initializer=torch.set_num_threads, initargs=(1,)))
-        return self._threads[1]
 
     def _in_order(self, name: str, t: Tensor) -> Tensor:
         """A reused buffer for ``t``'s rows put back in order (a fresh one per round costs its page faults)."""

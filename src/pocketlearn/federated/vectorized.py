@@ -183,10 +183,6 @@ def looped_forward(model: nn.Module) -> StackedForward | None:
     return forward
 
 
-# Forwards that two threads may run at once: functional_call swaps the module's own parameters while it runs.
-SHARED_SAFELY = frozenset({"batched matmul/conv"})
-
-
 def stacked_forwards(model: nn.Module) -> dict[str, StackedForward]:
     """The ways this model's clients can be stacked, by name (none: they train one at a time)."""
     candidates = {"batched matmul/conv": batched_matmul_forward(model), "torch.func.vmap": vmap_forward(model),
@@ -227,6 +223,11 @@ class PaddedBatches:
         """Step ``s`` of the first ``n`` clients: inputs (n, B, ...) and targets (n, B, ...)."""
         rows = self.index[:n, s]
         return self.x[rows], self.y[rows]
+
+
+def largest_first(sizes: np.ndarray) -> np.ndarray:
+    """The permutation that puts clients in decreasing size (stable), as :class:`PaddedBatches` needs them."""
+    return np.argsort(-sizes, kind="stable")
 
 
 def batch_positions(orders: Sequence[np.ndarray], batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
