@@ -71,7 +71,8 @@ EXPECTED_ACCURACY = {"small": 265 / 360, "large": 155 / 360}  # anchors' RESULTS
 ACCURACY_TOLERANCE = {"small": 1 / 360 + 1e-9, "large": 1 / 360 + 1e-9, "cnn": 10 / 10_000 + 1e-9,
                       "cnn-lognormal": 10 / 10_000 + 1e-9, "keyboard": 1e-3}
 SPREAD_TOLERANCE = tuple(OWN_WORKLOADS)
-BF16_ACCURACY_TOLERANCE = 0.005 + 1e-9  # bf16's final accuracy within half a point of fp32's (sample counts: no rounding)
+# bf16's final accuracy within half a point of fp32's (+1e-9: a difference of sample counts, not float rounding)
+BF16_ACCURACY_TOLERANCE = 0.005 + 1e-9
 WORKLOAD = REPO / "benchmarks" / "anchor_workloads" / "workload.py"
 
 console = Console()
