@@ -67,7 +67,8 @@ def test_unknown_local_apps_are_named():
 
 
 @pytest.mark.parametrize(("name", "module", "made"), [("tensorboard", "tensorboard", "sgd-0.1"),
-                                                      ("optuna", "optuna_dashboard", "studies.sqlite3")])
+                                                      ("optuna", "optuna_dashboard", "studies.sqlite3"),
+                                                      ("datasette", "datasette", "experiments.db")])
 def test_a_local_app_is_started_with_its_content_crawled_and_stopped(tmp_path, name, module, made):
     pytest.importorskip(module)
     with local_apps([name], tmp_path) as (app,):

@@ -89,6 +89,28 @@ def _optuna_dashboard(folder: Path, port: int) -> list[str]:
     return [sys.executable, "-c", serve, f"sqlite:///{folder / 'studies.sqlite3'}", str(port)]
 
 
+def _experiments_database(folder: Path) -> None:
+    """Training runs and the devices they ran on, from a fixed seed, in a SQLite file: Datasette's tables."""
+    import sqlite3
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    with sqlite3.connect(folder / "experiments.db") as db:
+        db.execute("CREATE TABLE devices (name TEXT PRIMARY KEY, memory_mib INTEGER, cores INTEGER)")
+        devices = [("phone-1g", 1024, 8), ("mcu-512k", 0, 1), ("laptop-16g", 16384, 8), ("pi-4g", 4096, 4)]
+        db.executemany("INSERT INTO devices VALUES (?, ?, ?)", devices)
+        db.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, model TEXT, method TEXT, lr REAL, rounds INTEGER, "
+                   "accuracy REAL, peak_mib REAL, device TEXT REFERENCES devices(name))")
+        for i in range(60):
+            model, method = rng.choice(["cnn", "digits-mlp", "keyboard-gpt"]), rng.choice(["backprop", "lora", "mezo"])
+            db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (i + 1, str(model), str(method), float(10 ** rng.uniform(-4, -1)), int(rng.integers(5, 50)),
+                        round(float(rng.uniform(0.5, 0.95)), 4), round(float(rng.uniform(3, 400)), 1),
+                        devices[int(rng.integers(len(devices)))][0]))
+
+
 LOCAL_APPS: dict[str, LocalApp] = {
     "tensorboard": LocalApp(
         "tensorboard", "tracking", _tensorboard_logs,
@@ -99,6 +121,12 @@ LOCAL_APPS: dict[str, LocalApp] = {
         "optuna_dashboard", "ui", _optuna_studies, _optuna_dashboard,
         ("dashboard/studies/1", "dashboard", "dashboard/studies/1/analytics", "dashboard/studies/1/trialTable",
          "dashboard/studies/2", "dashboard/compare-studies")),
+    "datasette": LocalApp(
+        "datasette", "ui", _experiments_database,
+        lambda folder, port: [sys.executable, "-m", "datasette", "serve", str(folder / "experiments.db"), "--host",
+                              "127.0.0.1", "--port", str(port)],
+        ("experiments/runs", "experiments", "experiments/runs?_sort_desc=accuracy", "experiments/runs/1",
+         "experiments/devices", "-/metadata")),
 }
 
 
