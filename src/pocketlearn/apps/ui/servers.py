@@ -1,9 +1,9 @@
 """Local web applications from PyPI, started on 127.0.0.1 for a crawl and stopped after it.
 
-Unlike the documentation apps, these are single-page applications whose controls are drawn by scripts
-(TensorBoard's Angular components, Optuna Dashboard's React ones, click handlers on plain elements), the interfaces
-where a rule reading the DOM's links and form controls misses what is tappable. Each is started with content made
-here from a fixed seed, so every crawl sees the same screens, on a free port that the fence
+Unlike the documentation apps, these are applications whose controls are drawn by scripts (TensorBoard's Angular
+components, Optuna Dashboard's React ones, Datasette's column menus, click handlers on plain elements), the
+interfaces where a rule reading the DOM's links and form controls misses what is tappable. Each is started with
+content made here from a fixed seed, so every crawl sees the same screens, on a free port that the fence
 (:class:`~pocketlearn.apps.ui.fence.Fence`) then admits.
 """
 
